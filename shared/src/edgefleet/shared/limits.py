@@ -1,0 +1,24 @@
+"""Bounds of the wire contract, in one settings object (sizes in bytes)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+class WireLimits(BaseModel):
+    """Every size bound the contract enforces, with defaults that suit a broker capped at 1 MB."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_message_bytes: int = Field(default=1 * MIB, gt=0)
+    max_chunk_bytes: int = Field(default=512 * KIB, gt=0)
+    default_chunk_bytes: int = Field(default=128 * KIB, gt=0)
+    max_artifact_bytes: int = Field(default=512 * MIB, gt=0)
+    max_chunks: int = Field(default=65536, gt=0)
+    max_golden_pairs: int = Field(default=64, gt=0)
+
+
+DEFAULT_LIMITS = WireLimits()

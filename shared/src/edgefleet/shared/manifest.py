@@ -1,0 +1,204 @@
+"""The desired-state manifest: what a device should run, how to fetch it, how to check it."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from typing import Literal
+
+from pydantic import (
+    AwareDatetime,
+    Field,
+    JsonValue,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+from edgefleet.shared.limits import DEFAULT_LIMITS
+from edgefleet.shared.messages import WireModel
+from edgefleet.shared.topics import DeviceId, Sha256Hex
+
+DType = Literal["float16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"]
+DTYPE_ITEMSIZE: dict[str, int] = {
+    "float16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1,
+    "int16": 2, "int32": 4, "int64": 8, "bool": 1,
+}  # fmt: skip
+
+ArtifactRuntime = Literal["onnxruntime", "litert", "edgetpu"]
+ARTIFACT_TARGETS = (
+    "onnx-fp32",
+    "onnx-int8",
+    "onnx-fp16",
+    "tflite-fp32",
+    "tflite-int8",
+    "tflite-full-int8",
+    "edgetpu",
+)
+ArtifactTarget = Literal[
+    "onnx-fp32", "onnx-int8", "onnx-fp16", "tflite-fp32", "tflite-int8", "tflite-full-int8",
+    "edgetpu",
+]  # fmt: skip
+
+
+def runtime_for_target(target: str) -> ArtifactRuntime:
+    """The runtime family that executes an artifact target."""
+    if target == "edgetpu":
+        return "edgetpu"
+    if target.startswith("tflite-"):
+        return "litert"
+    return "onnxruntime"
+
+
+class TensorSpec(WireModel):
+    """One input or output of a model. ``None`` in ``shape`` is a dynamic dimension."""
+
+    name: str = Field(min_length=1, max_length=256)
+    dtype: DType
+    shape: tuple[int | None, ...] = Field(max_length=16)
+
+
+class IOSignature(WireModel):
+    inputs: tuple[TensorSpec, ...] = Field(min_length=1, max_length=64)
+    outputs: tuple[TensorSpec, ...] = Field(min_length=1, max_length=64)
+
+
+class TensorData(WireModel):
+    """A tensor on the wire: dtype, shape and little-endian C-order bytes in base64."""
+
+    dtype: DType
+    shape: tuple[int, ...] = Field(max_length=16)
+    data_b64: str
+
+    @model_validator(mode="after")
+    def _length_matches_shape(self) -> TensorData:
+        try:
+            raw = base64.b64decode(self.data_b64, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise ValueError(f"tensor data is not valid base64: {e}") from e
+        if any(d < 0 for d in self.shape):
+            raise ValueError(f"negative dimension in shape {self.shape}")
+        expected = math.prod(self.shape) * DTYPE_ITEMSIZE[self.dtype]
+        if len(raw) != expected:
+            raise ValueError(
+                f"tensor of dtype {self.dtype} and shape {list(self.shape)} needs {expected} "
+                f"bytes, got {len(raw)}"
+            )
+        return self
+
+    def raw(self) -> bytes:
+        """The tensor's bytes (little-endian, C order)."""
+        return base64.b64decode(self.data_b64)
+
+    @classmethod
+    def from_raw(cls, dtype: DType, shape: tuple[int, ...], raw: bytes) -> TensorData:
+        return cls(dtype=dtype, shape=shape, data_b64=base64.b64encode(raw).decode("ascii"))
+
+
+class GoldenPair(WireModel):
+    """An input and the output the artifact must produce for it."""
+
+    inputs: dict[str, TensorData] = Field(min_length=1)
+    outputs: dict[str, TensorData] = Field(min_length=1)
+
+
+class GoldenSet(WireModel):
+    """Golden pairs and how to compare the device's outputs with them."""
+
+    pairs: tuple[GoldenPair, ...] = Field(min_length=1, max_length=DEFAULT_LIMITS.max_golden_pairs)
+    compare: Literal["allclose", "top1"] = "allclose"
+    atol: NonNegativeFloat = 1e-3
+    rtol: NonNegativeFloat = 1e-3
+    min_top1_agreement: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
+class ArtifactRef(WireModel):
+    """The bytes of an artifact and where to get them."""
+
+    sha256: Sha256Hex
+    size: PositiveInt
+    chunk_size: PositiveInt
+    chunk_sha256: tuple[Sha256Hex, ...] = Field(min_length=1)
+    mqtt_topic: str | None = Field(default=None, max_length=512)
+    http_url: str | None = Field(default=None, max_length=2048)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ArtifactRef:
+        limits = DEFAULT_LIMITS
+        if self.size > limits.max_artifact_bytes:
+            raise ValueError(f"artifact size {self.size} exceeds {limits.max_artifact_bytes}")
+        if self.chunk_size > limits.max_chunk_bytes:
+            raise ValueError(f"chunk size {self.chunk_size} exceeds {limits.max_chunk_bytes}")
+        expected = -(-self.size // self.chunk_size)
+        if len(self.chunk_sha256) != expected:
+            raise ValueError(
+                f"{len(self.chunk_sha256)} chunk hashes for {self.size} bytes in chunks of "
+                f"{self.chunk_size}; expected {expected}"
+            )
+        if self.mqtt_topic is None and self.http_url is None:
+            raise ValueError("an artifact needs at least one source (mqtt_topic or http_url)")
+        return self
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.chunk_sha256)
+
+
+class HealthPolicy(WireModel):
+    """Post-swap watch: roll back when the new version does worse than these bounds."""
+
+    window_s: PositiveFloat = 60.0
+    min_requests: int = Field(default=20, ge=0)
+    max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    max_p95_regression: float = Field(
+        default=0.5, ge=0.0, description="allowed relative p95 increase over the previous version"
+    )
+
+
+class Manifest(WireModel):
+    """Desired state of one device. Signed by the controller; verified by the agent."""
+
+    schema_version: Literal[1] = 1
+    device_id: DeviceId
+    model_id: str = Field(min_length=1, max_length=128)
+    version: str = Field(min_length=1, max_length=64)
+    serial: PositiveInt
+    target: ArtifactTarget
+    runtime: ArtifactRuntime
+    artifact: ArtifactRef
+    signature: IOSignature
+    golden: GoldenSet | None = None
+    latency_budget_ms: PositiveFloat
+    health: HealthPolicy = HealthPolicy()
+    created_at: AwareDatetime
+    expires_at: AwareDatetime
+
+    @field_validator("model_id", "version")
+    @classmethod
+    def _no_path_or_wildcards(cls, value: str) -> str:
+        if any(c in value for c in "/\\+#\x00") or value in {".", ".."}:
+            raise ValueError(f"{value!r} may not contain / \\ + # or NUL")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.runtime != runtime_for_target(self.target):
+            raise ValueError(f"target {self.target} runs on {runtime_for_target(self.target)}")
+        if self.expires_at <= self.created_at:
+            raise ValueError("expires_at must be after created_at")
+        return self
+
+
+class SignedManifest(WireModel):
+    """A manifest as signed JSON plus its Ed25519 signature.
+
+    ``manifest`` stays raw JSON until the signature over its canonical form has been checked;
+    only :func:`edgefleet.shared.signing.verify_manifest` turns it into a :class:`Manifest`.
+    """
+
+    manifest: dict[str, JsonValue]
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    signature_b64: str = Field(max_length=128)

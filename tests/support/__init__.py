@@ -1,0 +1,1 @@
+"""Test fixtures' machinery: real broker processes, MQTT probes, sample messages."""
