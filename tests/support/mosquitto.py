@@ -53,6 +53,9 @@ class MosquittoBroker:
 
     def write_config(self) -> None:
         lines = [
+            # Started as root, mosquitto would drop to user "mosquitto" and lose access to the
+            # test's private temp dir (persistence, log); stay the user that started it.
+            *(["user root"] if os.geteuid() == 0 else []),
             "per_listener_settings false",
             "allow_anonymous true",
             f"listener {self.port} {self.host}",

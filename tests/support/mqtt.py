@@ -47,7 +47,8 @@ class MqttProbe:
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self.connect_reason: object = None
-        self._subacks: dict[int, threading.Event] = {}
+        self._subacked: set[int] = set()
+        self._subacks = threading.Condition()
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
@@ -65,9 +66,9 @@ class MqttProbe:
         self.messages.put(item)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        event = self._subacks.get(mid)
-        if event is not None:
-            event.set()
+        with self._subacks:
+            self._subacked.add(mid)
+            self._subacks.notify_all()
 
     def connect(self, timeout: float = 10.0) -> MqttProbe:
         self.client.connect(self.host, self.port, keepalive=30)
@@ -78,12 +79,11 @@ class MqttProbe:
         return self
 
     def subscribe(self, topic: str, qos: int = 1, timeout: float = 10.0) -> None:
-        event = threading.Event()
         result, mid = self.client.subscribe(topic, qos)
         assert result == mqtt.MQTT_ERR_SUCCESS
-        self._subacks[mid] = event
-        if not event.wait(timeout):
-            raise TimeoutError(f"no SUBACK for {topic}")
+        with self._subacks:
+            if not self._subacks.wait_for(lambda: mid in self._subacked, timeout):
+                raise TimeoutError(f"no SUBACK for {topic}")
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -95,7 +95,9 @@ class MqttProbe:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError("no matching message arrived in time")
+                with self._lock:
+                    seen = [(r.topic, len(r.payload)) for r in self.received[-10:]]
+                raise TimeoutError(f"no matching message within {timeout}s; last seen: {seen}")
             try:
                 item = self.messages.get(timeout=remaining)
             except queue.Empty:

@@ -170,6 +170,9 @@ def verify_manifest(
         raise UnknownKeyError(signed.key_id)
     try:
         signature = base64.b64decode(signed.signature_b64, validate=True)
+        if base64.b64encode(signature).decode("ascii") != signed.signature_b64:
+            # Unused low bits in the last base64 digit would let two strings carry one signature.
+            raise ValueError("signature is not canonical base64")
         public_key.verify(signature, canonical_json(signed.manifest))
     except (InvalidSignature, binascii.Error, ValueError) as e:
         raise SignatureError(f"manifest signature does not verify with key {signed.key_id}") from e

@@ -1,0 +1,192 @@
+import base64
+import json
+import stat
+from datetime import timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgefleet.shared import (
+    ExpiredManifestError,
+    IntegrityError,
+    ReplayError,
+    SignatureError,
+    SignedManifest,
+    UnknownKeyError,
+    VerifiedManifest,
+    WireFormatError,
+    WrongDeviceError,
+    canonical_json,
+    decode,
+    encode,
+    generate_signing_key,
+    key_id,
+    load_private_key,
+    load_public_key,
+    save_private_key,
+    save_public_key,
+    sign_manifest,
+    verify_manifest,
+)
+from support.samples import NOW, make_manifest
+
+KEY = generate_signing_key()
+PUB = KEY.public_key()
+SOON = NOW + timedelta(minutes=1)
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_canonical_json_is_stable_through_a_round_trip(value):
+    once = canonical_json(value)
+    assert canonical_json(json.loads(once)) == once
+
+
+@given(st.dictionaries(st.text(max_size=6), st.integers(), min_size=2, max_size=6))
+def test_canonical_json_ignores_key_order_and_whitespace(mapping):
+    reordered = dict(reversed(list(mapping.items())))
+    assert canonical_json(mapping) == canonical_json(reordered)
+    assert b" " not in canonical_json({k: v for k, v in enumerate(mapping.values())})
+
+
+def test_canonical_json_is_utf8_and_sorted():
+    assert canonical_json({"b": "é", "a": [1, 2.5]}) == '{"a":[1,2.5],"b":"é"}'.encode()
+    with pytest.raises(ValueError, match="JSON compliant"):
+        canonical_json({"x": float("nan")})
+
+
+def test_sign_verify_round_trip():
+    manifest = make_manifest()
+    verified = verify_manifest(sign_manifest(manifest, KEY), PUB, device_id="pi-001", now=SOON)
+    assert isinstance(verified, VerifiedManifest)
+    assert verified.manifest == manifest
+    assert verified.key_id == key_id(PUB)
+
+
+def test_signed_manifest_survives_the_wire():
+    signed = sign_manifest(make_manifest(), KEY)
+    received = decode(encode(signed), SignedManifest)
+    assert verify_manifest(received, PUB, now=SOON).manifest == make_manifest()
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_any_flipped_byte_in_a_signed_manifest_is_detected(data):
+    payload = bytearray(encode(sign_manifest(make_manifest(), KEY)))
+    index = data.draw(st.integers(min_value=0, max_value=len(payload) - 1))
+    bit = data.draw(st.integers(min_value=0, max_value=7))
+    payload[index] ^= 1 << bit
+    with pytest.raises((IntegrityError, WireFormatError)):
+        _decode_and_verify(bytes(payload))
+
+
+def _decode_and_verify(payload: bytes) -> None:
+    verify_manifest(decode(payload, SignedManifest), PUB, device_id="pi-001", now=SOON)
+
+
+@given(st.integers(min_value=1, max_value=10**12), st.text(min_size=1, max_size=20))
+@settings(max_examples=25)
+def test_sign_verify_round_trips_for_varied_manifests(serial, version):
+    version = "".join(c for c in version if c not in "/\\+#\x00") or "v"
+    if version in {".", ".."}:
+        version = "v"
+    manifest = make_manifest(serial=serial).model_copy(update={"version": version[:64]})
+    manifest = type(manifest).model_validate(manifest.model_dump())
+    assert verify_manifest(sign_manifest(manifest, KEY), PUB, now=SOON).manifest == manifest
+
+
+def test_signature_from_another_key_is_refused():
+    other = generate_signing_key()
+    signed = sign_manifest(make_manifest(), other)
+    with pytest.raises(UnknownKeyError) as err:
+        verify_manifest(signed, PUB, now=SOON)
+    assert err.value.key_id == key_id(other.public_key())
+    forged = signed.model_copy(update={"key_id": key_id(PUB)})
+    with pytest.raises(SignatureError):
+        verify_manifest(forged, PUB, now=SOON)
+
+
+def test_tampered_body_is_refused():
+    signed = sign_manifest(make_manifest(), KEY)
+    body = dict(signed.manifest)
+    body["serial"] = 99
+    with pytest.raises(SignatureError):
+        verify_manifest(signed.model_copy(update={"manifest": body}), PUB, now=SOON)
+
+
+def test_garbage_signature_is_refused():
+    signed = sign_manifest(make_manifest(), KEY)
+    bad = signed.model_copy(update={"signature_b64": base64.b64encode(b"x" * 64).decode()})
+    with pytest.raises(SignatureError):
+        verify_manifest(bad, PUB, now=SOON)
+    with pytest.raises(SignatureError):
+        verify_manifest(signed.model_copy(update={"signature_b64": "!!"}), PUB, now=SOON)
+
+
+def test_wrong_device_expired_and_replayed_manifests_are_refused():
+    signed = sign_manifest(make_manifest(serial=5), KEY)
+    with pytest.raises(WrongDeviceError) as wrong:
+        verify_manifest(signed, PUB, device_id="pi-002", now=SOON)
+    assert wrong.value.manifest_device == "pi-001"
+    with pytest.raises(ExpiredManifestError):
+        verify_manifest(signed, PUB, now=NOW + timedelta(days=8))
+    with pytest.raises(ReplayError) as replay:
+        verify_manifest(signed, PUB, last_serial=5, now=SOON)
+    assert (replay.value.serial, replay.value.last_serial) == (5, 5)
+    assert verify_manifest(signed, PUB, last_serial=4, now=SOON).manifest.serial == 5
+
+
+def test_verified_manifest_cannot_be_forged():
+    with pytest.raises(TypeError):
+        VerifiedManifest(manifest=make_manifest(), key_id="0" * 16, _token=object())
+
+
+def test_key_files_round_trip_with_private_mode_0600(tmp_path):
+    private_path = tmp_path / "keys" / "controller.key"
+    public_path = tmp_path / "keys" / "controller.pub"
+    save_private_key(KEY, private_path)
+    save_public_key(PUB, public_path)
+    assert stat.S_IMODE(private_path.stat().st_mode) == 0o600
+    loaded = load_private_key(private_path)
+    assert key_id(loaded.public_key()) == key_id(load_public_key(public_path)) == key_id(PUB)
+
+
+def test_loading_a_non_ed25519_key_is_a_clear_error(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    other = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "ec.key"
+    path.write_bytes(
+        other.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with pytest.raises(ValueError, match="not an Ed25519 private key"):
+        load_private_key(path)
+
+
+def test_non_canonical_base64_signature_is_refused():
+    signed = sign_manifest(make_manifest(), KEY)
+    sig = signed.signature_b64
+    assert sig.endswith("==")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = alphabet.index(sig[-3])
+    twin = sig[:-3] + alphabet[last ^ 1] + "=="  # differs only in unused padding bits
+    assert base64.b64decode(twin) == base64.b64decode(sig)
+    with pytest.raises(SignatureError):
+        verify_manifest(signed.model_copy(update={"signature_b64": twin}), PUB, now=SOON)
