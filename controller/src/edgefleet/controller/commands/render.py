@@ -1,0 +1,115 @@
+"""Rendering of registry records for the terminal (rich tables) and for scripts (JSON)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from edgefleet.controller.registry.records import ArtifactRecord, ModelSummary, VersionRecord
+
+
+def artifact_json(artifact: ArtifactRecord) -> dict[str, Any]:
+    return {
+        "target": artifact.target,
+        "runtime": artifact.runtime,
+        "sha256": artifact.sha256,
+        "size": artifact.size,
+        "path": str(artifact.path),
+        "latency_budget_ms": artifact.latency_budget_ms,
+        "signature": artifact.signature.model_dump(mode="json"),
+        "golden": {
+            "pairs": len(artifact.golden.pairs),
+            "compare": artifact.golden.compare,
+            "atol": artifact.golden.atol,
+            "rtol": artifact.golden.rtol,
+            "min_top1_agreement": artifact.golden.min_top1_agreement,
+        },
+        "report": artifact.report.model_dump(mode="json"),
+    }
+
+
+def version_json(record: VersionRecord) -> dict[str, Any]:
+    return {
+        "model": record.model,
+        "version": record.version,
+        "created_at": record.created_at.isoformat(),
+        "source_sha256": record.source_sha256,
+        "source_size": record.source_size,
+        "recipe": record.recipe,
+        "summary": record.summary,
+        "artifacts": [artifact_json(a) for a in record.artifacts],
+    }
+
+
+def models_json(models: list[ModelSummary]) -> list[dict[str, Any]]:
+    return [
+        {"name": m.name, "versions": list(m.versions), "created_at": m.created_at.isoformat()}
+        for m in models
+    ]
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def print_version(console: Console, record: VersionRecord) -> None:
+    """The report table of a version: one row per artifact."""
+    table = Table(title=f"{record.model}:{record.version}")
+    for column in ("target", "size", "ratio", "params", "sparsity", "accuracy", "Δ pt",
+                   "agreement", "max abs err", "mean ms", "p95 ms", "budget ms"):  # fmt: skip
+        if column == "target":
+            table.add_column(column, no_wrap=True, min_width=16)
+        else:  # narrow terminals fold figures instead of cutting them off
+            table.add_column(column, justify="right", overflow="fold")
+    for a in record.artifacts:
+        r = a.report
+        q = r.quality
+        table.add_row(
+            a.target,
+            f"{a.size:,}",
+            f"{r.size_ratio:.1f}x",
+            f"{r.param_count:,}",
+            f"{r.sparsity:.0%}",
+            _pct(q.accuracy),
+            "-" if q.accuracy_delta_pt is None else f"{q.accuracy_delta_pt:+.2f}",
+            _pct(q.top1_agreement),
+            f"{q.max_abs_error:.3g}",
+            f"{r.latency.mean_ms:.3f}",
+            f"{r.latency.p95_ms:.3f}",
+            f"{a.latency_budget_ms:.1f}",
+        )
+    console.print(table)
+    distill = record.summary.get("distillation")
+    if distill:
+        console.print(
+            "distillation: teacher {t} ({tp:,} params), distilled student {d}, same student "
+            "from scratch {s} ({sp:,} params, {ratio:.1f}x fewer)".format(
+                t=_pct(distill.get("teacher_accuracy")),
+                d=_pct(distill.get("distilled_accuracy")),
+                s=_pct(distill.get("scratch_accuracy")),
+                tp=distill["teacher_params"],
+                sp=distill["student_params"],
+                ratio=distill["param_ratio"],
+            )
+        )
+    structured = record.summary.get("structured_pruning")
+    if structured:
+        console.print(
+            f"structured pruning: params {structured['params_before']:,} -> "
+            f"{structured['params_after']:,}, MACs {structured['macs_before']:,} -> "
+            f"{structured['macs_after']:,}, eager torch median latency "
+            f"{structured['torch_median_ms_before']:.3f} -> "
+            f"{structured['torch_median_ms_after']:.3f} ms"
+        )
+
+
+def print_models(console: Console, models: list[ModelSummary]) -> None:
+    table = Table(title="models")
+    table.add_column("name")
+    table.add_column("versions")
+    table.add_column("created")
+    for m in models:
+        table.add_row(m.name, ", ".join(m.versions), m.created_at.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)

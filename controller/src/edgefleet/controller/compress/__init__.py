@@ -1,0 +1,28 @@
+"""The compression pipeline: prune, distill, quantize and convert a model into one verified
+artifact per device class, with golden pairs and an evaluation report for each."""
+
+from edgefleet.controller.compress.data import Dataset, load_npz
+from edgefleet.controller.compress.distill import kd_loss
+from edgefleet.controller.compress.pipeline import (
+    CompressionData,
+    CompressionResult,
+    compress,
+    compress_and_register,
+)
+from edgefleet.controller.compress.recipe import DistillConfig, Recipe, validate_targets
+from edgefleet.controller.compress.reference import build_reference_model
+from edgefleet.controller.compress.sources import (
+    ModelSource,
+    OnnxSource,
+    TorchSource,
+    load_model_file,
+    onnx_source,
+    torch_source,
+)
+
+__all__ = [
+    "CompressionData", "CompressionResult", "Dataset", "DistillConfig", "ModelSource",
+    "OnnxSource", "Recipe", "TorchSource", "build_reference_model", "compress",
+    "compress_and_register", "kd_loss", "load_model_file", "load_npz", "onnx_source",
+    "torch_source", "validate_targets",
+]  # fmt: skip

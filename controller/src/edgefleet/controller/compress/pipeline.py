@@ -1,0 +1,330 @@
+"""The compression pipeline: check inputs, run the recipe's steps, build and evaluate one artifact
+per target, and register them. Everything is validated before anything touches the registry."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from torch import nn
+
+from edgefleet.controller.compress.convert import export_onnx, require_edgetpu_compiler
+from edgefleet.controller.compress.data import Dataset, check_against_signature
+from edgefleet.controller.compress.evaluate import (
+    compare_mode,
+    golden_set,
+    is_classifier,
+    latency_budget_ms,
+    quality_stats,
+)
+from edgefleet.controller.compress.prune import (
+    onnx_weight_stats,
+    param_count,
+    prune_unstructured_onnx,
+)
+from edgefleet.controller.compress.recipe import Recipe
+from edgefleet.controller.compress.runners import (
+    OnnxRunner,
+    measure_latency,
+    open_runner,
+    run_float,
+)
+from edgefleet.controller.compress.sources import (
+    ModelSource,
+    OnnxSource,
+    TorchSource,
+    run_torch,
+    torch_signature,
+)
+from edgefleet.controller.compress.steps import apply_torch_steps, distills, model_sparsity
+from edgefleet.controller.compress.targets import BuiltFile, TargetBuilder
+from edgefleet.controller.config import Settings, get_settings
+from edgefleet.controller.errors import CompressionError, DataMismatchError, UnsupportedStepError
+from edgefleet.controller.registry.records import ArtifactReport, NewArtifact, VersionRecord
+from edgefleet.controller.registry.service import ModelRegistry
+from edgefleet.shared.hashing import sha256_file
+from edgefleet.shared.manifest import IOSignature, runtime_for_target
+
+Notify = Callable[[str], None]
+TORCH_ONLY_TARGETS = frozenset({"tflite-fp32", "tflite-int8", "tflite-full-int8", "edgetpu"})
+
+
+@dataclass(frozen=True)
+class CompressionData:
+    """Held-out evaluation data (required), calibration and training/transfer data (optional)."""
+
+    evaluation: Dataset
+    calibration: Dataset | None = None
+    train: Dataset | None = None
+
+
+@dataclass
+class CompressionResult:
+    """Artifact files in a work directory, ready to register, and what the steps measured."""
+
+    artifacts: list[NewArtifact]
+    summary: dict[str, Any]
+    source_sha256: str
+    source_size: int
+    signature: IOSignature
+    reports: dict[str, ArtifactReport] = field(default_factory=dict)
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def compress(
+    source: ModelSource,
+    recipe: Recipe,
+    data: CompressionData,
+    work_dir: Path,
+    *,
+    student: nn.Module | None = None,
+    settings: Settings | None = None,
+    notify: Notify = _quiet,
+) -> CompressionResult:
+    """Run ``recipe`` on ``source`` and build every target into ``work_dir``.
+
+    Raises:
+        DataMismatchError: data names, shapes or dtypes do not fit the model.
+        UnsupportedStepError: a step or target does not apply to this kind of input.
+        ToolNotFoundError: a target needs a tool that is not installed (``edgetpu``).
+        CompressionError: any other step failure (each leaf carries its figures).
+    """
+    settings = settings or get_settings()
+    _check_recipe_fits(source, recipe, student)
+    if "edgetpu" in recipe.targets:
+        require_edgetpu_compiler()
+    _check_calibration(recipe, data)
+    if isinstance(source, OnnxSource):
+        signature = source.signature
+    else:
+        signature = torch_signature(source, data.evaluation)
+    data = _checked(data, signature)
+    notify("evaluating the original model")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if isinstance(source, OnnxSource):
+        reference = run_float(OnnxRunner(source.path), data.evaluation.inputs)
+        fp32_path, summary, params, sparsity = _onnx_working_model(source, recipe, work_dir)
+        source_path: Path = source.path
+        builder = TargetBuilder(work_dir, fp32_path, recipe, data.calibration or data.train)
+    else:
+        reference = run_torch(source.module, source.input_names, data.evaluation.inputs)
+        outputs = len(reference)
+        source_path = export_onnx(
+            source.module, source.input_names, data.evaluation.inputs, outputs,
+            work_dir / "original.onnx", opset=recipe.opset,
+        )  # fmt: skip
+        working, summary = apply_torch_steps(
+            source, recipe, evaluation=data.evaluation, train=data.train,
+            student=student, notify=notify,
+        )  # fmt: skip
+        notify("exporting to ONNX")
+        fp32_path = export_onnx(
+            working, source.input_names, data.evaluation.inputs, outputs,
+            work_dir / "model-fp32.onnx", opset=recipe.opset,
+        )  # fmt: skip
+        eager = source.eager or distills(recipe, student)
+        params, sparsity = param_count(working), model_sparsity(working, eager=eager)
+        builder = TargetBuilder(
+            work_dir, fp32_path, recipe, data.calibration or data.train,
+            module=working, input_names=source.input_names,
+            sample={k: v[:1] for k, v in data.evaluation.inputs.items()},
+        )  # fmt: skip
+    original_size = source_path.stat().st_size
+    classifier = is_classifier(reference, data.evaluation.labels, recipe.task)
+    result = CompressionResult(
+        artifacts=[],
+        summary=summary,
+        source_sha256=sha256_file(source_path),
+        source_size=original_size,
+        signature=signature,
+    )
+    for target in recipe.targets:
+        built = builder.build(target, notify)
+        notify(f"evaluating {target}")
+        artifact = _evaluate(
+            built, recipe, data.evaluation, reference, classifier,
+            original_size=original_size, params=params, sparsity=sparsity, settings=settings,
+        )  # fmt: skip
+        result.artifacts.append(artifact)
+        result.reports[target] = artifact.report
+    return result
+
+
+def compress_and_register(
+    registry: ModelRegistry,
+    name: str,
+    version: str,
+    source: ModelSource,
+    recipe: Recipe,
+    data: CompressionData,
+    *,
+    student: nn.Module | None = None,
+    settings: Settings | None = None,
+    notify: Notify = _quiet,
+    source_file: Path | None = None,
+) -> VersionRecord:
+    """Compress ``source`` and register ``name:version`` with one artifact per target.
+
+    Nothing is written to the registry or its store unless every target was built and evaluated.
+
+    Raises:
+        VersionExistsError: ``name:version`` exists (checked before any work).
+        CompressionError: see :func:`compress`.
+    """
+    from edgefleet.controller.errors import VersionExistsError
+
+    if registry.has_version(name, version):
+        raise VersionExistsError(name, version)
+    with tempfile.TemporaryDirectory(prefix="edgefleet-compress-") as tmp:
+        result = compress(
+            source, recipe, data, Path(tmp), student=student, settings=settings, notify=notify
+        )
+        source_sha, source_size = result.source_sha256, result.source_size
+        if source_file is not None:
+            source_sha, source_size = sha256_file(source_file), source_file.stat().st_size
+        notify("registering artifacts")
+        return registry.register_version(
+            name,
+            version,
+            source_sha256=source_sha,
+            source_size=source_size,
+            recipe=recipe.as_dict(),
+            summary=result.summary,
+            artifacts=result.artifacts,
+        )
+
+
+def _check_recipe_fits(source: ModelSource, recipe: Recipe, student: nn.Module | None) -> None:
+    """Refuse, before any work, steps and targets this kind of input cannot take."""
+    if isinstance(source, TorchSource):
+        if source.eager or distills(recipe, student):
+            return  # a distilled student is an ordinary module whatever the teacher was
+        if recipe.structured_ratio > 0 or recipe.finetune_epochs > 0:
+            raise UnsupportedStepError(
+                f"structured pruning and fine-tuning need an ordinary nn.Module (Python API); a "
+                f"{source.description} file does not expose its layers"
+            )
+        torch_only = sorted(TORCH_ONLY_TARGETS & set(recipe.targets))
+        if source.kind == "torchscript" and torch_only:
+            raise UnsupportedStepError(
+                f"targets {torch_only} are converted with litert-torch, which needs torch.export: "
+                "give a torch.export (.pt2) file or an nn.Module, not TorchScript"
+            )
+        return
+    torch_only = sorted(TORCH_ONLY_TARGETS & set(recipe.targets))
+    if torch_only:
+        raise UnsupportedStepError(
+            f"targets {torch_only} are converted from torch with litert-torch; give a torch model "
+            "(torch.export file or nn.Module), not ONNX"
+        )
+    if recipe.structured_ratio > 0 or distills(recipe, student):
+        raise UnsupportedStepError(
+            "structured pruning and distillation need a torch model; ONNX input supports "
+            "unstructured pruning and quantization"
+        )
+    if recipe.finetune_epochs > 0:
+        raise UnsupportedStepError("fine-tuning needs a torch model")
+
+
+def _check_calibration(recipe: Recipe, data: CompressionData) -> None:
+    """Static int8 targets calibrate on calibration or training data, never on held-out data."""
+    needs = {"tflite-full-int8", "edgetpu"} & set(recipe.targets)
+    if recipe.onnx_int8_mode == "static" and "onnx-int8" in recipe.targets:
+        needs.add("onnx-int8 (static)")
+    if needs and data.calibration is None and data.train is None:
+        verb = "needs" if len(needs) == 1 else "need"
+        raise CompressionError(
+            f"{', '.join(sorted(needs))} {verb} calibration data (--calib DATA.npz, or --train); "
+            "evaluation data is held out and never used to calibrate"
+        )
+
+
+def _checked(data: CompressionData, signature: IOSignature) -> CompressionData:
+    def check(ds: Dataset | None, what: str) -> Dataset | None:
+        return None if ds is None else check_against_signature(ds, signature, what=what)
+
+    evaluation = check(data.evaluation, "evaluation")
+    if evaluation is None:
+        raise DataMismatchError("evaluation data is required")
+    return replace(
+        data,
+        evaluation=evaluation,
+        calibration=check(data.calibration, "calibration"),
+        train=check(data.train, "training"),
+    )
+
+
+def _onnx_working_model(
+    source: OnnxSource, recipe: Recipe, work: Path
+) -> tuple[Path, dict[str, Any], int, float]:
+    model = source.model
+    summary: dict[str, Any] = {}
+    if recipe.prune_sparsity > 0:
+        model = prune_unstructured_onnx(model, recipe.prune_sparsity)
+    params, sparsity = onnx_weight_stats(model)
+    if recipe.prune_sparsity > 0:
+        summary["unstructured_pruning"] = {
+            "target_sparsity": recipe.prune_sparsity,
+            "sparsity": sparsity,
+        }
+    summary["original_params"] = summary["final_params"] = params
+    path = work / "model-fp32.onnx"
+    onnx.save(model, str(path))
+    return path, summary, params, sparsity
+
+
+def _evaluate(
+    built: BuiltFile,
+    recipe: Recipe,
+    evaluation: Dataset,
+    reference: dict[str, np.ndarray],
+    classifier: bool,
+    *,
+    original_size: int,
+    params: int,
+    sparsity: float,
+    settings: Settings,
+) -> NewArtifact:
+    runtime = runtime_for_target(built.target)
+    runner = open_runner(built.evaluate_as or built.path, runtime)
+    produced = run_float(runner, evaluation.inputs)
+    quality = quality_stats(reference, produced, evaluation.labels, classifier=classifier)
+    golden = golden_set(
+        runner, evaluation.inputs, target=built.target, classifier=classifier,
+        count=settings.golden_pairs,
+    )  # fmt: skip
+    one = runner.to_native({k: v[:1] for k, v in evaluation.inputs.items()})
+    latency = measure_latency(runner, one, settings.latency_runs)
+    size = built.path.stat().st_size
+    report = ArtifactReport(
+        target=built.target,
+        runtime=runtime,
+        size_bytes=size,
+        original_size_bytes=original_size,
+        size_ratio=original_size / size,
+        param_count=params,
+        sparsity=sparsity,
+        quality=quality,
+        latency=latency,
+        compare=compare_mode(built.target, classifier),
+        recipe=recipe.as_dict(),
+        details=built.details,
+    )
+    return NewArtifact(
+        target=built.target,
+        file=built.path,
+        signature=runner.signature,
+        golden=golden,
+        latency_budget_ms=latency_budget_ms(
+            latency.p95_ms, settings.latency_budget_factor, settings.min_latency_budget_ms
+        ),
+        report=report,
+    )

@@ -1,0 +1,182 @@
+"""Run a built artifact in its own runtime (onnxruntime or LiteRT) and time it at batch 1.
+
+Runners speak two dialects: *native* tensors (what the artifact takes and gives, e.g. int8 for a
+full-int8 TFLite, which is what golden pairs hold) and *float* tensors (the original model's
+domain, used to compare with the original). Latency runs single-threaded for stable figures.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from edgefleet.controller.compress.sources import dtype_name
+from edgefleet.controller.errors import ConversionError
+from edgefleet.controller.registry.records import LatencyStats
+from edgefleet.shared.manifest import IOSignature, TensorSpec
+
+Arrays = dict[str, np.ndarray]
+ORT_CHUNK = 256
+
+
+class ArtifactRunner(Protocol):
+    runtime: str
+    signature: IOSignature
+
+    def to_native(self, inputs: Arrays) -> Arrays: ...
+    def run_native(self, inputs: Arrays) -> Arrays: ...
+    def to_float(self, outputs: Arrays) -> Arrays: ...
+
+
+def run_float(runner: ArtifactRunner, inputs: Arrays) -> Arrays:
+    """Float outputs of ``runner`` for float inputs of any batch size."""
+    return runner.to_float(run_batched(runner, runner.to_native(inputs)))
+
+
+def run_batched(runner: ArtifactRunner, native: Arrays) -> Arrays:
+    """Native outputs for native inputs of any batch size (chunked to what the artifact takes)."""
+    n = next(iter(native.values())).shape[0]
+    step = ORT_CHUNK if all(s.shape[:1] == (None,) for s in runner.signature.inputs) else 1
+    parts: list[Arrays] = [
+        runner.run_native({k: v[i : i + step] for k, v in native.items()})
+        for i in range(0, n, step)
+    ]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+class OnnxRunner:
+    """onnxruntime CPU session."""
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        self._name = path.name
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:
+            raise ConversionError(path.name, f"onnxruntime cannot load it: {e}") from e
+        self.runtime = f"onnxruntime {ort.__version__} CPU, {threads} thread(s)"
+        self.signature = IOSignature(
+            inputs=tuple(_ort_spec(a) for a in self._session.get_inputs()),
+            outputs=tuple(_ort_spec(a) for a in self._session.get_outputs()),
+        )
+        self._dtypes = {s.name: s.dtype for s in self.signature.inputs}
+
+    def to_native(self, inputs: Arrays) -> Arrays:
+        return {k: inputs[k].astype(self._dtypes[k], copy=False) for k in self._dtypes}
+
+    def run_native(self, inputs: Arrays) -> Arrays:
+        names = [s.name for s in self.signature.outputs]
+        try:
+            outputs = self._session.run(names, inputs)
+        except Exception as e:
+            raise ConversionError(self._name, f"onnxruntime cannot run it: {e}") from e
+        return dict(zip(names, outputs, strict=True))
+
+    def to_float(self, outputs: Arrays) -> Arrays:
+        return outputs
+
+
+class LiteRtRunner:
+    """LiteRT interpreter through the model's serving signature; quantizes int8 IO."""
+
+    def __init__(self, path: Path, threads: int = 1) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._name = path.name
+        try:
+            interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            self._runner = interpreter.get_signature_runner()
+        except Exception as e:
+            raise ConversionError(path.name, f"LiteRT cannot load it: {e}") from e
+        self.runtime = "ai-edge-litert CPU (XNNPACK), 1 thread"
+        self._in = self._runner.get_input_details()
+        self._out = self._runner.get_output_details()
+        self.signature = IOSignature(
+            inputs=tuple(_tfl_spec(k, d) for k, d in self._in.items()),
+            outputs=tuple(_tfl_spec(k, d) for k, d in self._out.items()),
+        )
+
+    def to_native(self, inputs: Arrays) -> Arrays:
+        native: Arrays = {}
+        for name, detail in self._in.items():
+            arr = inputs[name]
+            dtype = np.dtype(detail["dtype"])
+            scale, zero = detail["quantization"]
+            if scale and np.issubdtype(dtype, np.integer) and np.issubdtype(arr.dtype, np.floating):
+                info = np.iinfo(dtype)
+                arr = np.clip(np.round(arr / scale) + zero, info.min, info.max)
+            native[name] = arr.astype(dtype, copy=False)
+        return native
+
+    def run_native(self, inputs: Arrays) -> Arrays:
+        try:
+            result: dict[str, Any] = self._runner(**inputs)
+        except Exception as e:
+            raise ConversionError(self._name, f"LiteRT cannot run it: {e}") from e
+        return {k: np.asarray(v) for k, v in result.items()}
+
+    def to_float(self, outputs: Arrays) -> Arrays:
+        floats: Arrays = {}
+        for name, arr in outputs.items():
+            scale, zero = self._out[name]["quantization"]
+            if scale and np.issubdtype(arr.dtype, np.integer):
+                floats[name] = (arr.astype(np.float32) - zero) * np.float32(scale)
+            else:
+                floats[name] = arr
+        return floats
+
+
+def open_runner(path: Path, runtime: str) -> ArtifactRunner:
+    if runtime == "onnxruntime":
+        return OnnxRunner(path)
+    return LiteRtRunner(path)
+
+
+def measure_latency(
+    runner: ArtifactRunner, native_one: Arrays, runs: int, warmup: int = 5
+) -> LatencyStats:
+    """Mean, median and p95 wall time of ``runs`` single-sample inferences after a warm-up."""
+    sample = {k: np.ascontiguousarray(v[:1]) for k, v in native_one.items()}
+    for _ in range(warmup):
+        runner.run_native(sample)
+    times = np.empty(runs)
+    for i in range(runs):
+        start = time.perf_counter_ns()
+        runner.run_native(sample)
+        times[i] = (time.perf_counter_ns() - start) / 1e6
+    return LatencyStats(
+        runtime=runner.runtime,
+        runs=runs,
+        mean_ms=float(times.mean()),
+        p50_ms=float(np.percentile(times, 50)),
+        p95_ms=float(np.percentile(times, 95)),
+    )
+
+
+_ORT_TYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+    "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int16)": "int16",
+    "tensor(int32)": "int32", "tensor(int64)": "int64", "tensor(bool)": "bool",
+}  # fmt: skip
+
+
+def _ort_spec(arg: Any) -> TensorSpec:
+    dtype = _ORT_TYPES.get(arg.type)
+    if dtype is None:
+        raise ConversionError(arg.name, f"tensor type {arg.type} is not supported")
+    shape = tuple(d if isinstance(d, int) and d > 0 else None for d in arg.shape)
+    return TensorSpec(name=arg.name, dtype=dtype, shape=shape)
+
+
+def _tfl_spec(name: str, detail: dict[str, Any]) -> TensorSpec:
+    signature = detail.get("shape_signature", detail["shape"])
+    shape = tuple(int(d) if d > 0 else None for d in signature)
+    return TensorSpec(name=name, dtype=dtype_name(detail["dtype"]), shape=shape)

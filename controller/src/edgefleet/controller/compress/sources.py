@@ -1,0 +1,228 @@
+"""The model to compress: an ONNX file, or a torch module
+(Python API, TorchScript file, torch.export archive).
+"""
+
+from __future__ import annotations
+
+import inspect
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+import torch
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from onnx import helper
+from torch import nn
+
+from edgefleet.controller.compress.data import Dataset
+from edgefleet.controller.compress.distill import as_eval
+from edgefleet.controller.errors import DataMismatchError, ModelLoadError
+from edgefleet.shared.manifest import DType, IOSignature, TensorSpec
+
+TorchKind = Literal["eager", "torchscript", "exported"]
+_DTYPES: frozenset[str] = frozenset(
+    ("float16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
+)
+
+
+@dataclass(frozen=True)
+class OnnxSource:
+    """An ONNX model read from disk and checked."""
+
+    path: Path
+    model: onnx.ModelProto
+    signature: IOSignature
+
+
+@dataclass(frozen=True)
+class TorchSource:
+    """A torch module in eval mode and the names of its positional inputs, in order."""
+
+    module: nn.Module
+    input_names: tuple[str, ...]
+    description: str = "torch module"
+    kind: TorchKind = "eager"
+
+    @property
+    def eager(self) -> bool:
+        """An ordinary ``nn.Module`` whose layers torch-pruning and litert-torch can see."""
+        return self.kind == "eager"
+
+
+ModelSource = OnnxSource | TorchSource
+
+
+def dtype_name(dtype: np.dtype | type) -> DType:
+    """The wire dtype name of a numpy dtype.
+
+    Raises:
+        DataMismatchError: the dtype has no wire name (e.g. complex or string).
+    """
+    name = np.dtype(dtype).name
+    if name not in _DTYPES:
+        raise DataMismatchError(f"dtype {name} is not supported on the wire")
+    return name  # type: ignore[return-value]
+
+
+def onnx_source(path: Path) -> OnnxSource:
+    """Load and check an ONNX model.
+
+    Raises:
+        ModelLoadError: missing file, or not a valid ONNX model.
+    """
+    if not path.is_file():
+        raise ModelLoadError(str(path), "file does not exist")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, DecodeError, OSError, ValueError, RuntimeError) as e:
+        raise ModelLoadError(str(path), f"not a valid ONNX model ({e})") from e
+    if not model.graph.node:
+        raise ModelLoadError(str(path), "ONNX graph has no nodes")
+    return OnnxSource(path=path, model=model, signature=onnx_signature(model))
+
+
+def onnx_signature(model: onnx.ModelProto) -> IOSignature:
+    """Inputs (initializers excluded) and outputs of an ONNX graph; symbolic dims become None."""
+    initializers = {init.name for init in model.graph.initializer}
+
+    def spec(value: onnx.ValueInfoProto) -> TensorSpec:
+        tensor_type = value.type.tensor_type
+        np_dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+            for d in tensor_type.shape.dim
+        )
+        return TensorSpec(name=value.name, dtype=dtype_name(np_dtype), shape=dims)
+
+    return IOSignature(
+        inputs=tuple(spec(v) for v in model.graph.input if v.name not in initializers),
+        outputs=tuple(spec(v) for v in model.graph.output),
+    )
+
+
+def torch_source(module: nn.Module, input_names: tuple[str, ...] | None = None) -> TorchSource:
+    """Wrap a module; input names default to the parameters of its ``forward``."""
+    names = input_names or _forward_parameter_names(module)
+    if not names:
+        raise ModelLoadError(type(module).__name__, "cannot tell the names of forward's inputs")
+    return TorchSource(module=as_eval(module), input_names=names, description=type(module).__name__)
+
+
+def load_model_file(path: Path) -> ModelSource:
+    """An ONNX file, a ``torch.export`` archive (``.pt2``) or a TorchScript file.
+
+    Raises:
+        ModelLoadError: the file is missing or none of the loaders accepts it.
+    """
+    if not path.is_file():
+        raise ModelLoadError(str(path), "file does not exist")
+    if path.suffix.lower() == ".onnx":
+        return onnx_source(path)
+    errors: list[str] = []
+    if zipfile.is_zipfile(path):
+        try:
+            program = torch.export.load(str(path))
+            module = program.module()
+            names = tuple(
+                spec.arg.name
+                for spec in program.graph_signature.input_specs
+                if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT
+                and hasattr(spec.arg, "name")
+            )
+            return TorchSource(
+                module=module,
+                input_names=names,
+                description="torch.export program",
+                kind="exported",
+            )
+        except Exception as e:  # noqa: BLE001 - torch raises many unrelated types here
+            errors.append(f"torch.export: {type(e).__name__}")
+        try:
+            scripted = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+            eager_view = torch_source(as_eval(scripted))
+            return TorchSource(
+                module=eager_view.module,
+                input_names=eager_view.input_names,
+                description="TorchScript module",
+                kind="torchscript",
+            )
+        except Exception as e:  # noqa: BLE001 - torch raises many unrelated types here
+            errors.append(f"TorchScript: {type(e).__name__}")
+    try:
+        return onnx_source(path)
+    except ModelLoadError:
+        errors.append("ONNX: not a model")
+    raise ModelLoadError(
+        str(path),
+        "not an ONNX, TorchScript or torch.export model (" + "; ".join(errors) + ")",
+    )
+
+
+def torch_signature(source: TorchSource, data: Dataset) -> IOSignature:
+    """Signature of a torch model with a dynamic batch dimension, from data it can run on.
+
+    Raises:
+        DataMismatchError: the data does not carry the model's inputs, or the model rejects it.
+    """
+    if sorted(source.input_names) != sorted(data.inputs):
+        raise DataMismatchError(
+            f"data has inputs {sorted(data.inputs)}, the model expects "
+            f"{sorted(source.input_names)}",
+            expected=source.input_names,
+            got=list(data.inputs),
+        )
+    sample = data.take(slice(0, 1))
+    outputs = run_torch(source.module, source.input_names, sample.inputs)
+    return IOSignature(
+        inputs=tuple(
+            TensorSpec(
+                name=name,
+                dtype=dtype_name(data.inputs[name].dtype),
+                shape=(None, *data.inputs[name].shape[1:]),
+            )
+            for name in source.input_names
+        ),
+        outputs=tuple(
+            TensorSpec(name=name, dtype=dtype_name(arr.dtype), shape=(None, *arr.shape[1:]))
+            for name, arr in outputs.items()
+        ),
+    )
+
+
+def run_torch(
+    module: nn.Module, input_names: tuple[str, ...], inputs: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Outputs of a torch module as named numpy arrays (``output_0``, ``output_1``, ...).
+
+    Raises:
+        DataMismatchError: the module raises on these inputs.
+    """
+    args = tuple(torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in input_names)
+    try:
+        with torch.no_grad():
+            result = module(*args)
+    except (RuntimeError, TypeError, ValueError, IndexError, AssertionError) as e:
+        shapes = {n: list(inputs[n].shape) for n in input_names}
+        raise DataMismatchError(
+            f"the model rejects inputs of shapes {shapes}: {str(e).splitlines()[0]}",
+            expected=input_names,
+            got=list(inputs),
+        ) from e
+    flat = result if isinstance(result, tuple | list) else (result,)
+    return {f"output_{i}": t.detach().cpu().numpy() for i, t in enumerate(flat)}
+
+
+def _forward_parameter_names(module: nn.Module) -> tuple[str, ...]:
+    schema = getattr(getattr(module, "forward", None), "schema", None)
+    if schema is not None:  # TorchScript
+        return tuple(arg.name for arg in schema.arguments[1:])
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return ()
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return tuple(p.name for p in params if p.kind in kinds)

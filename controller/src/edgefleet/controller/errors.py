@@ -1,0 +1,109 @@
+"""The controller's exception hierarchy: one root, leaves that name the failure and carry
+the figures that explain it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from edgefleet.shared.errors import EdgefleetError
+
+
+class ControllerError(EdgefleetError):
+    """Root of every error the controller raises."""
+
+
+class ConfigError(ControllerError):
+    """The controller's settings cannot be loaded or are inconsistent."""
+
+
+# --- compression -------------------------------------------------------------------------------
+
+
+class CompressionError(ControllerError):
+    """The compression pipeline cannot produce what was asked."""
+
+
+class ModelLoadError(CompressionError):
+    """The input is missing or is not a model this pipeline can read."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot load model {path!r}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class DataMismatchError(CompressionError):
+    """Calibration or evaluation data does not fit the model's inputs."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected: Sequence[str] = (),
+        got: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message)
+        self.expected = tuple(expected)
+        self.got = tuple(got)
+
+
+class UnknownTargetError(CompressionError):
+    """A requested artifact target is not one this pipeline knows."""
+
+    def __init__(self, target: str, known: Sequence[str]) -> None:
+        super().__init__(f"unknown target {target!r}; known targets: {', '.join(known)}")
+        self.target = target
+        self.known = tuple(known)
+
+
+class UnsupportedStepError(CompressionError):
+    """A recipe step or target cannot apply to this kind of input (e.g. TFLite from ONNX)."""
+
+
+class ToolNotFoundError(CompressionError):
+    """An external tool a target needs is not installed."""
+
+    def __init__(self, tool: str, install_hint: str) -> None:
+        super().__init__(f"{tool} is not on PATH; {install_hint}")
+        self.tool = tool
+        self.install_hint = install_hint
+
+
+class ConversionError(CompressionError):
+    """A converter or quantizer failed on a model it should accept."""
+
+    def __init__(self, target: str, reason: str) -> None:
+        super().__init__(f"building {target} failed: {reason}")
+        self.target = target
+        self.reason = reason
+
+
+# --- registry ----------------------------------------------------------------------------------
+
+
+class RegistryError(ControllerError):
+    """The model registry refuses a request."""
+
+
+class ModelNotFoundError(RegistryError):
+    def __init__(self, name: str, version: str | None = None) -> None:
+        what = f"{name}:{version}" if version else name
+        super().__init__(f"no model {what!r} in the registry")
+        self.name = name
+        self.version = version
+
+
+class VersionExistsError(RegistryError):
+    def __init__(self, name: str, version: str) -> None:
+        super().__init__(f"model {name}:{version} is already registered; pick a new version")
+        self.name = name
+        self.version = version
+
+
+class ArtifactStoreError(RegistryError):
+    """The content-addressed store is missing a blob or holds a corrupt one."""
+
+    def __init__(self, sha256: str, reason: str) -> None:
+        super().__init__(f"artifact {sha256[:12]}: {reason}")
+        self.sha256 = sha256
+        self.reason = reason

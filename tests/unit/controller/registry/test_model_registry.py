@@ -1,0 +1,163 @@
+"""Registry round trip: versions and artifacts come back as shared wire types and typed reports."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import inspect
+
+from edgefleet.controller.config import get_settings
+from edgefleet.controller.errors import ModelNotFoundError, RegistryError, VersionExistsError
+from edgefleet.controller.registry import (
+    ArtifactReport,
+    Base,
+    LatencyStats,
+    ModelRegistry,
+    NewArtifact,
+    QualityStats,
+    create_engine_for,
+    create_schema,
+)
+from edgefleet.shared.manifest import GoldenPair, GoldenSet, IOSignature, TensorData, TensorSpec
+
+SIG = IOSignature(
+    inputs=(TensorSpec(name="x", dtype="float32", shape=(None, 2)),),
+    outputs=(TensorSpec(name="y", dtype="float32", shape=(None, 1)),),
+)
+
+
+def _tensor(arr: np.ndarray) -> TensorData:
+    return TensorData(
+        dtype="float32", shape=arr.shape, data_b64=base64.b64encode(arr.tobytes()).decode()
+    )
+
+
+def _artifact(tmp_path: Path, target: str, payload: bytes) -> NewArtifact:
+    file = tmp_path / f"{target}.bin"
+    file.write_bytes(payload)
+    golden = GoldenSet(
+        pairs=(
+            GoldenPair(
+                inputs={"x": _tensor(np.ones((1, 2), np.float32))},
+                outputs={"y": _tensor(np.ones((1, 1), np.float32))},
+            ),
+        )
+    )
+    report = ArtifactReport(
+        target=target,
+        runtime="onnxruntime" if target.startswith("onnx") else "litert",  # type: ignore[arg-type]
+        size_bytes=len(payload),
+        original_size_bytes=1000,
+        size_ratio=1000 / len(payload),
+        param_count=3,
+        sparsity=0.0,
+        quality=QualityStats(samples=10, top1_agreement=1.0, max_abs_error=0.0, max_rel_error=0.0),
+        latency=LatencyStats(runtime="test", runs=5, mean_ms=0.1, p50_ms=0.1, p95_ms=0.2),
+        compare="allclose",
+        recipe={"targets": [target]},
+    )
+    return NewArtifact(
+        target=target,
+        file=file,
+        signature=SIG,
+        golden=golden,  # type: ignore[arg-type]
+        latency_budget_ms=5.0,
+        report=report,
+    )
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> ModelRegistry:
+    return ModelRegistry.from_settings(get_settings(data_dir=tmp_path / "data"))
+
+
+def test_round_trip(registry: ModelRegistry, tmp_path: Path) -> None:
+    arts = [
+        _artifact(tmp_path, "onnx-fp32", b"a" * 50),
+        _artifact(tmp_path, "tflite-fp32", b"b" * 40),
+    ]
+    record = registry.register_version(
+        "m",
+        "1",
+        source_sha256="f" * 64,
+        source_size=7,
+        recipe={"r": 1},
+        summary={"s": 2},
+        artifacts=arts,
+    )
+    assert [a.target for a in record.artifacts] == ["onnx-fp32", "tflite-fp32"]
+    again = registry.artifacts_for("m", "1")
+    first = again[0]
+    assert first.signature == SIG
+    assert isinstance(first.golden, GoldenSet)
+    assert first.report == arts[0].report
+    assert first.runtime == "onnxruntime"
+    assert again[1].runtime == "litert"
+    assert first.path.read_bytes() == b"a" * 50
+    assert first.size == 50
+    assert registry.store.verify(first.sha256) == first.path
+    assert registry.get_version("m").version == "1"
+    assert [(m.name, m.versions) for m in registry.list_models()] == [("m", ("1",))]
+
+
+def test_latest_version_and_missing(registry: ModelRegistry, tmp_path: Path) -> None:
+    for v in ("1", "2"):
+        registry.register_version(
+            "m",
+            v,
+            source_sha256="f" * 64,
+            source_size=1,
+            recipe={},
+            summary={},
+            artifacts=[_artifact(tmp_path, "onnx-fp32", v.encode())],
+        )
+    assert registry.get_version("m").version == "2"
+    with pytest.raises(ModelNotFoundError):
+        registry.get_version("m", "3")
+    with pytest.raises(ModelNotFoundError):
+        registry.get_version("other")
+
+
+def test_duplicate_version_leaves_store_unchanged(registry: ModelRegistry, tmp_path: Path) -> None:
+    registry.register_version(
+        "m",
+        "1",
+        source_sha256="f" * 64,
+        source_size=1,
+        recipe={},
+        summary={},
+        artifacts=[_artifact(tmp_path, "onnx-fp32", b"one")],
+    )
+    blobs = registry.store.blob_count()
+    with pytest.raises(VersionExistsError):
+        registry.register_version(
+            "m",
+            "1",
+            source_sha256="f" * 64,
+            source_size=1,
+            recipe={},
+            summary={},
+            artifacts=[_artifact(tmp_path, "onnx-int8", b"new")],
+        )
+    assert registry.store.blob_count() == blobs
+    with pytest.raises(RegistryError, match="duplicate"):
+        registry.register_version(
+            "m",
+            "2",
+            source_sha256="f" * 64,
+            source_size=1,
+            recipe={},
+            summary={},
+            artifacts=[_artifact(tmp_path, "onnx-fp32", b"x")] * 2,
+        )
+
+
+def test_base_is_extensible_and_schema_is_created(tmp_path: Path) -> None:
+    engine = create_engine_for(f"sqlite:///{tmp_path / 'sub' / 'x.db'}")
+    create_schema(engine)
+    tables = set(inspect(engine).get_table_names())
+    assert {"models", "model_versions", "artifacts"} <= tables
+    assert set(Base.metadata.tables) >= tables
