@@ -5,6 +5,12 @@ from __future__ import annotations
 import typer
 
 from edgefleet.controller import __version__
+from edgefleet.controller.commands import model_app
+from edgefleet.controller.commands.demo import demo
+from edgefleet.controller.commands.device import device_app
+from edgefleet.controller.commands.pki import pki_app
+from edgefleet.controller.commands.rollout import rollout_app
+from edgefleet.controller.commands.serve import controller_app
 
 app = typer.Typer(
     name="edgefleet",
@@ -12,6 +18,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+app.add_typer(model_app, name="model")
+app.add_typer(controller_app, name="controller")
+app.add_typer(rollout_app, name="rollout")
+app.add_typer(pki_app, name="pki")
+app.add_typer(device_app, name="device")
+app.command("demo")(demo)
 
 
 @app.callback()
@@ -28,3 +42,7 @@ def version() -> None:
 def main() -> None:
     """Entry point of ``edgefleet``."""
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -54,8 +54,11 @@ def generate_signing_key() -> Ed25519PrivateKey:
     return Ed25519PrivateKey.generate()
 
 
-def _write_private(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically with ``mode`` set before any byte lands."""
+def write_file_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename) with ``mode`` set first.
+
+    Used for keys and tokens: the file never exists with looser permissions or half written.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -75,7 +78,7 @@ def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_private(path, pem, 0o600)
+    write_file_atomic(path, pem, 0o600)
 
 
 def save_public_key(key: Ed25519PublicKey, path: Path) -> None:
@@ -83,7 +86,7 @@ def save_public_key(key: Ed25519PublicKey, path: Path) -> None:
     pem = key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    _write_private(path, pem, 0o644)
+    write_file_atomic(path, pem, 0o644)
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:

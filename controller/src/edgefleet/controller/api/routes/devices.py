@@ -1,0 +1,65 @@
+"""Devices: the registry built from hello, state and last-will messages."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from sqlalchemy import select
+
+from edgefleet.controller.api.deps import ServiceDep, SessionDep, TokenDep
+from edgefleet.controller.api.schemas import DevicePublic, EventPublic, RolloutAction
+from edgefleet.controller.fleet.tables import DeviceRow, EventRow
+from edgefleet.controller.rollouts.planner import matching_devices
+from edgefleet.shared import Command, CommandType
+
+router = APIRouter(prefix="/api/devices", tags=["devices"])
+
+
+@router.get("", response_model=list[DevicePublic])
+def list_devices(
+    session: SessionDep, selector: Annotated[str, Query(max_length=512)] = "*"
+) -> list[DeviceRow]:
+    """Devices matching a label selector such as ``site=plant-3,accel=edgetpu``."""
+    return matching_devices(session, selector)
+
+
+@router.get("/{device_id}", response_model=DevicePublic)
+def get_device(device_id: str, session: SessionDep) -> DeviceRow:
+    row = session.get(DeviceRow, device_id)
+    if row is None:
+        raise HTTPException(404, f"no device {device_id!r}")
+    return row
+
+
+@router.get("/{device_id}/events", response_model=list[EventPublic])
+def device_events(
+    device_id: str, session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[EventRow]:
+    return list(
+        session.scalars(
+            select(EventRow)
+            .where(EventRow.device_id == device_id)
+            .order_by(EventRow.at.desc())
+            .limit(limit)
+        )
+    )
+
+
+@router.post("/{device_id}/rollback", dependencies=[TokenDep], status_code=202)
+async def rollback_device(
+    device_id: str, body: RolloutAction, service: ServiceDep, session: SessionDep
+) -> dict[str, str]:
+    """Command one device to swap back to its previous slot."""
+    if await asyncio.to_thread(session.get, DeviceRow, device_id) is None:
+        raise HTTPException(404, f"no device {device_id!r}")
+    command = Command(
+        device_id=device_id,
+        type=CommandType.ROLLBACK,
+        reason=body.reason or "operator",
+        issued_at=datetime.now(UTC),
+    )
+    await service.send_command(command)
+    return {"command_id": str(command.command_id)}

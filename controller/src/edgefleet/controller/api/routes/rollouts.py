@@ -1,0 +1,74 @@
+"""Rollouts: create, inspect, pause, resume, abort, roll back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Literal
+
+from fastapi import APIRouter, HTTPException
+from sqlalchemy import select
+
+from edgefleet.controller.api.deps import ServiceDep, SessionDep, TokenDep
+from edgefleet.controller.api.schemas import RolloutAction, RolloutCreate, RolloutPublic
+from edgefleet.controller.rollouts.planner import change_status, create_rollout
+from edgefleet.controller.rollouts.tables import RolloutRow
+
+router = APIRouter(prefix="/api/rollouts", tags=["rollouts"])
+
+
+def to_public(row: RolloutRow) -> RolloutPublic:
+    public = RolloutPublic.model_validate(row)
+    return public.model_copy(update={"counts": dict(Counter(d.state for d in row.devices))})
+
+
+@router.get("", response_model=list[RolloutPublic])
+def list_rollouts(session: SessionDep) -> list[RolloutPublic]:
+    rows = session.scalars(select(RolloutRow).order_by(RolloutRow.id.desc()).limit(200))
+    return [to_public(r) for r in rows]
+
+
+@router.get("/{rollout_id}", response_model=RolloutPublic)
+def get_rollout(rollout_id: int, session: SessionDep) -> RolloutPublic:
+    row = session.get(RolloutRow, rollout_id)
+    if row is None:
+        raise HTTPException(404, f"no rollout {rollout_id}")
+    return to_public(row)
+
+
+@router.post("", response_model=RolloutPublic, status_code=201, dependencies=[TokenDep])
+async def start_rollout(body: RolloutCreate, service: ServiceDep) -> RolloutPublic:
+    def create() -> RolloutPublic:
+        with service.sessions.begin() as session:
+            row = create_rollout(
+                session,
+                service.registry,
+                model=body.model,
+                version=body.version,
+                selector=body.selector,
+                waves=body.waves,
+                policy=body.policy,
+            )
+            return to_public(row)
+
+    public = await asyncio.to_thread(create)
+    if service.rollouts is not None:
+        service.rollouts.nudge()
+    return public
+
+
+Action = Literal["pause", "resume", "abort", "rollback"]
+
+
+@router.post("/{rollout_id}/{action}", response_model=RolloutPublic, dependencies=[TokenDep])
+async def act_on_rollout(
+    rollout_id: int, action: Action, body: RolloutAction, service: ServiceDep
+) -> RolloutPublic:
+    def apply() -> RolloutPublic:
+        with service.sessions.begin() as session:
+            return to_public(change_status(session, rollout_id, action, body.reason))
+
+    public = await asyncio.to_thread(apply)
+    if service.rollouts is not None:
+        service.rollouts.nudge()
+    return public

@@ -1,0 +1,34 @@
+"""The FastAPI application factory: builds the service from settings and runs it in lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from edgefleet.controller import __version__
+from edgefleet.controller.api.errors import install_error_handlers
+from edgefleet.controller.api.routes import devices, fleet, models, rollouts
+from edgefleet.controller.config import Settings
+from edgefleet.controller.service import ControllerService
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """An app whose lifespan starts and stops one :class:`ControllerService`."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = ControllerService(settings)
+        app.state.service = service
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="edgefleet controller", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    for module in (devices, rollouts, models, fleet):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,115 @@
+"""The controller's settings: one pydantic-settings model (env prefix ``EDGEFLEET_``, optional
+TOML file named by ``EDGEFLEET_CONFIG``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "EDGEFLEET_CONFIG"
+
+
+class Settings(BaseSettings):
+    """Every tunable of the controller. Build it with :func:`get_settings`."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="ignore")
+
+    data_dir: Path = Field(default=Path.home() / ".local" / "share" / "edgefleet")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; SQLite in data_dir when unset"
+    )
+    latency_runs: int = Field(default=50, ge=5, description="timed runs per artifact")
+    golden_pairs: int = Field(default=8, ge=1, le=64)
+    latency_budget_factor: float = Field(
+        default=3.0, gt=1.0, description="budget = p95 on this machine times this factor"
+    )
+    min_latency_budget_ms: float = Field(default=5.0, gt=0.0)
+
+    # --- service: broker, API, publishing, rollouts (the controller issue) -----------------
+    broker_url: str | None = Field(
+        default=None,
+        description="mqtt://host:port or mqtts://host:port; unset starts an embedded broker",
+    )
+    broker_username: str | None = None
+    broker_password: SecretStr | None = None
+    broker_ca_file: Path | None = Field(default=None, description="CA that signed the broker")
+    broker_client_cert: Path | None = None
+    broker_client_key: Path | None = None
+    embedded_broker_port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    topic_root: str = Field(default="edgefleet/v1")
+    share_group: str | None = Field(
+        default="controllers", description="MQTT shared-subscription group for ingest (None: off)"
+    )
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = Field(
+        default=None, description="URL devices use to reach the API (artifact downloads)"
+    )
+    api_token: SecretStr | None = Field(
+        default=None, description="bearer token for state-changing calls; generated when unset"
+    )
+    signing_key_path: Path | None = Field(
+        default=None, description="Ed25519 signing key; <data_dir>/keys/signing.key when unset"
+    )
+    manifest_ttl_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    chunk_size: int = Field(default=128 * 1024, gt=0, le=512 * 1024)
+    chunk_coalesce_s: float = Field(
+        default=0.5, ge=0, description="requests for a chunk sent this recently wait for the next"
+    )
+    chunk_gather_s: float = Field(
+        default=0.2, ge=0, description="a chunk's first send waits this long for more requesters"
+    )
+    engine_interval_s: float = Field(default=1.0, gt=0, description="rollout engine tick")
+    ingest_batch: int = Field(default=500, gt=0, description="messages written per transaction")
+    ingest_queue: int = Field(default=50_000, gt=0, description="telemetry queue bound")
+    ingest_flush_s: float = Field(default=0.2, gt=0)
+    offline_after_s: float = Field(
+        default=120.0, gt=0, description="no message for this long counts a device offline"
+    )
+
+    @property
+    def key_path(self) -> Path:
+        return self.signing_key_path or self.data_dir / "keys" / "signing.key"
+
+    @property
+    def token_path(self) -> Path:
+        return self.data_dir / "api-token"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'controller.db').as_posix()}"
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = os.environ.get(CONFIG_FILE_ENV)
+        if toml_path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_path)))
+        return tuple(sources)
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Settings from init overrides, then ``EDGEFLEET_*`` variables, then the TOML file named by
+    ``EDGEFLEET_CONFIG``, then defaults."""
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,285 @@
+"""The one-command demo: a controller with its embedded broker, a small fleet of real agent
+processes, a gated rollout, then a bad version stopped at the canary and rolled back.
+
+Every process the demo starts is a child of this one and is stopped on the way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from rich.console import Console
+
+from edgefleet.controller.commands.rollout import rollout_table
+from edgefleet.controller.config import get_settings
+
+console = Console()
+
+
+@dataclass(frozen=True)
+class DemoDevice:
+    device_id: str
+    runtimes: tuple[str, ...]
+    labels: dict[str, str]
+
+
+DEVICES = (
+    DemoDevice("pi4-onnx-01", ("onnxruntime",), {"site": "plant-3", "board": "pi4"}),
+    DemoDevice("pi4-onnx-02", ("onnxruntime",), {"site": "plant-3", "board": "pi4"}),
+    DemoDevice("pi5-litert-01", ("litert",), {"site": "plant-3", "board": "pi5"}),
+    DemoDevice("pi5-both-01", ("onnxruntime", "litert"), {"site": "plant-3", "board": "pi5"}),
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class DemoWorld:
+    data_dir: Path
+    port: int = field(default_factory=_free_port)
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    agent_ports: dict[str, int] = field(default_factory=dict)
+    stop_traffic: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        response = httpx.request(
+            method, self.url + path, json=body, timeout=30,
+            headers={"Authorization": f"Bearer {self.token}"},
+        )  # fmt: skip
+        response.raise_for_status()
+        return response.json()
+
+    def spawn(self, args: list[str], log_name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = (self.data_dir / log_name).open("ab")
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        self.processes.append(proc)
+        return proc
+
+    def close(self) -> None:
+        self.stop_traffic.set()
+        for thread in self.threads:
+            thread.join(5)
+        for proc in reversed(self.processes):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.processes:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait(what: str, condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with console.status(what):
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout:.0f}s: {what}")
+            time.sleep(0.3)
+
+
+def build_models(data_dir: Path) -> None:
+    """digits:1, the reference recipe's student; digits:2, the uncompressed teacher (slow)."""
+    from edgefleet.controller.compress.pipeline import CompressionData, compress_and_register
+    from edgefleet.controller.compress.recipe import Recipe
+    from edgefleet.controller.compress.reference import (
+        INPUT_NAME,
+        build_reference_model,
+        digits_splits,
+        train_teacher,
+    )
+    from edgefleet.controller.compress.sources import torch_source
+    from edgefleet.controller.registry.service import ModelRegistry
+
+    settings = get_settings(data_dir=data_dir, latency_runs=20)
+    registry = ModelRegistry.from_settings(settings)
+    with console.status("compressing digits:1 (distill, prune, quantize to every target)") as s:
+        record = build_reference_model(
+            data_dir, version="1", quick=True, settings=settings, registry=registry,
+            notify=lambda message: s.update(f"digits:1: {message}"),
+        )  # fmt: skip
+    console.print(f"[green]built digits:1[/]: {', '.join(a.target for a in record.artifacts)}")
+    with console.status("building digits:2 (the uncompressed teacher, shipped by mistake)"):
+        splits = digits_splits()
+        teacher = train_teacher(splits, epochs=5)
+        compress_and_register(
+            registry, "digits", "2", torch_source(teacher, (INPUT_NAME,)),
+            Recipe(targets=("onnx-fp32", "tflite-fp32")),
+            CompressionData(evaluation=splits.evaluation, calibration=splits.train),
+            settings=settings,
+        )  # fmt: skip
+    console.print("[yellow]built digits:2[/] (fp32 teacher: ~60x the student's parameters)")
+
+
+def start_controller(world: DemoWorld) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    env.update(
+        EDGEFLEET_DATA_DIR=str(world.data_dir), EDGEFLEET_HTTP_PORT=str(world.port),
+        EDGEFLEET_API_TOKEN=world.token, EDGEFLEET_ENGINE_INTERVAL_S="0.5",
+        PYTHONUNBUFFERED="1",
+    )  # fmt: skip
+    world.spawn(
+        [sys.executable, "-m", "edgefleet.controller.cli", "controller", "serve"],
+        "controller.log", env,
+    )  # fmt: skip
+
+    def healthy() -> bool:
+        try:
+            return bool(world.api("GET", "/api/health")["broker_connected"])
+        except httpx.HTTPError:
+            return False
+
+    _wait("starting the controller and its embedded MQTT broker", healthy, 60)
+    health = world.api("GET", "/api/health")
+    console.print(f"controller up on {world.url}; embedded broker at {health['broker_url']}")
+
+
+def start_agents(world: DemoWorld) -> None:
+    broker_url = world.api("GET", "/api/health")["broker_url"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    for device in DEVICES:
+        port = _free_port()
+        world.agent_ports[device.device_id] = port
+        agent_dir = world.data_dir / "devices" / device.device_id
+        agent_dir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "device_id": device.device_id, "broker_url": broker_url,
+            "controller_key": str(world.data_dir / "keys" / "signing.pub"),
+            "data_dir": str(agent_dir), "http_bind": f"127.0.0.1:{port}",
+            "telemetry_interval_s": 1.0, "runtimes": list(device.runtimes),
+            "labels": device.labels,
+        }  # fmt: skip
+        lines = [f"{k} = {json.dumps(v)}" for k, v in config.items() if k != "labels"]
+        lines.append(
+            "labels = { "
+            + ", ".join(f"{k} = {json.dumps(v)}" for k, v in device.labels.items())
+            + " }"
+        )
+        (agent_dir / "agent.toml").write_text("\n".join(lines) + "\n")
+        command = [sys.executable, "-m", "edgefleet.agent.cli", "run", "--config"]
+        world.spawn([*command, str(agent_dir / "agent.toml")], f"agent-{device.device_id}.log", env)
+
+    def all_online() -> bool:
+        online = {d["id"] for d in world.api("GET", "/api/devices") if d["online"]}
+        return {d.device_id for d in DEVICES} <= online
+
+    _wait(f"starting {len(DEVICES)} agents", all_online, 90)
+    for device in DEVICES:
+        console.print(f"  agent {device.device_id}: runtimes {', '.join(device.runtimes)}")
+
+
+def start_traffic(world: DemoWorld) -> None:
+    """Each device's local app asks for a prediction 20 times a second."""
+    pixels = (np.random.default_rng(0).random((1, 64))).astype(np.float32).tolist()
+
+    def drive(port: int) -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            while not world.stop_traffic.wait(0.05):
+                with contextlib.suppress(httpx.HTTPError):
+                    client.post("/v1/infer", json={"inputs": {"pixels": pixels}})
+
+    for device_id, port in world.agent_ports.items():
+        thread = threading.Thread(
+            target=drive, args=(port,), name=f"traffic-{device_id}", daemon=True
+        )
+        thread.start()
+        world.threads.append(thread)
+
+
+def run_rollout(
+    world: DemoWorld, version: str, policy: dict[str, Any], waves: str
+) -> dict[str, Any]:
+    from rich.live import Live
+
+    body = {"model": "digits", "version": version, "selector": "site=plant-3", "waves": waves,
+            "policy": policy}  # fmt: skip
+    rollout: dict[str, Any] = world.api("POST", "/api/rollouts", body)
+    deadline = time.monotonic() + 240
+    with Live(rollout_table(rollout), console=console, refresh_per_second=4) as live:
+        while rollout["status"] in {"running", "rolling_back"} and time.monotonic() < deadline:
+            time.sleep(0.5)
+            rollout = world.api("GET", f"/api/rollouts/{rollout['id']}")
+            live.update(rollout_table(rollout))
+    return rollout
+
+
+def run_scenario(world: DemoWorld) -> bool:
+    """Return True when every step behaved as described."""
+    build_models(world.data_dir)
+    start_controller(world)
+    start_agents(world)
+    start_traffic(world)
+    console.rule("rollout 1: digits:1 to site=plant-3, canary first, gated on telemetry")
+    first = run_rollout(
+        world, "1", {"soak_s": 4, "max_p95_regression": 0.5, "min_requests": 20}, "1,50%,100%"
+    )
+    ok = bool(first["status"] == "completed")
+    console.print(f"rollout 1: [bold]{first['status']}[/] ({first['reason']})")
+    time.sleep(6)  # a few telemetry windows of the good version: the baseline the gate uses
+    console.rule("rollout 2: digits:2, a bad version (10x slower), to the same devices")
+    second = run_rollout(
+        world, "2", {"soak_s": 6, "max_p95_regression": 0.5, "min_requests": 20}, "1,100%"
+    )
+    console.print(f"rollout 2: [bold]{second['status']}[/] ({second['reason']})")
+    ok = ok and bool(second["status"] == "rolled_back")
+
+    def back_on_v1() -> bool:
+        devices = world.api("GET", "/api/devices")
+        return all((d["active"] or {}).get("version") == "1" for d in devices)
+
+    try:
+        _wait("fleet back on digits:1", back_on_v1, 60)
+        console.print("[green]every device runs digits:1 again[/]")
+    except TimeoutError as e:
+        console.print(f"[red]{e}[/]")
+        ok = False
+    return ok
+
+
+def run_demo(data_dir: Path, *, exit_after: bool) -> int:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    world = DemoWorld(data_dir)
+    try:
+        ok = run_scenario(world)
+        console.rule("done" if ok else "[red]something did not behave as described[/]")
+        console.print(f"dashboard and API: {world.url}/  (API docs: {world.url}/docs)")
+        console.print(f"logs and data: {data_dir}")
+        if exit_after:
+            return 0 if ok else 1
+        console.print("the controller and the fleet stay up; press Ctrl-C to stop them")
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        return 0 if ok else 1
+    except (TimeoutError, httpx.HTTPError) as e:
+        console.print(f"[red]demo failed: {e}[/]; logs in {data_dir}")
+        return 1
+    finally:
+        with console.status("stopping every process the demo started"):
+            world.close()

@@ -1,0 +1,1 @@
+"""The fleet: devices as their messages describe them, their events and telemetry."""

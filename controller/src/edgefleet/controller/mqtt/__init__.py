@@ -1,0 +1,1 @@
+"""The controller's MQTT side: one reconnecting connection and the embedded broker."""

@@ -1,0 +1,155 @@
+"""The controller's one MQTT connection (aiomqtt), reconnecting with capped, jittered backoff.
+
+Concurrency: runs as the asyncio task ``mqtt-bridge``. Incoming messages are handed to a
+synchronous ``on_message`` callback that must only enqueue; ``on_connect`` runs after every
+CONNACK (subscriptions are made again, unpublished desired state is re-sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from edgefleet.controller.errors import ControllerError
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailableError(ControllerError):
+    """The broker connection is down; the publish can be retried later."""
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        """Parse ``mqtt://host:port`` or ``mqtts://host:port``.
+
+        Raises:
+            ValueError: another scheme or no host.
+        """
+        parts = urlsplit(url)
+        if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
+            raise ValueError(f"broker URL {url!r} must look like mqtt://host:port")
+        tls = parts.scheme == "mqtts"
+        return cls(parts.hostname, parts.port or (8883 if tls else 1883), tls)
+
+
+@dataclass(frozen=True)
+class BridgeOptions:
+    url: str
+    subscriptions: Sequence[tuple[str, int]]
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    client_id: str | None = None
+    keepalive: int = 30
+    backoff_min_s: float = 0.2
+    backoff_max_s: float = 30.0
+
+
+class MqttBridge:
+    """Keeps one connection up, feeds messages to the service, publishes on its behalf."""
+
+    def __init__(
+        self,
+        options: BridgeOptions,
+        on_message: Callable[[str, bytes], None],
+        on_connect: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.options = options
+        self.address = BrokerAddress.parse(options.url)
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+        self.connects = 0
+        self._stopping = False
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if not self.address.tls:
+            return None
+        context = ssl.create_default_context(cafile=self.options.ca_file)
+        if self.options.client_cert:
+            context.load_cert_chain(self.options.client_cert, self.options.client_key)
+        return context
+
+    def _make_client(self) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            self.address.host,
+            self.address.port,
+            username=self.options.username,
+            password=self.options.password,
+            identifier=self.options.client_id or f"edgefleet-controller-{uuid.uuid4().hex[:8]}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            keepalive=self.options.keepalive,
+            tls_context=self._tls_context(),
+            max_inflight_messages=1000,
+            max_queued_incoming_messages=0,
+            timeout=10,
+        )
+
+    async def run(self) -> None:
+        """Connect, subscribe and dispatch until cancelled, reconnecting with backoff."""
+        attempt = 0
+        while not self._stopping:
+            try:
+                async with self._make_client() as client:
+                    self._client = client
+                    for topic, qos in self.options.subscriptions:
+                        await client.subscribe(topic, qos=qos)
+                    attempt = 0
+                    self.connects += 1
+                    self.connected.set()
+                    log.info(
+                        "connected to broker %s (connect #%d)", self.options.url, self.connects
+                    )
+                    await self._on_connect()
+                    async for message in client.messages:
+                        try:
+                            self._on_message(message.topic.value, bytes(message.payload or b""))
+                        except Exception:  # a handler bug must not take the connection down
+                            log.exception("message handler failed on %s", message.topic.value)
+            except aiomqtt.MqttError as e:
+                log.warning("broker %s unavailable: %s", self.options.url, e)
+            finally:
+                self._client = None
+                self.connected.clear()
+            attempt += 1
+            window = min(
+                self.options.backoff_max_s, self.options.backoff_min_s * 1.5 ** min(10, attempt)
+            )
+            await asyncio.sleep(random.uniform(window / 2, window))  # noqa: S311 - jitter, not crypto
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> None:
+        """Publish and, for QoS 1, wait for the broker's acknowledgement.
+
+        Raises:
+            BrokerUnavailableError: not connected, or the publish failed.
+        """
+        client = self._client
+        if client is None:
+            raise BrokerUnavailableError("not connected to the broker")
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain, timeout=30)
+        except aiomqtt.MqttError as e:
+            raise BrokerUnavailableError(f"publish to {topic} failed: {e}") from e
+
+    def stop(self) -> None:
+        self._stopping = True

@@ -1,0 +1,1 @@
+"""Publishing: choosing the artifact a device can run, signing manifests, serving chunks."""

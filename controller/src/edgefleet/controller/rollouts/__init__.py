@@ -1,0 +1,1 @@
+"""Rollouts: waves, telemetry gates, and the engine that drives them from the database."""

@@ -1,0 +1,169 @@
+"""Rollout gates: whether a wave's own telemetry says it is safe to go on. Pure functions.
+
+Gates compare the new version's figures on the wave's devices with the same devices' figures
+for the version they ran before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class GatePolicy(BaseModel):
+    """Thresholds of a rollout and what to do when one is breached."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_failures: str = Field(default="0", description="failed devices allowed: N or N%")
+    max_error_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    max_p95_regression: float = Field(default=0.2, ge=0.0)
+    soak_s: float = Field(default=60.0, ge=0.0)
+    min_requests: int = Field(default=20, ge=0, description="below this, latency is not judged")
+    on_breach: Literal["pause", "rollback"] = "rollback"
+
+    @field_validator("max_failures")
+    @classmethod
+    def _failures(cls, value: str) -> str:
+        failures_allowed(value, 100)
+        return value
+
+
+def failures_allowed(spec: str, devices: int) -> int:
+    """How many failed devices ``spec`` (``N`` or ``N%``) allows among ``devices``.
+
+    Raises:
+        ValueError: not a non-negative count or percentage.
+    """
+    text = spec.strip()
+    try:
+        if text.endswith("%"):
+            pct = float(text[:-1])
+            if not 0 <= pct <= 100:
+                raise ValueError
+            return int(devices * pct / 100)
+        count = int(text)
+        if count < 0:
+            raise ValueError
+        return count
+    except ValueError:
+        raise ValueError(
+            f"max failures {spec!r} is not a count (3) or a percentage (10%)"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionFigures:
+    """Summed telemetry of one version on a set of devices."""
+
+    requests: int
+    errors: int
+    p95_ms: float | None  # request-weighted mean of window p95s
+
+
+@dataclass(frozen=True, slots=True)
+class GateCheck:
+    name: str
+    value: float | None
+    threshold: float
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    passed: bool
+    checks: tuple[GateCheck, ...]
+
+    @property
+    def breaches(self) -> tuple[GateCheck, ...]:
+        return tuple(c for c in self.checks if not c.passed)
+
+    def summary(self) -> str:
+        if self.passed:
+            return "all gates passed"
+        return "; ".join(c.detail for c in self.breaches)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "passed": self.passed,
+            "checks": [
+                {
+                    "name": c.name,
+                    "value": c.value,
+                    "threshold": c.threshold,
+                    "passed": c.passed,
+                    "detail": c.detail,
+                }
+                for c in self.checks
+            ],
+        }
+
+
+def check_failures(policy: GatePolicy, failed: int, devices: int) -> GateCheck:
+    allowed = failures_allowed(policy.max_failures, devices)
+    return GateCheck(
+        "failures",
+        float(failed),
+        float(allowed),
+        failed <= allowed,
+        f"{failed} of {devices} devices failed (allowed {allowed})",
+    )
+
+
+def evaluate_gates(
+    policy: GatePolicy,
+    *,
+    failed: int,
+    devices: int,
+    new: VersionFigures,
+    baseline: VersionFigures | None,
+) -> GateResult:
+    """Judge a wave: failed installs, error rate of the new version, p95 regression."""
+    checks = [check_failures(policy, failed, devices)]
+    if new.requests > 0:
+        rate = new.errors / new.requests
+        checks.append(
+            GateCheck(
+                "error_rate",
+                rate,
+                policy.max_error_rate,
+                rate <= policy.max_error_rate,
+                f"error rate {rate:.2%} over {new.requests} requests "
+                f"(max {policy.max_error_rate:.2%})",
+            )
+        )
+    base_p95 = baseline.p95_ms if baseline is not None else None
+    base_requests = baseline.requests if baseline is not None else 0
+    if (
+        new.p95_ms is not None
+        and base_p95 is not None
+        and base_p95 > 0
+        and new.requests >= policy.min_requests
+        and base_requests >= policy.min_requests
+    ):
+        regression = new.p95_ms / base_p95 - 1.0
+        checks.append(
+            GateCheck(
+                "p95_regression",
+                regression,
+                policy.max_p95_regression,
+                regression <= policy.max_p95_regression,
+                f"p95 {new.p95_ms:.3f} ms vs {base_p95:.3f} ms before "
+                f"({regression:+.0%}, max +{policy.max_p95_regression:.0%})",
+            )
+        )
+    return GateResult(all(c.passed for c in checks), tuple(checks))
+
+
+def combine_figures(windows: Sequence[tuple[int, int, float | None]]) -> VersionFigures:
+    """Sum ``(requests, errors, p95_ms)`` windows; p95 is weighted by requests."""
+    requests = sum(w[0] for w in windows)
+    errors = sum(w[1] for w in windows)
+    weighted = [(w[0], w[2]) for w in windows if w[2] is not None and w[0] > 0]
+    weight = sum(n for n, _ in weighted)
+    p95 = sum(n * p for n, p in weighted) / weight if weight else None
+    return VersionFigures(requests, errors, p95)

@@ -1,0 +1,233 @@
+"""The controller service: wires the database, registry, MQTT bridge, ingest, chunk server and
+rollout engine together, and runs them as named asyncio tasks in one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from edgefleet.controller.config import Settings
+from edgefleet.controller.fleet import tables as fleet_tables  # noqa: F401 - registers tables
+from edgefleet.controller.fleet.ingest import FleetIngest
+from edgefleet.controller.mqtt.bridge import BridgeOptions, MqttBridge
+from edgefleet.controller.mqtt.embedded import EmbeddedBroker
+from edgefleet.controller.publish.chunk_server import ChunkServer
+from edgefleet.controller.publish.manifests import ManifestSigner
+from edgefleet.controller.registry.db import Base, create_engine_for, create_schema, session_factory
+from edgefleet.controller.registry.service import ModelRegistry
+from edgefleet.controller.registry.store import ArtifactStore
+from edgefleet.controller.rollouts import tables as rollout_tables  # noqa: F401
+from edgefleet.controller.rollouts.engine import RolloutEngine
+from edgefleet.controller.security.endpoint import BrokerCredentials
+from edgefleet.controller.security.paths import SecurityPaths
+from edgefleet.shared import (
+    Command,
+    DeviceChannel,
+    Topics,
+    encode,
+    generate_signing_key,
+    load_private_key,
+    save_private_key,
+    save_public_key,
+)
+from edgefleet.shared.signing import write_file_atomic
+
+log = logging.getLogger(__name__)
+
+
+def load_or_create_signing_key(settings: Settings) -> Ed25519PrivateKey:
+    """The controller's Ed25519 key; generated (0600) with its public half on first start."""
+    path = settings.key_path
+    if path.exists():
+        return load_private_key(path)
+    key = generate_signing_key()
+    save_private_key(key, path)
+    save_public_key(key.public_key(), path.with_suffix(".pub"))
+    log.info("generated a new signing key at %s", path)
+    return key
+
+
+def load_or_create_api_token(settings: Settings) -> str:
+    if settings.api_token is not None:
+        return settings.api_token.get_secret_value()
+    path = settings.token_path
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    write_file_atomic(path, token.encode(), 0o600)
+    log.info("generated an API token in %s", path)
+    return token
+
+
+def broker_identity(settings: Settings) -> tuple[str | None, str | None, str | None]:
+    """Username, password and pinned CA for the broker connection.
+
+    Explicit settings win; otherwise the identity ``edgefleet device controller-identity`` saved
+    and the CA ``edgefleet pki init`` created in the data dir are used when they exist.
+    """
+    paths = SecurityPaths(settings.data_dir, settings.signing_key_path)
+    username = settings.broker_username
+    password = settings.broker_password.get_secret_value() if settings.broker_password else None
+    if username is None and paths.controller_credentials.exists():
+        saved = BrokerCredentials.load(paths.controller_credentials)
+        username, password = saved.username, saved.password
+    ca_file = settings.broker_ca_file or (paths.ca_cert if paths.ca_cert.exists() else None)
+    return username, password, str(ca_file) if ca_file else None
+
+
+def open_database(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
+    engine = create_engine_for(settings.effective_database_url)
+    create_schema(engine)
+    Base.metadata.create_all(engine)
+    return engine, session_factory(engine)
+
+
+class ControllerService:
+    """Everything the controller runs besides the HTTP server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.topics = Topics(settings.topic_root)
+        self.engine, self.sessions = open_database(settings)
+        self.store = ArtifactStore(settings.artifact_dir)
+        self.registry = ModelRegistry(self.sessions, self.store)
+        self.signing_key = load_or_create_signing_key(settings)
+        self.api_token = load_or_create_api_token(settings)
+        self.embedded: EmbeddedBroker | None = None
+        self.broker_url = settings.broker_url or ""
+        self.signer = ManifestSigner(
+            self.signing_key,
+            self.topics,
+            public_url=self.public_url,
+            chunk_size=settings.chunk_size,
+            ttl=timedelta(seconds=settings.manifest_ttl_s),
+        )
+        self.bridge: MqttBridge | None = None
+        self.ingest: FleetIngest | None = None
+        self.chunks: ChunkServer | None = None
+        self.rollouts: RolloutEngine | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def public_url(self) -> str:
+        return (
+            self.settings.public_url
+            or f"http://{self.settings.http_host}:{self.settings.http_port}"
+        )
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.embedded is not None
+
+    def _subscriptions(self) -> list[tuple[str, int]]:
+        use_share = self.settings.share_group and not self.embedded_broker
+        subs = []
+        for channel in (
+            DeviceChannel.HELLO,
+            DeviceChannel.STATE,
+            DeviceChannel.EVENTS,
+            DeviceChannel.TELEMETRY,
+            DeviceChannel.FETCH,
+        ):
+            topic = self.topics.all_devices(channel)
+            if use_share and channel is DeviceChannel.TELEMETRY and self.settings.share_group:
+                topic = Topics.shared(self.settings.share_group, topic)
+            subs.append((topic, 0 if channel is DeviceChannel.TELEMETRY else 1))
+        return subs
+
+    async def start(self) -> None:
+        if not self.settings.broker_url:
+            self.embedded = EmbeddedBroker(port=self.settings.embedded_broker_port)
+            await self.embedded.start()
+            self.broker_url = self.embedded.url
+            log.warning(
+                "no broker URL configured: started an embedded broker on %s (use Mosquitto "
+                "in production)",
+                self.broker_url,
+            )
+        settings = self.settings
+        username, password, ca_file = broker_identity(settings)
+        self.bridge = MqttBridge(
+            BridgeOptions(
+                url=self.broker_url,
+                subscriptions=self._subscriptions(),
+                username=username,
+                password=password,
+                ca_file=ca_file,
+                client_cert=str(settings.broker_client_cert)
+                if settings.broker_client_cert
+                else None,
+                client_key=str(settings.broker_client_key) if settings.broker_client_key else None,
+            ),
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+        )
+        self.chunks = ChunkServer(
+            self.store,
+            self.topics,
+            lambda topic, payload: self._publish(topic, payload, False),
+            chunk_size=settings.chunk_size,
+            coalesce_s=settings.chunk_coalesce_s,
+            gather_s=settings.chunk_gather_s,
+        )
+        self.ingest = FleetIngest(
+            self.sessions,
+            self.topics,
+            on_fetch=self.chunks.request,
+            batch_size=settings.ingest_batch,
+            telemetry_queue=settings.ingest_queue,
+            flush_s=settings.ingest_flush_s,
+        )
+        self.rollouts = RolloutEngine(
+            self.sessions,
+            self.registry,
+            self.signer,
+            self.topics,
+            self._publish,
+            interval_s=settings.engine_interval_s,
+        )
+        self.ingest.after_batch.append(self.rollouts.nudge)
+        for name, coro in (
+            ("mqtt-bridge", self.bridge.run()),
+            ("fleet-ingest", self.ingest.run()),
+            ("chunk-server", self.chunks.run()),
+            ("rollout-engine", self.rollouts.run()),
+        ):
+            self._tasks.append(asyncio.create_task(coro, name=name))
+
+    async def _on_connect(self) -> None:
+        if self.rollouts is not None:
+            await asyncio.to_thread(self.rollouts.mark_all_unpublished)
+            self.rollouts.nudge()
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if self.ingest is not None:
+            self.ingest.submit(topic, payload)
+
+    async def _publish(self, topic: str, payload: bytes, retain: bool) -> None:
+        if self.bridge is None:
+            raise RuntimeError("service not started")
+        await self.bridge.publish(topic, payload, qos=1, retain=retain)
+
+    async def send_command(self, command: Command) -> None:
+        await self._publish(self.topics.commands(command.device_id), encode(command), False)
+
+    async def stop(self) -> None:
+        if self.bridge is not None:
+            self.bridge.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.embedded is not None:
+            await self.embedded.stop()
+        self.engine.dispose()
