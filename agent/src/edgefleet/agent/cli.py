@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
 
 from edgefleet.agent import __version__
+from edgefleet.agent.errors import ConfigError
+from edgefleet.agent.settings import ENV_PREFIX, AgentSettings, load_settings
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+
+
+def _settings_help() -> str:
+    lines = [f"Settings (TOML keys; environment variables {ENV_PREFIX}<KEY> override the file):"]
+    for name, field in AgentSettings.model_fields.items():
+        required = " (required)" if field.is_required() else f" (default: {field.default!r})"
+        if field.default_factory is not None:
+            required = ""
+        lines.append(f"  {name:<24} {field.description or ''}{required}")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,23 +34,83 @@ def build_parser() -> argparse.ArgumentParser:
         prog="edgefleet-agent",
         description="edgefleet device agent: pulls signed models over MQTT, verifies, "
         "validates and hot-swaps them, serves local inference and reports telemetry.",
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"edgefleet-agent {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = commands.add_parser("run", help="run the agent daemon")
-    run.add_argument("--config", metavar="PATH", help="agent config file (TOML)")
+    run = commands.add_parser(
+        "run",
+        help="run the agent daemon until SIGTERM/SIGINT",
+        description="Run the agent daemon until SIGTERM or SIGINT.",
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "--config",
+        metavar="PATH",
+        type=Path,
+        help="agent config file (TOML); without it every required setting comes from "
+        f"{ENV_PREFIX}* environment variables",
+    )
+    commands.add_parser("check-config", help="load the settings, print them, exit").add_argument(
+        "--config", metavar="PATH", type=Path, help="agent config file (TOML)"
+    )
     return parser
 
 
+def _run(settings: AgentSettings) -> int:
+    from edgefleet.agent.agent import Agent
+    from edgefleet.agent.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    agent = Agent(settings)
+    agent.start()
+    address = agent.http_address
+    logging.getLogger("edgefleet.agent").info(
+        "agent %s running; local API on %s",
+        settings.device_id,
+        f"http://{address[0]}:{address[1]}" if address else "(disabled)",
+    )
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        agent.stop()
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``edgefleet-agent``."""
+    """Entry point of ``edgefleet-agent``; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
-        return 2
-    print("edgefleet-agent: the daemon is not built yet", file=sys.stderr)
-    return 2
+        return EXIT_CONFIG
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as e:
+        print(f"edgefleet-agent: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
+    )
+    if args.command == "check-config":
+        print(settings.model_dump_json(indent=2))
+        return EXIT_OK
+    try:
+        return _run(settings)
+    except ConfigError as e:
+        print(f"edgefleet-agent: {e}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

@@ -1,0 +1,177 @@
+"""The agent's one settings model: a TOML file and ``EDGEFLEET_AGENT_*`` environment variables.
+
+Every bound and timing constant lives here with a default, so tests shrink them instead of
+sleeping. Environment variables override the file; unknown keys are an error.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from edgefleet.agent.errors import ConfigError
+from edgefleet.shared.limits import DEFAULT_LIMITS
+from edgefleet.shared.topics import DEFAULT_ROOT, DeviceId, Topics
+
+ENV_PREFIX = "EDGEFLEET_AGENT_"
+
+
+class AgentSettings(BaseSettings):
+    """Configuration of one agent (field descriptions double as ``--help`` text)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    device_id: DeviceId = Field(description="this device's id (one topic level)")
+    controller_key: Path = Field(description="pinned controller Ed25519 public key (PEM)")
+    data_dir: Path = Field(description="slots, downloads and last accepted serial live here")
+    broker_url: str = Field(
+        default="mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://host:port"
+    )
+    tls_ca_file: Path | None = Field(default=None, description="CA bundle for mqtts")
+    tls_cert_file: Path | None = Field(default=None, description="client certificate (PEM)")
+    tls_key_file: Path | None = Field(default=None, description="client private key (PEM)")
+    username: str | None = Field(default=None, description="broker username")
+    password: SecretStr | None = Field(default=None, description="broker password")
+    topic_root: str = Field(default=DEFAULT_ROOT, description="versioned MQTT topic root")
+    labels: dict[str, str] = Field(default_factory=dict, description="labels sent in hello")
+    runtimes: list[Literal["onnxruntime", "litert", "tflite_runtime"]] | None = Field(
+        default=None,
+        description="runtimes this agent offers and uses (default: every one installed)",
+    )
+    http_bind: str = Field(
+        default="127.0.0.1:8470", description="local inference API host:port ('' disables it)"
+    )
+    telemetry_interval_s: PositiveFloat = Field(default=10.0, description="telemetry period")
+    keepalive_s: PositiveInt = Field(default=60, description="MQTT keepalive")
+    reconnect_min_s: PositiveFloat = Field(default=0.5, description="first reconnect window")
+    reconnect_max_s: PositiveFloat = Field(default=60.0, description="reconnect window cap")
+    fetch_prefer: Literal["mqtt", "http"] = Field(
+        default="mqtt", description="artifact source tried first when both are offered"
+    )
+    fetch_window_chunks: PositiveInt = Field(default=16, description="chunks requested at once")
+    chunk_timeout_s: PositiveFloat = Field(
+        default=10.0, description="re-request missing chunks after this long without progress"
+    )
+    max_bad_chunks: PositiveInt = Field(
+        default=8, description="chunks failing their hash before the artifact is refused"
+    )
+    fetch_timeout_s: PositiveFloat = Field(default=900.0, description="give up a download after")
+    fetch_retry_min_s: PositiveFloat = Field(default=1.0, description="download retry backoff")
+    fetch_retry_max_s: PositiveFloat = Field(default=60.0, description="download retry cap")
+    http_timeout_s: PositiveFloat = Field(default=30.0, description="HTTP artifact socket timeout")
+    max_artifact_bytes: PositiveInt = Field(
+        default=DEFAULT_LIMITS.max_artifact_bytes, description="largest artifact accepted"
+    )
+    max_request_bytes: PositiveInt = Field(
+        default=16 * 1024 * 1024, description="largest local inference request body"
+    )
+    inference_threads: PositiveInt = Field(default=1, description="runtime threads per model")
+    warmup_runs: PositiveInt = Field(default=3, description="runs before a model is timed")
+    validation_timed_runs: PositiveInt = Field(default=10, description="runs to time a model")
+    health_check_interval_s: PositiveFloat = Field(default=1.0, description="post-swap checks")
+    queue_size: PositiveInt = Field(default=64, description="bound of the desired-state queue")
+    durable_writes: bool = Field(default=True, description="fsync downloads and slot state")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="log verbosity (stderr; journald under systemd)"
+    )
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
+            raise ValueError(f"broker_url {value!r} must look like mqtt://host:port")
+        return value
+
+    @field_validator("http_bind")
+    @classmethod
+    def _http_bind(cls, value: str) -> str:
+        if value:
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"http_bind {value!r} must be host:port")
+        return value
+
+    @field_validator("topic_root")
+    @classmethod
+    def _topic_root(cls, value: str) -> str:
+        Topics(value)
+        return value
+
+    @property
+    def broker_host(self) -> str:
+        return urlsplit(self.broker_url).hostname or "127.0.0.1"
+
+    @property
+    def broker_port(self) -> int:
+        parts = urlsplit(self.broker_url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def broker_tls(self) -> bool:
+        return urlsplit(self.broker_url).scheme == "mqtts"
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        if not self.http_bind:
+            return None
+        host, _, port = self.http_bind.rpartition(":")
+        return host, int(port)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first, then the file's values (passed as init values by load_settings).
+        return env_settings, init_settings
+
+
+def _one_line(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "config"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
+def load_settings(path: Path | None) -> AgentSettings:
+    """Read the TOML file at ``path`` (if any), overlaid by ``EDGEFLEET_AGENT_*`` variables.
+
+    Raises:
+        ConfigError: the file is missing, not TOML, has unknown keys or invalid values, or a
+            file it names (controller key, TLS files) does not exist. The message is one line.
+    """
+    values: dict[str, object] = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    try:
+        settings = AgentSettings(**values)  # type: ignore[arg-type]
+    except ValidationError as e:
+        raise ConfigError(f"invalid config{f' {path}' if path else ''}: {_one_line(e)}") from None
+    for name in ("controller_key", "tls_ca_file", "tls_cert_file", "tls_key_file"):
+        file = getattr(settings, name)
+        if file is not None and not Path(file).is_file():
+            raise ConfigError(f"{name}: file not found: {file}")
+    return settings

@@ -1,0 +1,252 @@
+"""Agent footprint benchmark: RSS of an idle agent daemon serving a small ONNX model next to a
+bare onnxruntime process holding the same model, idle CPU, and the per-request overhead of
+``Agent.infer`` and of the local HTTP endpoint against a bare ``session.run``, all measured in
+the same run. Prints JSON on its last line.
+
+    python bench/agent_footprint.py [--quick]
+
+Goals: agent RSS <= baseline + 20 MB, idle CPU <= 1 %, in-process ratio <= 1.10, HTTP adds
+<= 0.5 ms at p50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import io
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from edgefleet.agent.agent import Agent
+from edgefleet.shared import EventType, Topics
+from support.agent_harness import (
+    AgentProcess,
+    DeviceWatcher,
+    make_key,
+    make_settings,
+    settings_dict,
+    write_toml,
+)
+from support.agent_models import BuiltModel, mlp
+from support.mosquitto import MosquittoBroker, free_port
+from support.mqtt import MqttProbe
+from support.publisher import TestPublisher
+
+SIZES = (784, 512, 512, 10)  # an MNIST-sized MLP: small, but real work per request
+TINY = (784, 64, 10)  # where per-call overhead dominates: printed for context only
+
+BASELINE = """
+import sys, time
+import numpy as np
+import onnxruntime as ort
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+session.run(None, {"x": np.zeros((1, 784), np.float32)})
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def rss_mb(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def baseline_rss(model: Path) -> float:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BASELINE, str(model)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        return rss_mb(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def timed(fn: Callable[[], object], n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def interleaved_p50(fns: dict[str, Callable[[], object]], rounds: int, n: int) -> dict[str, float]:
+    """p50 in ms of each function, measured in alternating blocks so drift hits all alike."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name] += timed(fn, n)
+    return {name: float(np.median(values)) * 1000.0 for name, values in samples.items()}
+
+
+def deploy(
+    publisher: TestPublisher, watcher: DeviceWatcher, model: BuiltModel, device: str
+) -> None:
+    golden = [{"x": np.zeros((1, model.signature.inputs[0].shape[1] or 1), np.float32)}]
+    manifest = publisher.manifest(
+        model, device_id=device, serial=1, golden_inputs=golden, chunk_size=256 * 1024,
+        latency_budget_ms=500.0,
+    )  # fmt: skip
+    publisher.publish_desired(device, publisher.sign(manifest))
+    watcher.wait_event(EventType.SWAPPED, timeout=60)
+
+
+def overheads(agent: Agent, model: BuiltModel, port: int, quick: bool) -> dict[str, float]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, model.signature.inputs[0].shape[1] or 1))
+    inputs = {"x": x.astype(np.float32)}
+    buffer = io.BytesIO()
+    np.save(buffer, inputs["x"])
+    body = buffer.getvalue()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def over_http() -> bytes:
+        conn.request("POST", "/v1/infer", body=body, headers={"Content-Type": "application/x-npy"})
+        response = conn.getresponse()
+        data = response.read()
+        assert response.status == 200, data
+        return data
+
+    fns = {
+        "bare": lambda: session.run(None, inputs),
+        "agent": lambda: agent.infer(inputs),
+        "http": over_http,
+    }
+    for fn in fns.values():
+        timed(fn, 200)  # warm up
+    p50 = interleaved_p50(fns, rounds=5 if quick else 20, n=400 if quick else 1000)
+    conn.close()
+    return p50
+
+
+def run(work: Path, quick: bool, stack: contextlib.ExitStack) -> dict[str, float]:
+    broker = MosquittoBroker(work / "mosquitto")
+    broker.start()
+    stack.callback(broker.stop)
+    topics = Topics("edgefleet-bench/v1")
+    key, key_path = make_key(work)
+    publisher = TestPublisher(broker.host, broker.port, topics, key).start()
+    stack.callback(publisher.stop)
+    model = mlp(work / "model.onnx", 1, SIZES)
+    tiny = mlp(work / "tiny.onnx", 2, TINY)
+
+    baseline_mb = baseline_rss(model.path)
+
+    # the agent as it runs on a device: a daemon process, default telemetry interval
+    port = free_port()
+    values = settings_dict(
+        device_id="daemon", broker_url=broker.url, topics=topics, key_path=key_path,
+        data_dir=work / "daemon", http_bind=f"127.0.0.1:{port}",
+    )  # fmt: skip
+    for fast in ("telemetry_interval_s", "keepalive_s", "health_check_interval_s"):
+        values.pop(fast)
+    daemon = AgentProcess(write_toml(work / "daemon.toml", values), work / "daemon.log").start()
+    stack.callback(daemon.kill)
+    probe = MqttProbe(broker.host, broker.port).connect()
+    stack.callback(probe.close)
+    deploy(publisher, DeviceWatcher(probe, topics, "daemon"), model, "daemon")
+    assert daemon.proc is not None
+    time.sleep(2.0)  # let the swap's garbage settle
+    agent_mb = rss_mb(daemon.proc.pid)
+    process = psutil.Process(daemon.proc.pid)
+    idle_s = 20.0 if quick else 30.0
+    cpu_before, wall_before = sum(process.cpu_times()[:2]), time.monotonic()
+    time.sleep(idle_s)
+    idle_cpu = (
+        100.0 * (sum(process.cpu_times()[:2]) - cpu_before) / (time.monotonic() - wall_before)
+    )
+    print(
+        f"agent daemon RSS {agent_mb:.1f} MB idle, baseline {baseline_mb:.1f} MB; "
+        f"idle CPU {idle_cpu:.2f} % over {idle_s:.0f} s"
+    )
+
+    # per-request overhead: Agent.infer in this process, HTTP against the daemon
+    library_probe = MqttProbe(broker.host, broker.port).connect()
+    stack.callback(library_probe.close)
+    settings = make_settings(
+        device_id="library", broker_url=broker.url, topics=topics, key_path=key_path,
+        data_dir=work / "library", http_bind="",
+    )  # fmt: skip
+    agent = Agent(settings).start()
+    stack.callback(agent.stop)
+    deploy(publisher, DeviceWatcher(library_probe, topics, "library"), model, "library")
+    p50 = overheads(agent, model, port, quick)
+    print(
+        f"{SIZES}: p50 bare {p50['bare'] * 1000:.1f} us, "
+        f"Agent.infer {p50['agent'] * 1000:.1f} us, HTTP {p50['http'] * 1000:.1f} us"
+    )
+
+    # context: the same fixed per-call cost against a much smaller model
+    tiny_port = free_port()
+    tiny_values = {
+        **values,
+        "device_id": "tiny",
+        "data_dir": str(work / "tiny"),
+        "http_bind": f"127.0.0.1:{tiny_port}",
+    }
+    tiny_daemon = AgentProcess(
+        write_toml(work / "tiny.toml", tiny_values), work / "tiny.log"
+    ).start()
+    stack.callback(tiny_daemon.kill)
+    deploy(publisher, DeviceWatcher(probe, topics, "tiny"), tiny, "tiny")
+    agent.stop()
+    tiny_agent = Agent(
+        make_settings(
+            device_id="tiny-lib",
+            broker_url=broker.url,
+            topics=topics,
+            key_path=key_path,
+            data_dir=work / "tiny-lib",
+            http_bind="",
+        )
+    )
+    tiny_agent.start()
+    stack.callback(tiny_agent.stop)
+    deploy(publisher, DeviceWatcher(library_probe, topics, "tiny-lib"), tiny, "tiny-lib")
+    tiny_p50 = overheads(tiny_agent, tiny, tiny_port, quick=True)
+    print(
+        f"{TINY} (context): p50 bare {tiny_p50['bare'] * 1000:.1f} us, Agent.infer "
+        f"{tiny_p50['agent'] * 1000:.1f} us (ratio {tiny_p50['agent'] / tiny_p50['bare']:.2f}), "
+        f"HTTP {tiny_p50['http'] * 1000:.1f} us"
+    )
+    return {
+        "agent_rss_mb": round(agent_mb, 1),
+        "baseline_rss_mb": round(baseline_mb, 1),
+        "idle_cpu_pct": round(idle_cpu, 2),
+        "inproc_ratio": round(p50["agent"] / p50["bare"], 3),
+        "http_added_ms_p50": round(p50["http"] - p50["bare"], 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="20 s idle window, fewer samples")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        result = run(Path(tmp), args.quick, stack)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""edgefleet.agent.metrics: percentiles in bounded memory, per version, per window."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edgefleet.agent.metrics import LatencyHistogram, MetricsRegistry
+
+
+def test_percentiles_within_two_percent_of_exact():
+    samples = np.random.default_rng(0).lognormal(mean=0.0, sigma=1.0, size=20_000)
+    histogram = LatencyHistogram()
+    for value in samples:
+        histogram.record(float(value))
+    for q in (0.5, 0.95, 0.99):
+        exact = float(np.quantile(samples, q))
+        assert abs(histogram.percentile(q) - exact) / exact < 0.02
+    assert histogram.max_ms == float(samples.max())
+
+
+def test_memory_does_not_grow_with_requests():
+    histogram = LatencyHistogram()
+    size = len(histogram.counts)
+    for i in range(100_000):
+        histogram.record((i % 1000) * 0.01)
+    assert len(histogram.counts) == size
+    assert histogram.count == 100_000
+
+
+def test_extremes_and_empty():
+    histogram = LatencyHistogram()
+    assert histogram.summary() is None
+    assert histogram.percentile(0.5) == 0.0
+    histogram.record(0.0)
+    histogram.record(1e9)
+    assert histogram.percentile(1.0) == 1e9
+
+
+def test_windows_per_version_and_since_load():
+    registry = MetricsRegistry()
+    a, b = ("m", "1"), ("m", "2")
+    for _ in range(10):
+        registry.record_ok(a, 1.0)
+    registry.record_error(a, 2.0)
+    registry.record_client_error(a)
+    registry.record_ok(b, 5.0)
+    window = {s.version: s for s in registry.take_window(2.0)}
+    assert window["1"].requests == 11
+    assert window["1"].errors == 1
+    assert window["1"].client_errors == 1
+    assert window["1"].throughput_rps == 5.5
+    assert window["2"].latency_ms is not None
+    assert window["2"].latency_ms.max == 5.0
+    assert registry.take_window(1.0) == []  # a new window starts empty
+    assert registry.since_load(a).requests == 11  # the health view is not reset by telemetry
+    registry.reset_version(a)
+    assert registry.since_load(a).requests == 0
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(min_value=0.002, max_value=50_000.0), min_size=1, max_size=500))
+def test_any_sample_percentiles_are_within_bucket_precision(values):
+    histogram = LatencyHistogram()
+    for value in values:
+        histogram.record(value)
+    ordered = sorted(values)
+    for q in (0.5, 0.95, 0.99, 1.0):
+        exact = ordered[max(1, math.ceil(q * len(ordered))) - 1]  # nearest-rank percentile
+        assert abs(histogram.percentile(q) - exact) <= exact * 0.021
