@@ -34,3 +34,27 @@ def own_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
 def topics() -> Topics:
     """A topic tree under a root unique to this test."""
     return Topics(root=f"edgefleet-test/{uuid.uuid4().hex[:12]}/v1")
+
+
+POSTGRES_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: SQLite in the test's temp dir, or a new PostgreSQL database on
+    the local server (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'edgefleet.db'}"
+        return
+    psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True)
+    except psycopg.OperationalError as e:
+        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 to test against ({e})")
+    name = f"edgefleet_test_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

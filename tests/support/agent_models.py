@@ -340,7 +340,7 @@ np.savez(sys.argv[2], w=linear.weight.detach().numpy(), b=linear.bias.detach().n
 
 def litert_torch_two_inputs(path: Path) -> BuiltModel:
     """A torch module with two inputs converted by ``litert_torch`` (in a child process, so the
-    test process never imports torch). Input names are the converter's, not ours."""
+    test process never imports torch). Names are those of the serving signature the converter writes."""
     import subprocess
     import sys
 
@@ -355,15 +355,15 @@ def litert_torch_two_inputs(path: Path) -> BuiltModel:
         w, b = saved["w"], saved["b"]
 
     def reference(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x, y = inputs["serving_default_args_0"], inputs["serving_default_args_1"]
+        x, y = inputs["args_0"], inputs["args_1"]
         out = x @ w.T + b + y.sum(axis=1, keepdims=True)
-        return {"serving_default_output_0_output": out.astype(np.float32)}
+        return {"output_0": out.astype(np.float32)}
 
     signature = IOSignature(
         inputs=(
-            _spec("serving_default_args_0", "float32", (1, 4)),
-            _spec("serving_default_args_1", "float32", (1, 2)),
+            _spec("args_0", "float32", (1, 4)),
+            _spec("args_1", "float32", (1, 2)),
         ),
-        outputs=(_spec("serving_default_output_0_output", "float32", (1, 3)),),
+        outputs=(_spec("output_0", "float32", (1, 3)),),
     )
     return BuiltModel(path, signature, "tflite-fp32", reference)

@@ -154,7 +154,7 @@ def test_tflite_converted_by_litert_torch(models, publisher, watcher, start_agen
     inputs = sample()
     out = agent.infer(inputs)
     np.testing.assert_allclose(
-        out["serving_default_output_0_output"],
-        model.reference(inputs)["serving_default_output_0_output"],
+        out["output_0"],
+        model.reference(inputs)["output_0"],
         atol=1e-4,
     )

@@ -70,8 +70,10 @@ def _artifact(tmp_path: Path, target: str, payload: bytes) -> NewArtifact:
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> ModelRegistry:
-    return ModelRegistry.from_settings(get_settings(data_dir=tmp_path / "data"))
+def registry(tmp_path: Path, database_url: str) -> ModelRegistry:
+    """The registry on SQLite and on PostgreSQL."""
+    settings = get_settings(data_dir=tmp_path / "data", database_url=database_url)
+    return ModelRegistry.from_settings(settings)
 
 
 def test_round_trip(registry: ModelRegistry, tmp_path: Path) -> None:

@@ -43,6 +43,21 @@ def import_interpreter_module() -> ModuleType:
         ) from e
 
 
+def _signature_names(interpreter: Any) -> tuple[dict[int, str], dict[int, str]]:
+    """Map tensor indices to the names of the model's serving signature, when it has one.
+
+    Converters name tensors ``serving_default_x:0`` but sign the model with its signature names
+    (``x``); the manifest's IO signature uses the latter.
+    """
+    try:
+        runner = interpreter.get_signature_runner()
+    except (ValueError, RuntimeError, KeyError):
+        return {}, {}
+    inputs = {int(d["index"]): str(n) for n, d in runner.get_input_details().items()}
+    outputs = {int(d["index"]): str(n) for n, d in runner.get_output_details().items()}
+    return inputs, outputs
+
+
 class LiteRtModel:
     """One interpreter; float inputs are quantized and int outputs dequantized when the
     signed signature says float but the model's tensor is quantized."""
@@ -68,11 +83,21 @@ class LiteRtModel:
         except (ValueError, RuntimeError) as e:
             raise ModelLoadError(f"LiteRT cannot load {path.name}: {e}") from e
         self._lock = threading.Lock()
-        self._inputs = {d["name"]: d for d in self._interpreter.get_input_details()}
-        self._outputs = {d["name"]: d for d in self._interpreter.get_output_details()}
+        self._in_names, self._out_names = _signature_names(self._interpreter)
+        self._read_details()
         self.input_names = tuple(self._inputs)
         self.output_names = tuple(self._outputs)
         self._wanted = {s.name: np.dtype(s.dtype) for s in (*signature.inputs, *signature.outputs)}
+
+    def _read_details(self) -> None:
+        """Tensor details keyed by the model's signature names (or tensor names without one)."""
+        interpreter = self._interpreter
+        self._inputs = {
+            self._in_names.get(d["index"], d["name"]): d for d in interpreter.get_input_details()
+        }
+        self._outputs = {
+            self._out_names.get(d["index"], d["name"]): d for d in interpreter.get_output_details()
+        }
 
     def _quantize(self, name: str, value: Array) -> Array:
         detail = self._inputs[name]
@@ -114,8 +139,7 @@ class LiteRtModel:
                         resized = True
                 if resized:
                     interpreter.allocate_tensors()
-                    self._inputs = {d["name"]: d for d in interpreter.get_input_details()}
-                    self._outputs = {d["name"]: d for d in interpreter.get_output_details()}
+                    self._read_details()
                 for name, value in inputs.items():
                     interpreter.set_tensor(self._inputs[name]["index"], self._quantize(name, value))
                 interpreter.invoke()
