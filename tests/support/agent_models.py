@@ -340,7 +340,7 @@ np.savez(sys.argv[2], w=linear.weight.detach().numpy(), b=linear.bias.detach().n
 
 def litert_torch_two_inputs(path: Path) -> BuiltModel:
     """A torch module with two inputs converted by ``litert_torch`` (in a child process, so the
-    test process never imports torch). Names are those of the serving signature the converter writes."""
+    test process never imports torch). Names are those of the converter's serving signature."""
     import subprocess
     import sys
 

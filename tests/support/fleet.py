@@ -33,6 +33,7 @@ def register_tiny_model(
     targets: tuple[str, ...] = ("onnx-fp32", "onnx-int8", "tflite-fp32"),
     seed: int = 0,
     slow: bool = False,
+    database_url: str | None = None,
 ) -> Any:
     """Compress and register a small classifier (16 -> 4). ``slow`` adds heavy, useless compute
     that leaves outputs the same kind, so its latency regresses but it validates."""
@@ -62,7 +63,7 @@ def register_tiny_model(
 
     rng = np.random.default_rng(seed)
     data = Dataset(inputs={"x": rng.standard_normal((48, 16)).astype(np.float32)})
-    settings = get_settings(data_dir=data_dir, latency_runs=5)
+    settings = get_settings(data_dir=data_dir, latency_runs=5, database_url=database_url)
     registry = ModelRegistry.from_settings(settings)
     return compress_and_register(
         registry,

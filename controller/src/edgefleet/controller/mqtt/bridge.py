@@ -23,6 +23,10 @@ from edgefleet.controller.errors import ControllerError
 log = logging.getLogger(__name__)
 
 
+# CONNACK codes of a broker that refuses the protocol version (MQTT 5: 0x84; 3.1.1: 1).
+UNSUPPORTED_PROTOCOL = frozenset({132, 1})
+
+
 class BrokerUnavailableError(ControllerError):
     """The broker connection is down; the publish can be retried later."""
 
@@ -58,6 +62,7 @@ class BridgeOptions:
     client_key: str | None = None
     client_id: str | None = None
     keepalive: int = 30
+    mqtt5: bool = True  # falls back to 3.1.1 by itself when the broker refuses MQTT 5
     backoff_min_s: float = 0.2
     backoff_max_s: float = 30.0
 
@@ -79,6 +84,7 @@ class MqttBridge:
         self.connected = asyncio.Event()
         self.connects = 0
         self._stopping = False
+        self.mqtt5 = options.mqtt5
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if not self.address.tls:
@@ -95,7 +101,7 @@ class MqttBridge:
             username=self.options.username,
             password=self.options.password,
             identifier=self.options.client_id or f"edgefleet-controller-{uuid.uuid4().hex[:8]}",
-            protocol=aiomqtt.ProtocolVersion.V5,
+            protocol=aiomqtt.ProtocolVersion.V5 if self.mqtt5 else aiomqtt.ProtocolVersion.V311,
             keepalive=self.options.keepalive,
             tls_context=self._tls_context(),
             max_inflight_messages=1000,
@@ -124,6 +130,12 @@ class MqttBridge:
                             self._on_message(message.topic.value, bytes(message.payload or b""))
                         except Exception:  # a handler bug must not take the connection down
                             log.exception("message handler failed on %s", message.topic.value)
+            except aiomqtt.MqttCodeError as e:
+                if self.mqtt5 and getattr(e.rc, "value", e.rc) in UNSUPPORTED_PROTOCOL:
+                    log.info("broker %s does not speak MQTT 5; using 3.1.1", self.options.url)
+                    self.mqtt5 = False
+                    continue
+                log.warning("broker %s unavailable: %s", self.options.url, e)
             except aiomqtt.MqttError as e:
                 log.warning("broker %s unavailable: %s", self.options.url, e)
             finally:

@@ -186,9 +186,13 @@ class RolloutEngine:
                 select(DeviceRow).where(DeviceRow.id.in_([s.device_id for s in scope]))
             )
         }
-        for target in scope:
-            if target.state == "planned":
-                self._send(session, rollout, target, devices[target.device_id], now)
+        planned = [t for t in scope if t.state == "planned"]
+        if planned:
+            artifacts: dict[str, ArtifactRecord] = {
+                a.target: a for a in self.registry.artifacts_for(rollout.model, rollout.version)
+            }
+            for target in planned:
+                self._send(target, devices[target.device_id], artifacts, now)
         failed = sum(1 for d in scope if d.state in FAILED)
         failures = check_failures(policy, failed, len(scope))
         if not failures.passed:
@@ -224,15 +228,11 @@ class RolloutEngine:
 
     def _send(
         self,
-        session: Session,
-        rollout: RolloutRow,
         target: RolloutDeviceRow,
         device: DeviceRow,
+        artifacts: dict[str, ArtifactRecord],
         now: datetime,
     ) -> None:
-        artifacts: dict[str, ArtifactRecord] = {
-            a.target: a for a in self.registry.artifacts_for(rollout.model, rollout.version)
-        }
         runtimes = [r["name"] for r in device.runtimes or []]
         choice = select_artifact_for(runtimes, device.accelerators or [], artifacts)
         target.updated_at = now

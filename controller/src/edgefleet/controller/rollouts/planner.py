@@ -64,6 +64,7 @@ def create_rollout(
         NoDevicesError: the selector matches no device.
     """
     registry.get_version(model, version)
+    parse_waves(waves, 1)  # a malformed spec is refused before anything else is looked up
     devices = matching_devices(session, selector)
     if not devices:
         raise NoDevicesError(selector)

@@ -1,0 +1,190 @@
+"""The controller's API and CLI against a running controller: auth, validation, the embedded
+broker, and PostgreSQL as the database."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from support.fleet import ControllerProcess, register_tiny_model
+from support.mqtt import wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def embedded(tmp_path, model_template):
+    """A controller with no broker URL: it runs its own (amqtt)."""
+    data = tmp_path / "controller"
+    shutil.copytree(model_template, data)
+    controller = ControllerProcess(data, broker_url=None, topic_root="edgefleet-api/v1").start()
+    yield controller
+    controller.stop()
+
+
+STATE_CHANGING = [
+    ("POST", "/api/rollouts", {"model": "tiny", "version": "1"}),
+    ("POST", "/api/rollouts/1/pause", {}),
+    ("POST", "/api/rollouts/1/resume", {}),
+    ("POST", "/api/rollouts/1/abort", {}),
+    ("POST", "/api/rollouts/1/rollback", {}),
+    ("POST", "/api/devices/pi-1/rollback", {}),
+]
+
+
+def test_state_changing_routes_need_the_token(embedded):
+    for method, path, body in STATE_CHANGING:
+        anonymous = httpx.request(method, embedded.url + path, json=body, timeout=10)
+        assert anonymous.status_code == 401, (path, anonymous.text)
+        assert anonymous.headers["www-authenticate"] == "Bearer"
+        wrong = httpx.request(
+            method, embedded.url + path, json=body, timeout=10,
+            headers={"Authorization": "Bearer not-the-token"},
+        )  # fmt: skip
+        assert wrong.status_code == 403, (path, wrong.text)
+    # Reads need no token on loopback.
+    assert httpx.get(embedded.url + "/api/rollouts", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        ({"model": "tiny"}, 422, "version"),
+        ({"model": "tiny", "version": "1", "surprise": 1}, 422, "surprise"),
+        ({"model": "tiny", "version": "9"}, 404, "no model 'tiny:9'"),
+        ({"model": "nope", "version": "1"}, 404, "no model"),
+        ({"model": "tiny", "version": "1", "selector": "site"}, 422, "bad selector term"),
+        ({"model": "tiny", "version": "1", "waves": "0%"}, 422, "bad wave"),
+        ({"model": "tiny", "version": "1", "selector": "site=nowhere"}, 422, "matches no known"),
+        ({"model": "tiny", "version": "1", "policy": {"max_failures": "x"}}, 422, "max failures"),
+        ({"model": "tiny", "version": "1", "policy": {"on_breach": "panic"}}, 422, "on_breach"),
+    ],
+)
+def test_bad_rollout_requests_get_a_4xx_with_the_reason(embedded, body, status, reason):
+    response = embedded.api("POST", "/api/rollouts", json=body)
+    assert response.status_code == status, response.text
+    assert reason in response.text
+
+
+def test_unknown_resources_are_404(embedded):
+    assert embedded.api("GET", "/api/rollouts/99").status_code == 404
+    assert embedded.api("POST", "/api/rollouts/99/pause", json={}).status_code == 404
+    assert embedded.api("GET", "/api/devices/nobody").status_code == 404
+    assert embedded.api("GET", "/artifacts/" + "0" * 64).status_code == 404
+
+
+def test_embedded_broker_carries_a_rollout_end_to_end(embedded, tmp_path):
+    """No external broker at all: the controller's own serves a real agent."""
+    from support.agent_harness import AgentProcess, settings_dict, write_toml
+
+    health = embedded.get("/api/health")
+    assert health["embedded_broker"] is True
+    assert health["broker_connected"] is True
+    from edgefleet.shared import Topics
+
+    values = settings_dict(
+        device_id="emb-1", broker_url=health["broker_url"], topics=Topics("edgefleet-api/v1"),
+        key_path=embedded.data_dir / "keys" / "signing.pub", data_dir=tmp_path / "agent",
+        runtimes=["onnxruntime"],
+    )  # fmt: skip
+    agent = AgentProcess(write_toml(tmp_path / "agent.toml", values), tmp_path / "agent.log")
+    agent.start()
+    try:
+        wait_until(lambda: any(d["online"] for d in embedded.get("/api/devices")), timeout=60)
+        created = embedded.api(
+            "POST", "/api/rollouts", json={"model": "tiny", "version": "1", "policy": {"soak_s": 0}}
+        ).json()
+        wait_until(
+            lambda: embedded.get(f"/api/rollouts/{created['id']}")["status"] == "completed",
+            timeout=60,
+        )
+        # A completed rollout cannot be paused: 409 with the reason.
+        conflict = embedded.api("POST", f"/api/rollouts/{created['id']}/pause", json={})
+        assert conflict.status_code == 409
+        assert "is completed" in conflict.text
+        # The artifact is downloadable with Range, as agents resume downloads.
+        sha = embedded.get("/api/models/tiny/versions/1")["artifacts"][0]["sha256"]
+        part = httpx.get(f"{embedded.url}/artifacts/{sha}", headers={"Range": "bytes=0-9"})
+        assert part.status_code == 206
+        assert len(part.content) == 10
+        # The CLI reads the same API.
+        env = {**os.environ, "EDGEFLEET_API_TOKEN": embedded.token}
+        listed = subprocess.run(
+            [sys.executable, "-m", "edgefleet.controller.cli", "rollout", "list", "--json",
+             "--url", embedded.url],
+            capture_output=True, text=True, env=env, timeout=60, check=True,
+        )  # fmt: skip
+        assert json.loads(listed.stdout)[0]["status"] == "completed"
+    finally:
+        agent.terminate()
+
+
+def test_cli_reports_api_errors_with_a_nonzero_exit(embedded):
+    env = {**os.environ, "EDGEFLEET_API_TOKEN": embedded.token}
+    result = subprocess.run(
+        [sys.executable, "-m", "edgefleet.controller.cli", "rollout", "start", "tiny:9",
+         "--url", embedded.url],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "404" in result.stderr
+    assert "tiny:9" in result.stderr
+    unreachable = subprocess.run(
+        [sys.executable, "-m", "edgefleet.controller.cli", "rollout", "list",
+         "--url", "http://127.0.0.1:9"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert unreachable.returncode == 3
+    assert "cannot reach the controller" in unreachable.stderr
+
+
+def test_rollout_on_postgresql(tmp_path, database_url, own_broker):
+    """The registry and a rollout with PostgreSQL (and SQLite) as the controller's database."""
+    from edgefleet.shared import Topics
+    from support.agent_harness import AgentProcess, settings_dict, write_toml
+
+    data = tmp_path / "controller"
+    register_tiny_model(
+        data, version="1", seed=1, targets=("onnx-fp32",), database_url=database_url
+    )
+    topics = Topics("edgefleet-pg/v1")
+    controller = ControllerProcess(
+        data, broker_url=own_broker.url, topic_root=topics.root,
+        extra_env={"EDGEFLEET_DATABASE_URL": database_url},
+    ).start()  # fmt: skip
+    agents = []
+    try:
+        assert controller.get("/api/health")["database"] == database_url.split(":")[0].split("+")[0]
+        for device_id in ("db-1", "db-2"):
+            values = settings_dict(
+                device_id=device_id, broker_url=own_broker.url, topics=topics,
+                key_path=data / "keys" / "signing.pub", data_dir=tmp_path / device_id,
+            )  # fmt: skip
+            agent = AgentProcess(
+                write_toml(tmp_path / f"{device_id}.toml", values), tmp_path / f"{device_id}.log"
+            )
+            agents.append(agent.start())
+        wait_until(lambda: len(controller.get("/api/devices")) == 2, timeout=60)
+        created = controller.api(
+            "POST", "/api/rollouts",
+            json={"model": "tiny", "version": "1", "waves": "1,100%", "policy": {"soak_s": 0}},
+        ).json()  # fmt: skip
+        wait_until(
+            lambda: controller.get(f"/api/rollouts/{created['id']}")["status"] == "completed",
+            timeout=60,
+        )
+        controller.stop()  # restart on the same database: everything is still there
+        controller.start()
+        rollout = controller.get(f"/api/rollouts/{created['id']}")
+        assert rollout["status"] == "completed"
+        assert {d["state"] for d in rollout["devices"]} == {"active"}
+    finally:
+        for agent in agents:
+            agent.terminate()
+        controller.stop()
