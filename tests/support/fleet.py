@@ -130,6 +130,7 @@ class ControllerProcess:
             except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.1)
+        self.kill()  # never leave a half-started controller behind
         raise TimeoutError(f"controller not healthy within {timeout}s:\n{self.log()}")
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -9,8 +9,9 @@ from fastapi import FastAPI
 
 from edgefleet.controller import __version__
 from edgefleet.controller.api.errors import install_error_handlers
-from edgefleet.controller.api.routes import devices, fleet, models, rollouts
+from edgefleet.controller.api.routes import devices, fleet, metrics, models, rollouts, telemetry
 from edgefleet.controller.config import Settings
+from edgefleet.controller.dashboard import install_dashboard
 from edgefleet.controller.service import ControllerService
 
 
@@ -29,6 +30,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="edgefleet controller", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
-    for module in (devices, rollouts, models, fleet):
+    for module in (devices, rollouts, models, fleet, telemetry, metrics):
         app.include_router(module.router)
+    install_dashboard(app)
     return app

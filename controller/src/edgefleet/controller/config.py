@@ -75,6 +75,22 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="no message for this long counts a device offline"
     )
 
+    # --- telemetry history and dashboard (issue 6) ------------------------------------------
+    telemetry_raw_retention_s: float = Field(
+        default=24 * 3600.0, gt=0, description="raw telemetry windows kept this long"
+    )
+    telemetry_minute_retention_s: float = Field(
+        default=14 * 24 * 3600.0, gt=0, description="per-minute rollups kept this long"
+    )
+    telemetry_hour_retention_s: float = Field(
+        default=400 * 24 * 3600.0, gt=0, description="per-hour rollups kept this long"
+    )
+    telemetry_rollup_interval_s: float = Field(default=60.0, gt=0, description="rollup pass")
+    telemetry_rollup_grace_s: float = Field(
+        default=120.0, ge=0, description="rollups stay this far behind now for late windows"
+    )
+    dashboard_refresh_s: float = Field(default=2.0, gt=0, description="dashboard poll interval")
+
     @property
     def key_path(self) -> Path:
         return self.signing_key_path or self.data_dir / "keys" / "signing.key"

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from edgefleet.controller.config import Settings
 from edgefleet.controller.fleet import tables as fleet_tables  # noqa: F401 - registers tables
 from edgefleet.controller.fleet.ingest import FleetIngest
+from edgefleet.controller.metrics import IngestRateMeter
 from edgefleet.controller.mqtt.bridge import BridgeOptions, MqttBridge
 from edgefleet.controller.mqtt.embedded import EmbeddedBroker
 from edgefleet.controller.publish.chunk_server import ChunkServer
@@ -28,6 +29,8 @@ from edgefleet.controller.rollouts import tables as rollout_tables  # noqa: F401
 from edgefleet.controller.rollouts.engine import RolloutEngine
 from edgefleet.controller.security.endpoint import BrokerCredentials
 from edgefleet.controller.security.paths import SecurityPaths
+from edgefleet.controller.telemetry import HistoryKeeper, RetentionPolicy
+from edgefleet.controller.telemetry import tables as telemetry_tables  # noqa: F401
 from edgefleet.shared import (
     Command,
     DeviceChannel,
@@ -115,6 +118,16 @@ class ControllerService:
         self.ingest: FleetIngest | None = None
         self.chunks: ChunkServer | None = None
         self.rollouts: RolloutEngine | None = None
+        self.retention = RetentionPolicy(
+            raw_s=settings.telemetry_raw_retention_s,
+            minute_s=settings.telemetry_minute_retention_s,
+            hour_s=settings.telemetry_hour_retention_s,
+            grace_s=settings.telemetry_rollup_grace_s,
+        )
+        self.history = HistoryKeeper(
+            self.sessions, self.retention, interval_s=settings.telemetry_rollup_interval_s
+        )
+        self.ingest_rate = IngestRateMeter()
         self._tasks: list[asyncio.Task[Any]] = []
 
     @property
@@ -163,6 +176,7 @@ class ControllerService:
                 username=username,
                 password=password,
                 ca_file=ca_file,
+                mqtt5=not self.embedded_broker,  # amqtt speaks MQTT 3.1.1 only
                 client_cert=str(settings.broker_client_cert)
                 if settings.broker_client_cert
                 else None,
@@ -201,6 +215,8 @@ class ControllerService:
             ("fleet-ingest", self.ingest.run()),
             ("chunk-server", self.chunks.run()),
             ("rollout-engine", self.rollouts.run()),
+            ("telemetry-history", self.history.run()),
+            ("ingest-rate", self.ingest_rate.run(self.ingest.counters)),
         ):
             self._tasks.append(asyncio.create_task(coro, name=name))
 

@@ -28,6 +28,7 @@ from edgefleet.shared import (
     decode,
 )
 from edgefleet.shared.errors import InvalidTopicError
+from edgefleet.shared.limits import DEFAULT_LIMITS
 from edgefleet.shared.topics import DeviceChannel, Topics
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ _MODEL_FOR: dict[DeviceChannel, type[WireModel]] = {
 class IngestCounters:
     received: dict[str, int] = field(default_factory=dict)
     malformed: int = 0
+    oversize: int = 0
     spoofed: int = 0
     telemetry_dropped: int = 0
     written: int = 0
@@ -82,6 +84,10 @@ class FleetIngest:
 
     def submit(self, topic: str, payload: bytes) -> None:
         """Validate one message and queue it; malformed or spoofed ones are logged and dropped."""
+        if len(payload) > DEFAULT_LIMITS.max_message_bytes:
+            self.counters.oversize += 1
+            log.warning("dropped oversize message (%d bytes) on %s", len(payload), topic)
+            return
         try:
             parsed = self.topics.parse_device_topic(topic)
             model = _MODEL_FOR.get(parsed.channel)

@@ -1,0 +1,329 @@
+"""Ingest benchmark: a telemetry burst from many simulated devices through a real mosquitto,
+persisted by a real controller process, next to a bare paho subscriber's receive rate of the
+same burst on the same broker, measured in the same run. Prints JSON on its last line.
+
+    python bench/ingest.py [--quick]
+
+Phase 1: the bare subscriber alone receives a burst. Phase 2: for context, a bare aiomqtt
+subscriber (the controller's MQTT client library) receives it. Phase 3: the controller alone
+ingests the same burst (same publisher, another topic root). Telemetry is QoS 0, events and
+state QoS 1, as agents send them. Goal: controller_rate >= 0.5 x bare_rate, with zero events
+and states lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiomqtt
+import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from edgefleet.shared import (  # noqa: E402
+    DeviceState,
+    DeviceStatus,
+    Event,
+    EventType,
+    Hardware,
+    Hello,
+    LatencySummary,
+    ModelStats,
+    RuntimeInfo,
+    SlotInfo,
+    SystemStats,
+    Telemetry,
+    Topics,
+    encode,
+)
+from support.fleet import ControllerProcess  # noqa: E402
+from support.mosquitto import MosquittoBroker  # noqa: E402
+
+SHA = "cd" * 32
+EVENT_EVERY = 100  # one event per this many telemetry messages
+
+Message = tuple[str, bytes, int]  # topic, payload, qos
+
+
+def burst(topics: Topics, devices: int, windows: int) -> tuple[list[Message], int, int]:
+    """Hello and state per device, then telemetry windows round-robin with events sprinkled in,
+    then a final state per device. Returns (messages, events, states)."""
+    now = datetime.now(UTC) - timedelta(seconds=windows)
+    ids = [f"sim-{i:05d}" for i in range(devices)]
+    out: list[Message] = []
+    states = events = 0
+    hardware = Hardware(arch="aarch64", cpu_count=4, ram_bytes=4 << 30, os="Linux")
+    for device_id in ids:
+        hello = Hello(
+            device_id=device_id,
+            agent_version="0.1.0",
+            hardware=hardware,
+            runtimes=(RuntimeInfo(name="onnxruntime", version="1.20"),),
+            started_at=now,
+        )
+        out.append((topics.hello(device_id), encode(hello), 1))
+        out.append((topics.state(device_id), encode(_state(device_id, 1, now)), 1))
+        states += 1
+    system = SystemStats(
+        cpu_percent=30.0,
+        process_cpu_percent=4.0,
+        rss_bytes=70 << 20,
+        mem_used_bytes=1 << 30,
+        mem_total_bytes=4 << 30,
+        temperature_c=50.0,
+        disk_free_bytes=8 << 30,
+    )
+    n = 0
+    for w in range(windows):
+        end = now + timedelta(seconds=w + 1)
+        for device_id in ids:
+            stats = ModelStats(
+                model_id="tiny",
+                version="1",
+                requests=40,
+                errors=0,
+                latency_ms=LatencySummary(p50=1.0, p95=2.0 + w % 5, p99=3.0, max=9.0),
+                throughput_rps=40.0,
+            )
+            telemetry = Telemetry(
+                device_id=device_id,
+                window_start=end - timedelta(seconds=1),
+                window_end=end,
+                models=(stats,),
+                system=system,
+            )
+            out.append((topics.telemetry(device_id), encode(telemetry), 0))
+            n += 1
+            if n % EVENT_EVERY == 0:
+                event = Event(device_id=device_id, type=EventType.COMMAND_DONE, at=end, serial=1)
+                out.append((topics.events(device_id), encode(event), 1))
+                events += 1
+    for device_id in ids:
+        out.append((topics.state(device_id), encode(_state(device_id, 2, now)), 1))
+        states += 1
+    return out, events, states
+
+
+def _state(device_id: str, serial: int, now: datetime) -> DeviceState:
+    slot = SlotInfo(model_id="tiny", version="1", serial=serial, sha256=SHA, target="onnx-int8")
+    return DeviceState(
+        device_id=device_id,
+        status=DeviceStatus.SERVING,
+        active=slot,
+        last_serial=serial,
+        updated_at=now,
+    )
+
+
+def publish_all(host: str, port: int, messages: list[Message]) -> None:
+    """Run in a child process: publish every message as fast as the broker takes them."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:6]}")
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect(host, port, keepalive=60)
+    client.loop_start()
+    pending = []
+    for topic, payload, qos in messages:
+        info = client.publish(topic, payload, qos=qos)
+        if qos:
+            pending.append(info)
+    for info in pending:
+        info.wait_for_publish(120)
+    client.disconnect()
+    client.loop_stop()
+
+
+def run_publisher(broker: MosquittoBroker, messages: list[Message]) -> multiprocessing.Process:
+    process = multiprocessing.get_context("fork").Process(
+        target=publish_all, args=(broker.host, broker.port, messages), name="bench-publisher"
+    )
+    process.start()
+    return process
+
+
+def bare_phase(broker: MosquittoBroker, messages: list[Message], topics: Topics) -> float:
+    """Messages per second a bare paho subscriber receives of the burst."""
+    arrivals: list[float] = []
+    done = threading.Event()
+    subscribed = threading.Event()
+    expected = len(messages)
+
+    def on_message(client, userdata, msg) -> None:
+        arrivals.append(time.monotonic())
+        if len(arrivals) >= expected:
+            done.set()
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"bench-bare-{uuid.uuid4().hex[:6]}",
+        protocol=mqtt.MQTTProtocolVersion.MQTTv5,
+    )
+    client.max_inflight_messages_set(1000)
+    client.on_message = on_message
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.connect(broker.host, broker.port, keepalive=60)
+    client.loop_start()
+    client.subscribe(
+        [
+            (f"{topics.root}/devices/+/{c}", 0 if c == "telemetry" else 1)
+            for c in ("hello", "state", "events", "telemetry")
+        ]
+    )
+    subscribed.wait(10)
+    publisher = run_publisher(broker, messages)
+    done.wait(300)
+    publisher.join(120)
+    client.disconnect()
+    client.loop_stop()
+    if len(arrivals) < 2:
+        return 0.0
+    print(f"bare subscriber: {len(arrivals)}/{expected} messages", file=sys.stderr)
+    return (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+
+
+def aiomqtt_phase(broker: MosquittoBroker, messages: list[Message], topics: Topics) -> float:
+    """The same as ``bare_phase`` with aiomqtt, the client library the controller's bridge uses:
+    tells the MQTT client's share of the controller's cost apart from ingest's."""
+
+    async def receive() -> float:
+        async with aiomqtt.Client(
+            broker.host,
+            broker.port,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            max_inflight_messages=1000,
+            max_queued_incoming_messages=0,
+        ) as client:
+            for channel in ("hello", "state", "events", "telemetry"):
+                qos = 0 if channel == "telemetry" else 1
+                await client.subscribe(f"{topics.root}/devices/+/{channel}", qos=qos)
+            publisher = run_publisher(broker, messages)
+            count, first, last = 0, 0.0, 0.0
+            try:
+                async with asyncio.timeout(300):
+                    async for _ in client.messages:
+                        last = time.monotonic()
+                        first = first or last
+                        count += 1
+                        if count >= len(messages):
+                            break
+            finally:
+                await asyncio.to_thread(publisher.join, 120)
+        print(f"bare aiomqtt subscriber: {count}/{len(messages)} messages", file=sys.stderr)
+        return (count - 1) / (last - first) if count > 1 else 0.0
+
+    return asyncio.run(receive())
+
+
+def controller_phase(
+    broker: MosquittoBroker, controller: ControllerProcess, messages: list[Message]
+) -> tuple[float, dict]:
+    """Messages per second the controller persists of the burst, and its final ingest counters."""
+    base = controller.get("/api/health")["ingest"]["written"]
+    expected = base + len(messages)
+    samples: list[tuple[float, int]] = []
+    publisher = run_publisher(broker, messages)
+    deadline = time.monotonic() + 600
+    with httpx.Client(base_url=controller.url, timeout=10) as http:
+        while time.monotonic() < deadline:
+            ingest = http.get("/api/health").json()["ingest"]
+            written = ingest["written"] + ingest["telemetry_dropped"]
+            samples.append((time.monotonic(), ingest["written"]))
+            publisher_done = not publisher.is_alive()
+            if written >= expected or (
+                publisher_done
+                and ingest["backlog"] == 0
+                and len(samples) > 20
+                and samples[-20][1] == samples[-1][1]
+            ):
+                break
+            time.sleep(0.05)
+        final = http.get("/api/health").json()["ingest"]
+    publisher.join(60)
+    started = next((t for t, w in samples if w > base), samples[0][0])
+    last_value = samples[-1][1]
+    finished = next(t for t, w in samples if w == last_value)
+    persisted = last_value - base
+    return persisted / max(finished - started, 1e-3), final
+
+
+def count_losses(
+    data_dir: Path, events: int, devices: int, final: dict, states: int
+) -> tuple[int, int]:
+    with sqlite3.connect(data_dir / "controller.db") as db:
+        stored_events = db.execute("SELECT count(*) FROM events").fetchone()[0]
+        converged = db.execute(
+            "SELECT count(*) FROM devices WHERE reported_last_serial = 2"
+        ).fetchone()[0]
+    state_lost = max(0, states - final["received"].get("state", 0)) + (devices - converged)
+    return events - stored_events, state_lost
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a run under a minute")
+    parser.add_argument("--devices", type=int)
+    parser.add_argument("--windows", type=int)
+    args = parser.parse_args()
+    devices = args.devices or (400 if args.quick else 1000)
+    windows = args.windows or (50 if args.quick else 100)
+    with tempfile.TemporaryDirectory(prefix="edgefleet-bench-ingest-") as tmp:
+        root = Path(tmp)
+        broker = MosquittoBroker(root / "mosquitto")
+        broker.start()
+        controller = None
+        try:
+            bare_topics = Topics(f"bench-bare/{uuid.uuid4().hex[:8]}/v1")
+            ctl_topics = Topics(f"bench-ctl/{uuid.uuid4().hex[:8]}/v1")
+            bare_msgs, _, _ = burst(bare_topics, devices, windows)
+            ctl_msgs, events, states = burst(ctl_topics, devices, windows)
+            bare_rate = bare_phase(broker, bare_msgs, bare_topics)
+            aio_topics = Topics(f"bench-aio/{uuid.uuid4().hex[:8]}/v1")
+            aio_rate = aiomqtt_phase(broker, burst(aio_topics, devices, windows)[0], aio_topics)
+            controller = ControllerProcess(
+                root / "controller",
+                broker_url=broker.url,
+                topic_root=ctl_topics.root,
+                extra_env={
+                    "EDGEFLEET_INGEST_FLUSH_S": "0.2",
+                    "EDGEFLEET_TELEMETRY_ROLLUP_INTERVAL_S": "3600",
+                },
+            ).start()
+            controller_rate, final = controller_phase(broker, controller, ctl_msgs)
+            events_lost, state_lost = count_losses(
+                root / "controller", events, devices, final, states
+            )
+        finally:
+            if controller is not None:
+                controller.stop()
+            broker.stop()
+    result = {
+        "controller_rate": round(controller_rate, 1),
+        "bare_rate": round(bare_rate, 1),
+        "ratio": round(controller_rate / bare_rate, 3) if bare_rate else 0.0,
+        "events_lost": events_lost,
+        "state_lost": state_lost,
+        "bare_aiomqtt_rate": round(aio_rate, 1),
+        "messages": len(ctl_msgs),
+        "devices": devices,
+        "telemetry_dropped": final["telemetry_dropped"],
+        "malformed": final["malformed"],
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Telemetry series for charts: one device or a label-selected group over a time range."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel
+from sqlalchemy import func, select
+
+from edgefleet.controller.api.deps import ServiceDep, SessionDep
+from edgefleet.controller.fleet.tables import DeviceRow
+from edgefleet.controller.rollouts.planner import matching_devices
+from edgefleet.controller.telemetry.series import DeviceSeries, query_series
+
+router = APIRouter(prefix="/api/series", tags=["telemetry"])
+
+MAX_RANGE = timedelta(days=400)
+
+
+class LatencySeriesPublic(BaseModel):
+    model_id: str
+    version: str
+    t: list[int]  # bucket starts, Unix milliseconds
+    p50_ms: list[float | None]
+    p95_ms: list[float | None]
+    p99_ms: list[float | None]
+    requests: list[int]
+    errors: list[int]
+
+
+class SystemSeriesPublic(BaseModel):
+    t: list[int]
+    cpu_percent: list[float]
+    mem_used_bytes: list[float]
+    mem_total_bytes: list[float]
+    rss_bytes: list[float]
+    temperature_c: list[float | None]
+
+
+class MarkerPublic(BaseModel):
+    t: int
+    device_id: str
+    type: str
+    version: str | None
+    reason: str | None
+
+
+class SeriesPublic(BaseModel):
+    """Columnar series, ready to plot: one ``t`` array per series, values aligned with it."""
+
+    scope: str
+    devices: int
+    since: datetime
+    until: datetime
+    step_s: int
+    resolution: str
+    latency: list[LatencySeriesPublic]
+    system: SystemSeriesPublic
+    markers: list[MarkerPublic]
+
+
+def series_public(scope: str, devices: int, series: DeviceSeries) -> SeriesPublic:
+    return SeriesPublic(
+        scope=scope,
+        devices=devices,
+        since=series.since,
+        until=series.until,
+        step_s=series.step_s,
+        resolution=series.resolution,
+        latency=[
+            LatencySeriesPublic(
+                model_id=model,
+                version=version,
+                t=[p.t_ms for p in points],
+                p50_ms=[p.p50_ms for p in points],
+                p95_ms=[p.p95_ms for p in points],
+                p99_ms=[p.p99_ms for p in points],
+                requests=[p.requests for p in points],
+                errors=[p.errors for p in points],
+            )
+            for (model, version), points in sorted(series.latency.items())
+        ],
+        system=SystemSeriesPublic(
+            t=[p.t_ms for p in series.system],
+            cpu_percent=[p.cpu_percent for p in series.system],
+            mem_used_bytes=[p.mem_used_bytes for p in series.system],
+            mem_total_bytes=[p.mem_total_bytes for p in series.system],
+            rss_bytes=[p.rss_bytes for p in series.system],
+            temperature_c=[p.temperature_c for p in series.system],
+        ),
+        markers=[
+            MarkerPublic(
+                t=m.t_ms, device_id=m.device_id, type=m.type, version=m.version, reason=m.reason
+            )
+            for m in series.markers
+        ],
+    )
+
+
+def time_range(
+    since: datetime | None, until: datetime | None, minutes: float | None
+) -> tuple[datetime, datetime, datetime]:
+    """(since, until, now): defaults to the last hour; naive times are taken as UTC."""
+    now = datetime.now(UTC)
+    end = until or now
+    end = end if end.tzinfo else end.replace(tzinfo=UTC)
+    start = since or end - timedelta(minutes=minutes or 60)
+    start = start if start.tzinfo else start.replace(tzinfo=UTC)
+    if not start < end or end - start > MAX_RANGE:
+        raise HTTPException(422, f"range must be ascending and at most {MAX_RANGE.days} days")
+    return start, end, now
+
+
+@router.get("/devices/{device_id}", response_model=SeriesPublic)
+def device_series(
+    device_id: str,
+    service: ServiceDep,
+    session: SessionDep,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    minutes: Annotated[float | None, Query(gt=0, le=576000)] = None,
+    model_id: str | None = None,
+    max_points: Annotated[int, Query(ge=10, le=2000)] = 300,
+) -> SeriesPublic:
+    """One device's latency per model version, resources and swap markers."""
+    if session.get(DeviceRow, device_id) is None:
+        raise HTTPException(404, f"no device {device_id!r}")
+    start, end, now = time_range(since, until, minutes)
+    series = query_series(
+        session, device_ids=[device_id], since=start, until=end, now=now,
+        policy=service.retention, model_id=model_id, max_points=max_points,
+    )  # fmt: skip
+    return series_public(f"device:{device_id}", 1, series)
+
+
+@router.get("/group", response_model=SeriesPublic)
+def group_series(
+    service: ServiceDep,
+    session: SessionDep,
+    selector: Annotated[str, Query(max_length=512)] = "*",
+    since: datetime | None = None,
+    until: datetime | None = None,
+    minutes: Annotated[float | None, Query(gt=0, le=576000)] = None,
+    model_id: str | None = None,
+    max_points: Annotated[int, Query(ge=10, le=2000)] = 300,
+) -> SeriesPublic:
+    """A label-selected group (``site=plant-3``; ``*`` for the fleet), devices merged."""
+    start, end, now = time_range(since, until, minutes)
+    ids = (
+        None
+        if selector.strip() in {"", "*"}
+        else [d.id for d in matching_devices(session, selector)]
+    )
+    series = query_series(
+        session, device_ids=ids, since=start, until=end, now=now,
+        policy=service.retention, model_id=model_id, max_points=max_points,
+    )  # fmt: skip
+    count = len(ids) if ids is not None else session.scalar(select(func.count(DeviceRow.id))) or 0
+    return series_public(f"group:{selector}", count, series)
