@@ -72,6 +72,26 @@ def test_bad_rollout_requests_get_a_4xx_with_the_reason(embedded, body, status, 
     assert reason in response.text
 
 
+def sent_sha(controller, target):
+    artifacts = controller.get("/api/models/tiny/versions/1")["artifacts"]
+    return next(a["sha256"] for a in artifacts if a["target"] == target)
+
+
+def test_artifact_downloads_need_the_token_or_a_signed_url(embedded):
+    sha = sent_sha(embedded, "onnx-fp32")
+    url = f"{embedded.url}/artifacts/{sha}"
+    assert httpx.get(url, timeout=10).status_code == 401
+    wrong = httpx.get(url, headers={"Authorization": "Bearer nope"}, timeout=10)
+    assert wrong.status_code == 403
+    forged = httpx.get(url, params={"device": "pi-1", "expires": 4102444800, "sig": "0" * 64})
+    assert forged.status_code == 403
+    assert "signature" in forged.text
+    # With the token, and with Range, as a resumed download asks.
+    part = embedded.api("GET", f"/artifacts/{sha}", headers={"Range": "bytes=0-9"})
+    assert part.status_code == 206
+    assert len(part.content) == 10
+
+
 def test_unknown_resources_are_404(embedded):
     assert embedded.api("GET", "/api/rollouts/99").status_code == 404
     assert embedded.api("POST", "/api/rollouts/99/pause", json={}).status_code == 404
@@ -91,7 +111,7 @@ def test_embedded_broker_carries_a_rollout_end_to_end(embedded, tmp_path):
     values = settings_dict(
         device_id="emb-1", broker_url=health["broker_url"], topics=Topics("edgefleet-api/v1"),
         key_path=embedded.data_dir / "keys" / "signing.pub", data_dir=tmp_path / "agent",
-        runtimes=["onnxruntime"],
+        runtimes=["onnxruntime"], fetch_prefer="http",
     )  # fmt: skip
     agent = AgentProcess(write_toml(tmp_path / "agent.toml", values), tmp_path / "agent.log")
     agent.start()
@@ -108,11 +128,14 @@ def test_embedded_broker_carries_a_rollout_end_to_end(embedded, tmp_path):
         conflict = embedded.api("POST", f"/api/rollouts/{created['id']}/pause", json={})
         assert conflict.status_code == 409
         assert "is completed" in conflict.text
-        # The artifact is downloadable with Range, as agents resume downloads.
-        sha = embedded.get("/api/models/tiny/versions/1")["artifacts"][0]["sha256"]
-        part = httpx.get(f"{embedded.url}/artifacts/{sha}", headers={"Range": "bytes=0-9"})
-        assert part.status_code == 206
-        assert len(part.content) == 10
+        # The agent fetched over HTTP with the signed URL from its manifest.
+        sent = embedded.get(f"/api/rollouts/{created['id']}")["devices"][0]
+        fetched = [
+            line for line in embedded.log().splitlines()
+            if f"GET /artifacts/{sent_sha(embedded, sent['target'])}?device=emb-1&expires=" in line
+        ]  # fmt: skip
+        assert fetched, embedded.log()[-2000:]
+        assert all(" 200 " in line or " 206 " in line for line in fetched), fetched
         # The CLI reads the same API.
         env = {**os.environ, "EDGEFLEET_API_TOKEN": embedded.token}
         listed = subprocess.run(
@@ -121,6 +144,21 @@ def test_embedded_broker_carries_a_rollout_end_to_end(embedded, tmp_path):
             capture_output=True, text=True, env=env, timeout=60, check=True,
         )  # fmt: skip
         assert json.loads(listed.stdout)[0]["status"] == "completed"
+        devices = subprocess.run(
+            [sys.executable, "-m", "edgefleet.controller.cli", "device", "list", "--json",
+             "--selector", "runtime=onnxruntime", "--url", embedded.url],
+            capture_output=True, text=True, env=env, timeout=60, check=True,
+        )  # fmt: skip
+        (device,) = json.loads(devices.stdout)
+        assert device["id"] == "emb-1"
+        assert device["active"]["version"] == "1"
+        shown = subprocess.run(
+            [sys.executable, "-m", "edgefleet.controller.cli", "device", "show", "emb-1",
+             "--url", embedded.url],
+            capture_output=True, text=True, env={**env, "COLUMNS": "200"}, timeout=60, check=True,
+        )  # fmt: skip
+        assert "swapped" in shown.stdout
+        assert "tiny:1" in shown.stdout
     finally:
         agent.terminate()
 
@@ -187,4 +225,24 @@ def test_rollout_on_postgresql(tmp_path, database_url, own_broker):
     finally:
         for agent in agents:
             agent.terminate()
+        controller.stop()
+
+
+def test_reads_need_the_token_when_the_api_leaves_loopback(tmp_path, model_template):
+    data = tmp_path / "controller"
+    shutil.copytree(model_template, data)
+    controller = ControllerProcess(
+        data, broker_url=None, topic_root="edgefleet-open/v1",
+        extra_env={"EDGEFLEET_HTTP_HOST": "0.0.0.0"},  # test traffic still goes to 127.0.0.1
+    )  # fmt: skip
+    controller.start()
+    try:
+        for path in ("/api/devices", "/api/rollouts", "/dashboard", "/metrics"):
+            assert httpx.get(controller.url + path, timeout=10).status_code == 401, path
+            assert controller.api("GET", path).status_code == 200, path
+        browser = httpx.Client(base_url=controller.url, timeout=10, follow_redirects=True)
+        assert browser.get("/login", params={"token": "nope"}).status_code == 403
+        assert browser.get("/login", params={"token": controller.token}).status_code == 200
+        assert browser.get("/dashboard").status_code == 200  # the cookie carries the token
+    finally:
         controller.stop()

@@ -124,7 +124,11 @@ class ControllerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"controller exited {self.proc.returncode}:\n{self.log()}")
             try:
-                health = httpx.get(f"{self.url}/api/health", timeout=1).json()
+                health = httpx.get(
+                    f"{self.url}/api/health",
+                    headers={"Authorization": f"Bearer {self.token}"},
+                    timeout=1,
+                ).json()
                 if health.get("broker_connected"):
                     return self
             except (httpx.HTTPError, ValueError):
@@ -134,7 +138,7 @@ class ControllerProcess:
         raise TimeoutError(f"controller not healthy within {timeout}s:\n{self.log()}")
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.token}"}
+        headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
         return httpx.request(method, f"{self.url}{path}", headers=headers, timeout=30, **kwargs)
 
     def get(self, path: str) -> Any:

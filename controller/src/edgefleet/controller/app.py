@@ -8,8 +8,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from edgefleet.controller import __version__
+from edgefleet.controller.api.deps import ReaderDep
 from edgefleet.controller.api.errors import install_error_handlers
-from edgefleet.controller.api.routes import devices, fleet, metrics, models, rollouts, telemetry
+from edgefleet.controller.api.routes import (
+    artifacts,
+    devices,
+    fleet,
+    login,
+    metrics,
+    models,
+    rollouts,
+    telemetry,
+)
 from edgefleet.controller.config import Settings
 from edgefleet.controller.dashboard import install_dashboard
 from edgefleet.controller.service import ControllerService
@@ -30,7 +40,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="edgefleet controller", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
+    # Reads are open on loopback only; writes always need the token (TokenDep on each route).
     for module in (devices, rollouts, models, fleet, telemetry, metrics):
-        app.include_router(module.router)
-    install_dashboard(app)
+        app.include_router(module.router, dependencies=[ReaderDep])
+    app.include_router(artifacts.router)
+    app.include_router(login.router)
+    install_dashboard(app, dependencies=[ReaderDep])
     return app

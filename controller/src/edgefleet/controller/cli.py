@@ -8,6 +8,7 @@ from edgefleet.controller import __version__
 from edgefleet.controller.commands import model_app
 from edgefleet.controller.commands.demo import demo
 from edgefleet.controller.commands.device import device_app
+from edgefleet.controller.commands.fleet import list_devices, show_device
 from edgefleet.controller.commands.pki import pki_app
 from edgefleet.controller.commands.rollout import rollout_app
 from edgefleet.controller.commands.serve import controller_app
@@ -24,6 +25,8 @@ app.add_typer(model_app, name="model")
 app.add_typer(controller_app, name="controller")
 app.add_typer(rollout_app, name="rollout")
 app.add_typer(pki_app, name="pki")
+device_app.command("list")(list_devices)
+device_app.command("show")(show_device)
 app.add_typer(device_app, name="device")
 app.command("demo")(demo)
 

@@ -20,6 +20,7 @@ from edgefleet.controller.fleet.ingest import FleetIngest
 from edgefleet.controller.metrics import IngestRateMeter
 from edgefleet.controller.mqtt.bridge import BridgeOptions, MqttBridge
 from edgefleet.controller.mqtt.embedded import EmbeddedBroker
+from edgefleet.controller.publish.artifact_urls import ArtifactUrlSigner, load_or_create_url_key
 from edgefleet.controller.publish.chunk_server import ChunkServer
 from edgefleet.controller.publish.manifests import ManifestSigner
 from edgefleet.controller.registry.db import Base, create_engine_for, create_schema, session_factory
@@ -105,6 +106,9 @@ class ControllerService:
         self.registry = ModelRegistry(self.sessions, self.store)
         self.signing_key = load_or_create_signing_key(settings)
         self.api_token = load_or_create_api_token(settings)
+        self.artifact_urls = ArtifactUrlSigner(
+            load_or_create_url_key(settings.key_path.parent / "artifact-url.key")
+        )
         self.embedded: EmbeddedBroker | None = None
         self.broker_url = settings.broker_url or ""
         self.signer = ManifestSigner(
@@ -113,6 +117,7 @@ class ControllerService:
             public_url=self.public_url,
             chunk_size=settings.chunk_size,
             ttl=timedelta(seconds=settings.manifest_ttl_s),
+            urls=self.artifact_urls,
         )
         self.bridge: MqttBridge | None = None
         self.ingest: FleetIngest | None = None

@@ -29,10 +29,12 @@ class ApiClient:
         self.url = url.rstrip("/")
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
-    def call(self, method: str, path: str, json: Any = None) -> Any:
+    def call(
+        self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
         """Send a request; a 4xx/5xx or an unreachable controller exits with a clear message."""
         try:
-            response = self.http.request(method, path, json=json)
+            response = self.http.request(method, path, json=json, params=params)
         except httpx.HTTPError as e:
             typer.echo(f"error: cannot reach the controller at {self.url}: {e}", err=True)
             raise typer.Exit(3) from e

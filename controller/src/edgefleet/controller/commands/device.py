@@ -44,7 +44,9 @@ from edgefleet.controller.security.signing_key import ensure_signing_key
 from edgefleet.shared.errors import InvalidTopicError
 from edgefleet.shared.topics import Topics
 
-device_app = typer.Typer(help="Enroll and revoke devices: broker identities and agent bundles.")
+device_app = typer.Typer(
+    help="Devices: list and show them; enroll and revoke their broker identities and bundles."
+)
 
 DataDirOption = Annotated[
     Path | None, typer.Option("--data-dir", help="controller data dir (default: settings)")

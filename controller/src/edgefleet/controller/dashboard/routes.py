@@ -3,8 +3,9 @@ the page's script fetches again every few seconds. Read-only; no token needed.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -96,7 +97,7 @@ def rollout_page(
     return _respond(service, f"Rollout #{rollout_id}", live, fragment, f"rollout #{rollout_id}")
 
 
-def install_dashboard(app: FastAPI) -> None:
+def install_dashboard(app: FastAPI, dependencies: Sequence[Any] = ()) -> None:
     """Add the pages and serve the script, stylesheet and icon from the package."""
-    app.include_router(router)
+    app.include_router(router, dependencies=list(dependencies))
     app.mount("/dashboard/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edgefleet.controller.publish.artifact_urls import ArtifactUrlSigner
 from edgefleet.controller.registry.records import ArtifactRecord
 from edgefleet.shared import (
     ArtifactRef,
@@ -50,6 +51,7 @@ class ManifestSigner:
         public_url: str,
         chunk_size: int,
         ttl: timedelta,
+        urls: ArtifactUrlSigner,
         health: HealthPolicy | None = None,
     ) -> None:
         self.key = key
@@ -58,10 +60,13 @@ class ManifestSigner:
         self.chunk_size = chunk_size
         self.ttl = ttl
         self.health = health or HealthPolicy()
+        self.urls = urls
         self.chunks = ChunkDigestCache()
 
     def sign(self, device_id: str, artifact: ArtifactRecord, serial: int) -> SignedManifest:
         now = datetime.now(UTC)
+        expires_at = now + self.ttl
+        query = self.urls.query(device_id, artifact.sha256, int(expires_at.timestamp()))
         manifest = Manifest(
             device_id=device_id,
             model_id=artifact.model,
@@ -75,13 +80,13 @@ class ManifestSigner:
                 chunk_size=self.chunk_size,
                 chunk_sha256=self.chunks.digests(artifact.sha256, artifact.path, self.chunk_size),
                 mqtt_topic=self.topics.artifact_chunks(artifact.sha256),
-                http_url=f"{self.public_url}/artifacts/{artifact.sha256}",
+                http_url=f"{self.public_url}/artifacts/{artifact.sha256}?{query}",
             ),
             signature=artifact.signature,
             golden=artifact.golden,
             latency_budget_ms=artifact.latency_budget_ms,
             health=self.health,
             created_at=now,
-            expires_at=now + self.ttl,
+            expires_at=expires_at,
         )
         return sign_manifest(manifest, self.key)

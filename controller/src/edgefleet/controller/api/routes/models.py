@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
-from fastapi.responses import FileResponse
+from fastapi import APIRouter
 
 from edgefleet.controller.api.deps import ServiceDep
 from edgefleet.controller.api.schemas import ArtifactPublic, ModelPublic, VersionPublic
@@ -43,15 +42,3 @@ def list_models(service: ServiceDep) -> list[ModelPublic]:
 @router.get("/api/models/{name}/versions/{version}", response_model=VersionPublic)
 def get_version(name: str, version: str, service: ServiceDep) -> VersionPublic:
     return version_public(service.registry.get_version(name, version))
-
-
-@router.get("/artifacts/{sha256}", response_class=FileResponse)
-def download_artifact(sha256: str, service: ServiceDep) -> FileResponse:
-    """The artifact's bytes; supports HTTP Range so devices resume downloads."""
-    if len(sha256) != 64 or not service.store.contains(sha256):
-        raise HTTPException(404, f"no artifact {sha256[:16]!r}")
-    return FileResponse(
-        service.store.path_for(sha256),
-        media_type="application/octet-stream",
-        headers={"ETag": f'"{sha256}"', "Cache-Control": "public, max-age=31536000, immutable"},
-    )
