@@ -30,6 +30,7 @@ from edgefleet.controller.rollouts import tables as rollout_tables  # noqa: F401
 from edgefleet.controller.rollouts.engine import RolloutEngine
 from edgefleet.controller.security.endpoint import BrokerCredentials
 from edgefleet.controller.security.paths import SecurityPaths
+from edgefleet.controller.security.signing_key import ensure_signing_key
 from edgefleet.controller.telemetry import HistoryKeeper, RetentionPolicy
 from edgefleet.controller.telemetry import tables as telemetry_tables  # noqa: F401
 from edgefleet.shared import (
@@ -37,10 +38,7 @@ from edgefleet.shared import (
     DeviceChannel,
     Topics,
     encode,
-    generate_signing_key,
     load_private_key,
-    save_private_key,
-    save_public_key,
 )
 from edgefleet.shared.signing import write_file_atomic
 
@@ -50,13 +48,8 @@ log = logging.getLogger(__name__)
 def load_or_create_signing_key(settings: Settings) -> Ed25519PrivateKey:
     """The controller's Ed25519 key; generated (0600) with its public half on first start."""
     path = settings.key_path
-    if path.exists():
-        return load_private_key(path)
-    key = generate_signing_key()
-    save_private_key(key, path)
-    save_public_key(key.public_key(), path.with_suffix(".pub"))
-    log.info("generated a new signing key at %s", path)
-    return key
+    ensure_signing_key(path, path.with_suffix(".pub"))
+    return load_private_key(path)
 
 
 def load_or_create_api_token(settings: Settings) -> str:

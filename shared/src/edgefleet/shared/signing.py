@@ -57,14 +57,17 @@ def generate_signing_key() -> Ed25519PrivateKey:
 def write_file_atomic(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` to ``path`` atomically (temp file, fsync, rename) with ``mode`` set first.
 
-    Used for keys and tokens: the file never exists with looser permissions or half written.
+    Used for keys, tokens and bundles: the file never exists with looser permissions or half
+    written. A directory created for a private (0600) file is private too (0700).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if mode & 0o077 == 0 else 0o777)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.fchmod(fd, mode)
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from edgefleet.controller.security.errors import WouldOverwriteError
+from edgefleet.shared.signing import write_file_atomic
 
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -25,17 +25,5 @@ def refuse_overwrite(paths: list[Path], *, force: bool) -> None:
 
 
 def write_file(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory, fsync and rename.
-
-    A directory created for a secret file is private (0700).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if mode == SECRET_MODE else 0o777)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` atomically, mode set first (see the shared helper)."""
+    write_file_atomic(path, data, mode)
