@@ -65,7 +65,7 @@ class Settings(BaseSettings):
         default=0.5, ge=0, description="requests for a chunk sent this recently wait for the next"
     )
     chunk_gather_s: float = Field(
-        default=0.2, ge=0, description="a chunk's first send waits this long for more requesters"
+        default=0.2, ge=0, description="first send of a burst waits for requests quiet this long"
     )
     engine_interval_s: float = Field(default=1.0, gt=0, description="rollout engine tick")
     ingest_batch: int = Field(default=500, gt=0, description="messages written per transaction")
