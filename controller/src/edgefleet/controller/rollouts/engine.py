@@ -205,7 +205,8 @@ class RolloutEngine:
         if rollout.wave_settled_at is None:
             rollout.wave_settled_at = now
             rollout.updated_at = now
-            return
+            if policy.soak_s > 0:
+                return
         if now < _aware(rollout.wave_settled_at) + timedelta(seconds=policy.soak_s):
             return
         result = self._evaluate(session, rollout, policy, scope, devices)
@@ -335,29 +336,29 @@ class RolloutEngine:
         scope: list[RolloutDeviceRow],
         devices: dict[str, DeviceRow],
     ) -> GateResult:
+        """Gate figures for the wave: the new version since the rollout began, against each
+        device's previous version before it swapped. Two queries, whatever the wave's size."""
         failed = sum(1 for d in scope if d.state in FAILED)
-        new_windows: list[tuple[int, int, float | None]] = []
-        base_windows: list[tuple[int, int, float | None]] = []
-        for target in scope:
-            if target.state != "active":
-                continue
-            new_windows += _windows(
-                session,
-                target.device_id,
-                rollout.model,
-                rollout.version,
-                since=_aware(rollout.created_at),
-            )
-            previous = target.previous
-            if previous and target.converged_at is not None:
-                base_windows += _windows(
-                    session,
-                    target.device_id,
-                    previous["model_id"],
-                    previous["version"],
-                    since=_aware(rollout.created_at) - BASELINE_WINDOW,
-                    until=_aware(target.converged_at),
-                )
+        active = [t for t in scope if t.state == "active"]
+        created = _aware(rollout.created_at)
+        ids = [t.device_id for t in active]
+        new_windows = [
+            (r, e, p)
+            for _, model, version, r, e, p, _ in _windows(session, ids, since=created)
+            if (model, version) == (rollout.model, rollout.version)
+        ]
+        previous = {
+            t.device_id: (t.previous, _aware(t.converged_at))
+            for t in active
+            if t.previous and t.converged_at is not None
+        }
+        base_windows = []
+        for device_id, model, version, r, e, p, end in _windows(
+            session, list(previous), since=created - BASELINE_WINDOW
+        ):
+            slot, swapped_at = previous[device_id]
+            if (model, version) == (slot["model_id"], slot["version"]) and end <= swapped_at:
+                base_windows.append((r, e, p))
         baseline = combine_figures(base_windows) if base_windows else None
         return evaluate_gates(
             policy,
@@ -369,23 +370,21 @@ class RolloutEngine:
 
 
 def _windows(
-    session: Session,
-    device_id: str,
-    model: str,
-    version: str,
-    *,
-    since: datetime,
-    until: datetime | None = None,
-) -> list[tuple[int, int, float | None]]:
-    query = select(TelemetryRow.requests, TelemetryRow.errors, TelemetryRow.p95_ms).where(
-        TelemetryRow.device_id == device_id,
-        TelemetryRow.model_id == model,
-        TelemetryRow.version == version,
-        TelemetryRow.window_end >= since,
-    )
-    if until is not None:
-        query = query.where(TelemetryRow.window_end <= until)
-    return [(r, e, p) for r, e, p in session.execute(query).all()]
+    session: Session, device_ids: list[str], *, since: datetime
+) -> list[tuple[str, str, str, int, int, float | None, datetime]]:
+    """Telemetry windows of these devices ending after ``since``, any model version."""
+    rows: list[tuple[str, str, str, int, int, float | None, datetime]] = []
+    for start in range(0, len(device_ids), 500):  # keep IN lists short
+        query = select(
+            TelemetryRow.device_id, TelemetryRow.model_id, TelemetryRow.version,
+            TelemetryRow.requests, TelemetryRow.errors, TelemetryRow.p95_ms,
+            TelemetryRow.window_end,
+        ).where(
+            TelemetryRow.device_id.in_(device_ids[start : start + 500]),
+            TelemetryRow.window_end >= since,
+        )  # fmt: skip
+        rows += [(d, m, v, r, e, p, _aware(w)) for d, m, v, r, e, p, w in session.execute(query)]
+    return rows
 
 
 def _aware(moment: datetime) -> datetime:
