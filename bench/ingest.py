@@ -34,24 +34,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from edgefleet.shared import (  # noqa: E402
-    DeviceState,
-    DeviceStatus,
-    Event,
-    EventType,
-    Hardware,
-    Hello,
-    LatencySummary,
-    ModelStats,
-    RuntimeInfo,
-    SlotInfo,
-    SystemStats,
-    Telemetry,
-    Topics,
-    encode,
-)
+from edgefleet.shared import DeviceState, Event, EventType, Topics, encode  # noqa: E402
 from support.fleet import ControllerProcess  # noqa: E402
 from support.mosquitto import MosquittoBroker  # noqa: E402
+from support.samples import device_hello, device_state, device_telemetry, slot  # noqa: E402
 
 SHA = "cd" * 32
 EVENT_EVERY = 100  # one event per this many telemetry messages
@@ -66,46 +52,15 @@ def burst(topics: Topics, devices: int, windows: int) -> tuple[list[Message], in
     ids = [f"sim-{i:05d}" for i in range(devices)]
     out: list[Message] = []
     states = events = 0
-    hardware = Hardware(arch="aarch64", cpu_count=4, ram_bytes=4 << 30, os="Linux")
     for device_id in ids:
-        hello = Hello(
-            device_id=device_id,
-            agent_version="0.1.0",
-            hardware=hardware,
-            runtimes=(RuntimeInfo(name="onnxruntime", version="1.20"),),
-            started_at=now,
-        )
-        out.append((topics.hello(device_id), encode(hello), 1))
+        out.append((topics.hello(device_id), encode(device_hello(device_id, started_at=now)), 1))
         out.append((topics.state(device_id), encode(_state(device_id, 1, now)), 1))
         states += 1
-    system = SystemStats(
-        cpu_percent=30.0,
-        process_cpu_percent=4.0,
-        rss_bytes=70 << 20,
-        mem_used_bytes=1 << 30,
-        mem_total_bytes=4 << 30,
-        temperature_c=50.0,
-        disk_free_bytes=8 << 30,
-    )
     n = 0
     for w in range(windows):
         end = now + timedelta(seconds=w + 1)
         for device_id in ids:
-            stats = ModelStats(
-                model_id="tiny",
-                version="1",
-                requests=40,
-                errors=0,
-                latency_ms=LatencySummary(p50=1.0, p95=2.0 + w % 5, p99=3.0, max=9.0),
-                throughput_rps=40.0,
-            )
-            telemetry = Telemetry(
-                device_id=device_id,
-                window_start=end - timedelta(seconds=1),
-                window_end=end,
-                models=(stats,),
-                system=system,
-            )
+            telemetry = device_telemetry(device_id, 2.0 + w % 5, requests=40, end=end)
             out.append((topics.telemetry(device_id), encode(telemetry), 0))
             n += 1
             if n % EVENT_EVERY == 0:
@@ -119,14 +74,7 @@ def burst(topics: Topics, devices: int, windows: int) -> tuple[list[Message], in
 
 
 def _state(device_id: str, serial: int, now: datetime) -> DeviceState:
-    slot = SlotInfo(model_id="tiny", version="1", serial=serial, sha256=SHA, target="onnx-int8")
-    return DeviceState(
-        device_id=device_id,
-        status=DeviceStatus.SERVING,
-        active=slot,
-        last_serial=serial,
-        updated_at=now,
-    )
+    return device_state(device_id, active=slot("1", serial, sha256=SHA), at=now)
 
 
 def publish_all(host: str, port: int, messages: list[Message]) -> None:

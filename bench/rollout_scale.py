@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import aiomqtt
@@ -29,11 +28,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from edgefleet.shared import (  # noqa: E402
     ChunkRequest,
-    DeviceState,
     DeviceStatus,
-    Hardware,
-    Hello,
-    RuntimeInfo,
     SignedManifest,
     SlotInfo,
     Topics,
@@ -45,6 +40,7 @@ from edgefleet.shared import (  # noqa: E402
 )
 from support.fleet import ControllerProcess  # noqa: E402
 from support.mosquitto import MosquittoBroker  # noqa: E402
+from support.samples import device_hello, device_state  # noqa: E402
 
 CHUNK = 128 * 1024
 
@@ -89,30 +85,22 @@ class SimDevice:
         self.converged_at = 0.0
         self.tasks: set[asyncio.Task[object]] = set()
 
-    def _state(self, status: DeviceStatus, active: SlotInfo | None, serial: int) -> bytes:
-        return encode(
-            DeviceState(device_id=self.device_id, status=status, active=active,
-                        last_serial=serial, updated_at=datetime.now(UTC))
-        )  # fmt: skip
+    def _state(self, status: DeviceStatus, active: SlotInfo | None) -> bytes:
+        return encode(device_state(self.device_id, status=status, active=active))
 
     async def run(self) -> None:
         will = aiomqtt.Will(
-            self.topics.state(self.device_id), self._state(DeviceStatus.OFFLINE, None, 0), 1, True
+            self.topics.state(self.device_id), self._state(DeviceStatus.OFFLINE, None), 1, True
         )
         async with aiomqtt.Client(
             self.host, self.port, identifier=self.device_id, will=will, keepalive=120,
             max_inflight_messages=100, timeout=60,
         ) as client:  # fmt: skip
-            hello = Hello(
-                device_id=self.device_id, agent_version="sim", labels={"fleet": "sim"},
-                hardware=Hardware(arch="aarch64", cpu_count=4, ram_bytes=4 << 30),
-                runtimes=(RuntimeInfo(name="onnxruntime", version="1.20.1"),),
-                started_at=datetime.now(UTC),
-            )  # fmt: skip
+            hello = device_hello(self.device_id, labels={"fleet": "sim"})
             await client.subscribe(self.topics.desired(self.device_id), qos=1)
             await client.publish(self.topics.hello(self.device_id), encode(hello), qos=1)
             await client.publish(
-                self.topics.state(self.device_id), self._state(DeviceStatus.IDLE, None, 0), 1, True
+                self.topics.state(self.device_id), self._state(DeviceStatus.IDLE, None), 1, True
             )
             self.ready.set()
             rerequest: asyncio.Task[None] | None = None
@@ -160,7 +148,7 @@ class SimDevice:
                         )
                         await client.publish(
                             self.topics.state(self.device_id),
-                            self._state(DeviceStatus.SERVING, slot, manifest.serial), 1, True,
+                            self._state(DeviceStatus.SERVING, slot), 1, True,
                         )  # fmt: skip
 
     async def _ask(self, client: aiomqtt.Client) -> None:

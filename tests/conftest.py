@@ -46,7 +46,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'edgefleet.db'}"
         return
-    psycopg = pytest.importorskip("psycopg", reason="psycopg is not installed")
+    import psycopg  # a test dependency of the controller
+
     try:
         admin = psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True)
     except psycopg.OperationalError as e:

@@ -9,19 +9,16 @@ from pathlib import Path
 import pytest
 
 from support.mqtt import wait_until
+from support.tools import require_tool
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS_FOR_LEAD = Path("/tmp/edgefleet-screenshots")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
 def test_fleet_page_follows_a_rollout_live_and_device_chart_has_points(fleet, tmp_path):
-    if not CHROMIUM.exists():
-        pytest.skip(
-            "Debian's chromium is not installed at /usr/bin/chromium (apt-get install chromium)"
-        )
+    chromium = require_tool("chromium", "apt-get install chromium")
     from playwright.sync_api import sync_playwright
 
     ids = ["web-1", "web-2", "web-3"]
@@ -36,7 +33,7 @@ def test_fleet_page_follows_a_rollout_live_and_device_chart_has_points(fleet, tm
     shots.mkdir()
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             page.goto(f"{url}/dashboard")

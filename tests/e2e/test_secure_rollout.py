@@ -8,37 +8,20 @@ import sys
 import uuid
 
 import pytest
-from typer.testing import CliRunner
 
-from edgefleet.controller.cli import app
-from edgefleet.controller.security.endpoint import BrokerCredentials
-from edgefleet.controller.security.paths import SecurityPaths
 from support.fleet import ControllerProcess, register_tiny_model
 from support.mosquitto import free_port
 from support.mqtt import wait_until
-from support.secure_broker import SecureBroker
+from support.secure_broker import broker_from_cli, run_edgefleet
 
 pytestmark = pytest.mark.slow
-runner = CliRunner()
-
-
-def edgefleet(*args: str) -> None:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output
+edgefleet = run_edgefleet
 
 
 def test_enrolled_agents_take_a_rollout_over_tls_under_the_acl(tmp_path):
     data = tmp_path / "controller"
-    paths = SecurityPaths(data)
     root = f"edgefleet-e2e/{uuid.uuid4().hex[:8]}/v1"
-    edgefleet("pki", "init", "--host", "localhost", "--ip", "127.0.0.1", "--data-dir", str(data))
-    edgefleet("device", "init-broker", "--data-dir", str(data))
-    broker = SecureBroker(
-        tmp_path / "broker",
-        pki_dir=paths.pki_dir,
-        dynsec_file=paths.dynsec_bootstrap,
-        admin=BrokerCredentials.load(paths.admin_credentials),
-    )
+    broker = broker_from_cli(data, tmp_path / "broker")
     broker.start()
     agents: list[subprocess.Popen[bytes]] = []
     controller = None

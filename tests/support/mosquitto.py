@@ -34,43 +34,27 @@ def find_mosquitto() -> str:
     return found
 
 
-class MosquittoBroker:
-    """One mosquitto process with its own config, data dir and log."""
+class MosquittoProcess:
+    """Lifecycle of one mosquitto process: start (waiting for its ports), stop, kill, restart.
 
-    def __init__(self, workdir: Path, *, port: int | None = None, extra_config: str = "") -> None:
+    Subclasses say which config to write and which ports to wait for.
+    """
+
+    host = "127.0.0.1"
+
+    def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.host = "127.0.0.1"
-        self.port = port or free_port()
-        self.extra_config = extra_config
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
-
     def write_config(self) -> None:
-        lines = [
-            # Started as root, mosquitto would drop to user "mosquitto" and lose access to the
-            # test's private temp dir (persistence, log); stay the user that started it.
-            *(["user root"] if os.geteuid() == 0 else []),
-            "per_listener_settings false",
-            "allow_anonymous true",
-            f"listener {self.port} {self.host}",
-            "persistence true",
-            f"persistence_location {self.workdir}/",
-            "autosave_interval 1",
-            f"log_dest file {self.log_path}",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
-            LIMITS_CONF.read_text(),
-            self.extra_config,
-        ]
-        self.config_path.write_text("\n".join(lines) + "\n")
+        raise NotImplementedError
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        raise NotImplementedError
 
     def start(self, timeout: float = 10.0) -> None:
         if self.running:
@@ -82,18 +66,22 @@ class MosquittoBroker:
             stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        pending = set(self.ports)
+        while pending:
             if self._proc.poll() is not None:
                 err = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                log = self.log_path.read_text() if self.log_path.exists() else ""
-                raise RuntimeError(f"mosquitto exited with {self._proc.returncode}: {err}{log}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout}s")
+                raise RuntimeError(
+                    f"mosquitto exited with {self._proc.returncode}: {err}{self.log()}"
+                )
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"mosquitto did not listen on {pending} within {timeout}s")
+            for port in list(pending):
+                try:
+                    with socket.create_connection((self.host, port), timeout=0.2):
+                        pending.discard(port)
+                except OSError:
+                    time.sleep(0.02)
 
     @property
     def running(self) -> bool:
@@ -144,3 +132,41 @@ class MosquittoBroker:
         if self._proc is not None and self._proc.stderr:
             self._proc.stderr.close()
         self._proc = None
+
+
+class MosquittoBroker(MosquittoProcess):
+    """An anonymous, plain-MQTT mosquitto on a free loopback port, with the deploy limits."""
+
+    def __init__(self, workdir: Path, *, port: int | None = None, extra_config: str = "") -> None:
+        super().__init__(workdir)
+        self.port = port or free_port()
+        self.extra_config = extra_config
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return (self.port,)
+
+    def write_config(self) -> None:
+        lines = [
+            # Started as root, mosquitto would drop to user "mosquitto" and lose access to the
+            # test's private temp dir (persistence, log); stay the user that started it.
+            *(["user root"] if os.geteuid() == 0 else []),
+            "per_listener_settings false",
+            "allow_anonymous true",
+            f"listener {self.port} {self.host}",
+            "persistence true",
+            f"persistence_location {self.workdir}/",
+            "autosave_interval 1",
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            LIMITS_CONF.read_text(),
+            self.extra_config,
+        ]
+        self.config_path.write_text("\n".join(lines) + "\n")

@@ -147,3 +147,87 @@ def sample_messages(key: Ed25519PrivateKey) -> list[WireModel]:
         Command(device_id="pi-001", type=CommandType.ROLLBACK, reason="gate", issued_at=NOW),
         sign_manifest(make_manifest(), key),
     ]
+
+
+# --- what a device sends, for simulators (tests and benchmarks) ------------------------------
+
+SIM_HARDWARE = Hardware(arch="aarch64", cpu_count=4, ram_bytes=4 << 30, os="Linux")
+SIM_SYSTEM = SystemStats(
+    cpu_percent=35.0,
+    process_cpu_percent=5.0,
+    rss_bytes=80 << 20,
+    mem_used_bytes=1 << 30,
+    mem_total_bytes=4 << 30,
+    temperature_c=48.5,
+    disk_free_bytes=8 << 30,
+)
+
+
+def device_hello(
+    device_id: str,
+    *,
+    labels: dict[str, str] | None = None,
+    runtimes: tuple[str, ...] = ("onnxruntime",),
+    started_at: datetime | None = None,
+) -> Hello:
+    return Hello(
+        device_id=device_id,
+        agent_version="0.1.0",
+        hardware=SIM_HARDWARE,
+        runtimes=tuple(RuntimeInfo(name=r, version="1.20.1") for r in runtimes),  # type: ignore[arg-type]
+        labels=labels or {},
+        started_at=started_at or datetime.now(UTC),
+    )
+
+
+def device_state(
+    device_id: str,
+    *,
+    status: DeviceStatus = DeviceStatus.SERVING,
+    active: SlotInfo | None = None,
+    at: datetime | None = None,
+) -> DeviceState:
+    """A device's state; ``active=None`` with a non-serving status for an empty device."""
+    return DeviceState(
+        device_id=device_id,
+        status=status,
+        active=active,
+        last_serial=active.serial if active else 0,
+        updated_at=at or datetime.now(UTC),
+    )
+
+
+def slot(
+    version: str = "1", serial: int = 1, *, sha256: str = SHA_A, model_id: str = "tiny"
+) -> SlotInfo:
+    return SlotInfo(
+        model_id=model_id, version=version, serial=serial, sha256=sha256, target="onnx-int8"
+    )
+
+
+def device_telemetry(
+    device_id: str,
+    p95: float,
+    *,
+    version: str = "1",
+    requests: int = 50,
+    end: datetime | None = None,
+) -> Telemetry:
+    """One 1 s window of one model version's figures, with plausible system figures."""
+    end = end or datetime.now(UTC)
+    return Telemetry(
+        device_id=device_id,
+        window_start=end - timedelta(seconds=1),
+        window_end=end,
+        models=(
+            ModelStats(
+                model_id="tiny",
+                version=version,
+                requests=requests,
+                errors=0,
+                latency_ms=LatencySummary(p50=p95 / 2, p95=p95, p99=p95 * 1.2, max=p95 * 2),
+                throughput_rps=float(requests),
+            ),
+        ),
+        system=SIM_SYSTEM,
+    )

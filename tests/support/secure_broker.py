@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import ssl
-import subprocess
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from ipaddress import ip_address
@@ -30,11 +27,11 @@ from edgefleet.controller.security.dynsec import new_password, write_bootstrap_c
 from edgefleet.controller.security.endpoint import BrokerCredentials, BrokerEndpoint
 from edgefleet.controller.security.identities import ADMIN_USERNAME
 from edgefleet.controller.security.pki import init_pki
-from support.mosquitto import LIMITS_CONF, find_mosquitto, free_port
+from support.mosquitto import LIMITS_CONF, MosquittoProcess, free_port
 from support.mqtt import MqttProbe
 
 
-class SecureBroker:
+class SecureBroker(MosquittoProcess):
     """One mosquitto with TLS (pinned test CA), a loopback plain port and dynamic security."""
 
     def __init__(
@@ -49,9 +46,7 @@ class SecureBroker:
         """Make a CA, server certificate, admin identity and plugin config in ``workdir``, or use
         the ones ``edgefleet pki init`` / ``device init-broker`` wrote (``pki_dir``,
         ``dynsec_file`` and ``admin``)."""
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.host = "127.0.0.1"
+        super().__init__(workdir)
         self.plain_port = free_port()
         self.tls_port = free_port()
         self.pki_dir = pki_dir or workdir / "pki"
@@ -75,7 +70,6 @@ class SecureBroker:
         plugin = find_dynsec_plugin()
         if plugin is None:
             raise RuntimeError("mosquitto's dynamic security plugin is not installed")
-        self.log_path = workdir / "mosquitto.log"
         self.config = BrokerConfig(
             ca_file=self.pki.ca_cert,
             cert_file=self.pki.server_cert,
@@ -92,8 +86,6 @@ class SecureBroker:
             # Started as root, mosquitto would drop to "mosquitto" and lose the private temp dir.
             run_as="root" if os.geteuid() == 0 else None,
         )
-        self.config_path = workdir / "mosquitto.conf"
-        self._proc: subprocess.Popen[bytes] | None = None
 
     # -- endpoints ----------------------------------------------------------------------------
     @property
@@ -124,56 +116,12 @@ class SecureBroker:
         )
 
     # -- process ------------------------------------------------------------------------------
-    def start(self, timeout: float = 10.0) -> None:
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return (self.plain_port, self.tls_port)
+
+    def write_config(self) -> None:
         self.config_path.write_text(render_mosquitto_conf(self.config))
-        self._proc = subprocess.Popen(
-            [find_mosquitto(), "-c", str(self.config_path)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + timeout
-        pending = {self.plain_port, self.tls_port}
-        while pending:
-            if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited with {self._proc.returncode}: {err}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"mosquitto did not listen on {pending} within {timeout}s")
-            for port in list(pending):
-                try:
-                    with socket.create_connection((self.host, port), timeout=0.2):
-                        pending.discard(port)
-                except OSError:
-                    time.sleep(0.02)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._close()
-
-    def kill(self) -> None:
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._close()
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    def _close(self) -> None:
-        if self._proc is not None and self._proc.stderr:
-            self._proc.stderr.close()
-        self._proc = None
 
 
 def probe(
@@ -259,3 +207,32 @@ def tls_handshake_error(
             return None
     except ssl.SSLError as e:
         return e
+
+
+def run_edgefleet(*args: str) -> str:
+    """Run the ``edgefleet`` CLI in-process; fail the test with its output if it fails."""
+    from typer.testing import CliRunner
+
+    from edgefleet.controller.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def broker_from_cli(data_dir: Path, workdir: Path) -> SecureBroker:
+    """What an operator does: ``edgefleet pki init`` and ``device init-broker`` into ``data_dir``,
+    then a broker started from the files they wrote (not started yet)."""
+    from edgefleet.controller.security.paths import SecurityPaths
+
+    paths = SecurityPaths(data_dir)
+    run_edgefleet(
+        "pki", "init", "--host", "localhost", "--ip", "127.0.0.1", "--data-dir", str(data_dir)
+    )
+    run_edgefleet("device", "init-broker", "--data-dir", str(data_dir))
+    return SecureBroker(
+        workdir,
+        pki_dir=paths.pki_dir,
+        dynsec_file=paths.dynsec_bootstrap,
+        admin=BrokerCredentials.load(paths.admin_credentials),
+    )

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from edgefleet.shared import (
-    DeviceState,
-    DeviceStatus,
-    Event,
-    EventType,
-    Hardware,
-    Hello,
-    LatencySummary,
-    ModelStats,
-    RuntimeInfo,
-    SlotInfo,
-    SystemStats,
-    Telemetry,
-    Topics,
-    encode,
-)
+from edgefleet.shared import Event, EventType, Telemetry, Topics, encode
 from support.fleet import ControllerProcess
 from support.mqtt import MqttProbe
+from support.samples import device_hello, device_state, device_telemetry, slot
 
 SHA = "ab" * 32
 
@@ -33,23 +19,11 @@ class SimDevice:
         self.probe, self.topics, self.device_id = probe, topics, device_id
 
     def hello(self, labels: dict[str, str] | None = None) -> None:
-        message = Hello(
-            device_id=self.device_id,
-            agent_version="0.1.0",
-            hardware=Hardware(arch="aarch64", cpu_count=4, ram_bytes=4 << 30, os="Linux"),
-            runtimes=(RuntimeInfo(name="onnxruntime", version="1.20.1"),),
-            labels=labels or {"site": "lab"},
-            started_at=datetime.now(UTC),
-        )
+        message = device_hello(self.device_id, labels=labels or {"site": "lab"})
         self.probe.publish(self.topics.hello(self.device_id), encode(message))
 
     def state(self, version: str = "1", serial: int = 1) -> None:
-        slot = SlotInfo(model_id="tiny", version=version, serial=serial, sha256=SHA,
-                        target="onnx-int8")  # fmt: skip
-        message = DeviceState(
-            device_id=self.device_id, status=DeviceStatus.SERVING, active=slot,
-            last_serial=serial, updated_at=datetime.now(UTC),
-        )  # fmt: skip
+        message = device_state(self.device_id, active=slot(version, serial, sha256=SHA))
         self.probe.publish(self.topics.state(self.device_id), encode(message), retain=True)
 
     def telemetry(
@@ -73,31 +47,7 @@ class SimDevice:
 def make_telemetry(
     device_id: str, p95: float, *, version: str = "1", end: datetime | None = None
 ) -> Telemetry:
-    end = end or datetime.now(UTC)
-    return Telemetry(
-        device_id=device_id,
-        window_start=end - timedelta(seconds=1),
-        window_end=end,
-        models=(
-            ModelStats(
-                model_id="tiny",
-                version=version,
-                requests=50,
-                errors=0,
-                latency_ms=LatencySummary(p50=p95 / 2, p95=p95, p99=p95 * 1.2, max=p95 * 2),
-                throughput_rps=50.0,
-            ),
-        ),
-        system=SystemStats(
-            cpu_percent=35.0,
-            process_cpu_percent=5.0,
-            rss_bytes=80 << 20,
-            mem_used_bytes=1 << 30,
-            mem_total_bytes=4 << 30,
-            temperature_c=48.5,
-            disk_free_bytes=8 << 30,
-        ),
-    )
+    return device_telemetry(device_id, p95, version=version, end=end)
 
 
 def topics_of(controller: ControllerProcess) -> Topics:

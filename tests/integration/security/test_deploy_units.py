@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from support.tools import require_tool
 
 UNITS = Path(__file__).resolve().parents[3] / "deploy" / "systemd"
 BIN = Path(sys.executable).parent
@@ -19,11 +20,9 @@ EXECUTABLES = {
 }
 
 
-@pytest.mark.skipif(
-    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here"
-)
 @pytest.mark.parametrize("unit", ["edgefleet-agent.service", "edgefleet-controller.service"])
 def test_unit_verifies_cleanly(unit, tmp_path):
+    require_tool("systemd-analyze", "apt-get install systemd")
     text = (UNITS / unit).read_text()
     for installed, here in EXECUTABLES.items():
         if installed in text:

@@ -20,29 +20,17 @@ from edgefleet.shared.signing import load_public_key
 from edgefleet.shared.topics import DeviceChannel, Topics
 from support.mosquitto import free_port
 from support.mqtt import wait_until
-from support.secure_broker import SecureBroker, probe, try_connect
+from support.secure_broker import broker_from_cli, probe, run_edgefleet, try_connect
 
 runner = CliRunner()
-
-
-def edgefleet(*args: str) -> str:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result.output
+edgefleet = run_edgefleet
 
 
 @pytest.fixture
 def cli_broker(tmp_path):
     data = tmp_path / "controller"
     paths = SecurityPaths(data)
-    edgefleet("pki", "init", "--host", "localhost", "--ip", "127.0.0.1", "--data-dir", str(data))
-    edgefleet("device", "init-broker", "--data-dir", str(data))
-    broker = SecureBroker(
-        tmp_path / "broker",
-        pki_dir=paths.pki_dir,
-        dynsec_file=paths.dynsec_bootstrap,
-        admin=BrokerCredentials.load(paths.admin_credentials),
-    )
+    broker = broker_from_cli(data, tmp_path / "broker")
     broker.start()
     yield broker, paths
     broker.kill()

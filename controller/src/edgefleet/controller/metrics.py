@@ -19,8 +19,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import select
 
 from edgefleet.controller.fleet.tables import DeviceRow
+from edgefleet.controller.registry.db import aware
 from edgefleet.controller.rollouts.tables import RolloutDeviceRow, RolloutRow
-from edgefleet.controller.telemetry.buckets import aware
 from edgefleet.shared.manifest import runtime_for_target
 
 if TYPE_CHECKING:

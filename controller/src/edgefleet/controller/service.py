@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from datetime import timedelta
 from typing import Any
 
@@ -20,17 +19,17 @@ from edgefleet.controller.fleet.ingest import FleetIngest
 from edgefleet.controller.metrics import IngestRateMeter
 from edgefleet.controller.mqtt.bridge import BridgeOptions, MqttBridge
 from edgefleet.controller.mqtt.embedded import EmbeddedBroker
-from edgefleet.controller.publish.artifact_urls import ArtifactUrlSigner, load_or_create_url_key
+from edgefleet.controller.publish.artifact_urls import ArtifactUrlSigner
 from edgefleet.controller.publish.chunk_server import ChunkServer
 from edgefleet.controller.publish.manifests import ManifestSigner
-from edgefleet.controller.registry.db import Base, create_engine_for, create_schema, session_factory
+from edgefleet.controller.registry.db import create_engine_for, create_schema, session_factory
 from edgefleet.controller.registry.service import ModelRegistry
 from edgefleet.controller.registry.store import ArtifactStore
 from edgefleet.controller.rollouts import tables as rollout_tables  # noqa: F401
 from edgefleet.controller.rollouts.engine import RolloutEngine
-from edgefleet.controller.security.endpoint import BrokerCredentials
+from edgefleet.controller.security.endpoint import BrokerCredentials, BrokerEndpoint
 from edgefleet.controller.security.paths import SecurityPaths
-from edgefleet.controller.security.signing_key import ensure_signing_key
+from edgefleet.controller.security.signing_key import ensure_signing_key, load_or_create_secret
 from edgefleet.controller.telemetry import HistoryKeeper, RetentionPolicy
 from edgefleet.controller.telemetry import tables as telemetry_tables  # noqa: F401
 from edgefleet.shared import (
@@ -40,7 +39,6 @@ from edgefleet.shared import (
     encode,
     load_private_key,
 )
-from edgefleet.shared.signing import write_file_atomic
 
 log = logging.getLogger(__name__)
 
@@ -55,35 +53,34 @@ def load_or_create_signing_key(settings: Settings) -> Ed25519PrivateKey:
 def load_or_create_api_token(settings: Settings) -> str:
     if settings.api_token is not None:
         return settings.api_token.get_secret_value()
-    path = settings.token_path
-    if path.exists():
-        return path.read_text().strip()
-    token = secrets.token_urlsafe(32)
-    write_file_atomic(path, token.encode(), 0o600)
-    log.info("generated an API token in %s", path)
-    return token
+    return load_or_create_secret(settings.token_path)
 
 
-def broker_identity(settings: Settings) -> tuple[str | None, str | None, str | None]:
-    """Username, password and pinned CA for the broker connection.
+def broker_endpoint(settings: Settings, url: str) -> BrokerEndpoint:
+    """How the controller reaches its broker: URL, credentials, pinned CA, client certificate.
 
     Explicit settings win; otherwise the identity ``edgefleet device controller-identity`` saved
     and the CA ``edgefleet pki init`` created in the data dir are used when they exist.
     """
     paths = SecurityPaths(settings.data_dir, settings.signing_key_path)
-    username = settings.broker_username
-    password = settings.broker_password.get_secret_value() if settings.broker_password else None
-    if username is None and paths.controller_credentials.exists():
-        saved = BrokerCredentials.load(paths.controller_credentials)
-        username, password = saved.username, saved.password
-    ca_file = settings.broker_ca_file or (paths.ca_cert if paths.ca_cert.exists() else None)
-    return username, password, str(ca_file) if ca_file else None
+    credentials = None
+    if settings.broker_username is not None:
+        password = settings.broker_password.get_secret_value() if settings.broker_password else ""
+        credentials = BrokerCredentials(settings.broker_username, password)
+    elif paths.controller_credentials.exists():
+        credentials = BrokerCredentials.load(paths.controller_credentials)
+    return BrokerEndpoint(
+        url,
+        credentials=credentials,
+        ca_file=settings.broker_ca_file or (paths.ca_cert if paths.ca_cert.exists() else None),
+        cert_file=settings.broker_client_cert,
+        key_file=settings.broker_client_key,
+    )
 
 
 def open_database(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
     engine = create_engine_for(settings.effective_database_url)
-    create_schema(engine)
-    Base.metadata.create_all(engine)
+    create_schema(engine)  # every table module is imported above, so all are on the metadata
     return engine, session_factory(engine)
 
 
@@ -100,7 +97,7 @@ class ControllerService:
         self.signing_key = load_or_create_signing_key(settings)
         self.api_token = load_or_create_api_token(settings)
         self.artifact_urls = ArtifactUrlSigner(
-            load_or_create_url_key(settings.key_path.parent / "artifact-url.key")
+            load_or_create_secret(settings.key_path.parent / "artifact-url.key").encode()
         )
         self.embedded: EmbeddedBroker | None = None
         self.broker_url = settings.broker_url or ""
@@ -166,19 +163,11 @@ class ControllerService:
                 self.broker_url,
             )
         settings = self.settings
-        username, password, ca_file = broker_identity(settings)
         self.bridge = MqttBridge(
             BridgeOptions(
-                url=self.broker_url,
+                endpoint=broker_endpoint(settings, self.broker_url),
                 subscriptions=self._subscriptions(),
-                username=username,
-                password=password,
-                ca_file=ca_file,
                 mqtt5=not self.embedded_broker,  # amqtt speaks MQTT 3.1.1 only
-                client_cert=str(settings.broker_client_cert)
-                if settings.broker_client_cert
-                else None,
-                client_key=str(settings.broker_client_key) if settings.broker_client_key else None,
             ),
             on_message=self._on_message,
             on_connect=self._on_connect,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -46,3 +46,11 @@ class ApiClient:
             typer.echo(f"error: {response.status_code}: {detail}", err=True)
             raise typer.Exit(1 if response.status_code < 500 else 4)
         return response.json()
+
+
+# Options every command that talks to the API takes.
+UrlOpt = Annotated[str, typer.Option("--url", envvar="EDGEFLEET_URL", help="controller API URL")]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", help="API token (default: $EDGEFLEET_API_TOKEN)")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]

@@ -9,12 +9,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgefleet.controller.commands.api_client import DEFAULT_URL, ApiClient, resolve_token
+from edgefleet.controller.commands.api_client import (
+    DEFAULT_URL,
+    ApiClient,
+    JsonOpt,
+    TokenOpt,
+    UrlOpt,
+    resolve_token,
+)
 
 console = Console()
-UrlOpt = Annotated[str, typer.Option("--url", envvar="EDGEFLEET_URL", help="controller API URL")]
-TokenOpt = Annotated[str | None, typer.Option("--token", help="API token")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
 
 
 def _slot(slot: dict[str, Any] | None) -> str:

@@ -12,21 +12,18 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from edgefleet.controller.commands.api_client import DEFAULT_URL, ApiClient, resolve_token
+from edgefleet.controller.commands.api_client import (
+    DEFAULT_URL,
+    ApiClient,
+    JsonOpt,
+    TokenOpt,
+    UrlOpt,
+    resolve_token,
+)
 
 rollout_app = typer.Typer(help="Start, watch and steer rollouts.", no_args_is_help=True)
 console = Console()
 FINAL = {"completed", "aborted", "rolled_back"}
-
-UrlOpt = Annotated[str, typer.Option("--url", envvar="EDGEFLEET_URL", help="controller API URL")]
-TokenOpt = Annotated[
-    str | None, typer.Option("--token", help="API token (default: $EDGEFLEET_API_TOKEN)")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for scripts")]
-
-
-def _client(url: str, token: str | None) -> ApiClient:
-    return ApiClient(url, resolve_token(token))
 
 
 def _percent(text: str) -> float:
@@ -118,7 +115,7 @@ def start(
             "on_breach": on_breach,
         },
     }
-    client = _client(url, token)
+    client = ApiClient(url, resolve_token(token))
     rollout = client.call("POST", "/api/rollouts", json=body)
     if watch_:
         rollout = watch(client, rollout["id"])
@@ -139,7 +136,7 @@ def status(
     watch_: Annotated[bool, typer.Option("--watch", help="follow until it ends")] = False,
 ) -> None:
     """Show one rollout: waves, per-device state, gate figures."""
-    client = _client(url, token)
+    client = ApiClient(url, resolve_token(token))
     rollout = (
         watch(client, rollout_id) if watch_ else client.call("GET", f"/api/rollouts/{rollout_id}")
     )
@@ -158,7 +155,7 @@ def list_rollouts(
     url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False
 ) -> None:
     """List rollouts, newest first."""
-    rollouts = _client(url, token).call("GET", "/api/rollouts")
+    rollouts = ApiClient(url, resolve_token(token)).call("GET", "/api/rollouts")
     if as_json:
         typer.echo(json.dumps(rollouts, indent=2))
         return
@@ -179,7 +176,7 @@ def _action(action: str) -> Any:
         url: UrlOpt = DEFAULT_URL,
         token: TokenOpt = None,
     ) -> None:
-        rollout = _client(url, token).call(
+        rollout = ApiClient(url, resolve_token(token)).call(
             "POST", f"/api/rollouts/{rollout_id}/{action}", json={"reason": reason}
         )
         console.print(f"rollout {rollout_id}: {rollout['status']}")

@@ -11,7 +11,7 @@ from html import escape
 from urllib.parse import quote
 
 from edgefleet.controller import __version__
-from edgefleet.controller.telemetry.buckets import aware
+from edgefleet.controller.registry.db import aware
 
 STATUS_TONE = {
     "serving": "good", "active": "good", "completed": "good", "online": "good", "passed": "good",

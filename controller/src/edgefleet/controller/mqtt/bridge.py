@@ -10,15 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import aiomqtt
 
 from edgefleet.controller.errors import ControllerError
+from edgefleet.controller.security.endpoint import BrokerEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -32,34 +31,9 @@ class BrokerUnavailableError(ControllerError):
 
 
 @dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        """Parse ``mqtt://host:port`` or ``mqtts://host:port``.
-
-        Raises:
-            ValueError: another scheme or no host.
-        """
-        parts = urlsplit(url)
-        if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
-            raise ValueError(f"broker URL {url!r} must look like mqtt://host:port")
-        tls = parts.scheme == "mqtts"
-        return cls(parts.hostname, parts.port or (8883 if tls else 1883), tls)
-
-
-@dataclass(frozen=True)
 class BridgeOptions:
-    url: str
+    endpoint: BrokerEndpoint  # URL, credentials and the pinned CA
     subscriptions: Sequence[tuple[str, int]]
-    username: str | None = None
-    password: str | None = None
-    ca_file: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
     client_id: str | None = None
     keepalive: int = 30
     mqtt5: bool = True  # falls back to 3.1.1 by itself when the broker refuses MQTT 5
@@ -77,7 +51,8 @@ class MqttBridge:
         on_connect: Callable[[], Awaitable[None]],
     ) -> None:
         self.options = options
-        self.address = BrokerAddress.parse(options.url)
+        self.url = options.endpoint.url
+        self._tls = options.endpoint.ssl_context()  # fails at start, not at each reconnect
         self._on_message = on_message
         self._on_connect = on_connect
         self._client: aiomqtt.Client | None = None
@@ -86,24 +61,18 @@ class MqttBridge:
         self._stopping = False
         self.mqtt5 = options.mqtt5
 
-    def _tls_context(self) -> ssl.SSLContext | None:
-        if not self.address.tls:
-            return None
-        context = ssl.create_default_context(cafile=self.options.ca_file)
-        if self.options.client_cert:
-            context.load_cert_chain(self.options.client_cert, self.options.client_key)
-        return context
-
     def _make_client(self) -> aiomqtt.Client:
+        endpoint = self.options.endpoint
+        credentials = endpoint.credentials
         return aiomqtt.Client(
-            self.address.host,
-            self.address.port,
-            username=self.options.username,
-            password=self.options.password,
+            endpoint.host,
+            endpoint.port,
+            username=credentials.username if credentials else None,
+            password=credentials.password if credentials else None,
             identifier=self.options.client_id or f"edgefleet-controller-{uuid.uuid4().hex[:8]}",
             protocol=aiomqtt.ProtocolVersion.V5 if self.mqtt5 else aiomqtt.ProtocolVersion.V311,
             keepalive=self.options.keepalive,
-            tls_context=self._tls_context(),
+            tls_context=self._tls,
             max_inflight_messages=1000,
             max_queued_incoming_messages=0,
             timeout=10,
@@ -121,9 +90,7 @@ class MqttBridge:
                     attempt = 0
                     self.connects += 1
                     self.connected.set()
-                    log.info(
-                        "connected to broker %s (connect #%d)", self.options.url, self.connects
-                    )
+                    log.info("connected to broker %s (connect #%d)", self.url, self.connects)
                     await self._on_connect()
                     async for message in client.messages:
                         try:
@@ -132,12 +99,12 @@ class MqttBridge:
                             log.exception("message handler failed on %s", message.topic.value)
             except aiomqtt.MqttCodeError as e:
                 if self.mqtt5 and getattr(e.rc, "value", e.rc) in UNSUPPORTED_PROTOCOL:
-                    log.info("broker %s does not speak MQTT 5; using 3.1.1", self.options.url)
+                    log.info("broker %s does not speak MQTT 5; using 3.1.1", self.url)
                     self.mqtt5 = False
                     continue
-                log.warning("broker %s unavailable: %s", self.options.url, e)
+                log.warning("broker %s unavailable: %s", self.url, e)
             except aiomqtt.MqttError as e:
-                log.warning("broker %s unavailable: %s", self.options.url, e)
+                log.warning("broker %s unavailable: %s", self.url, e)
             finally:
                 self._client = None
                 self.connected.clear()

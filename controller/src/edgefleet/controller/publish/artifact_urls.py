@@ -9,23 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 import time
-from pathlib import Path
 from urllib.parse import urlencode
-
-from edgefleet.shared.signing import write_file_atomic
-
-KEY_BYTES = 32
-
-
-def load_or_create_url_key(path: Path) -> bytes:
-    """The HMAC key for artifact URLs (0600), created on first use."""
-    if path.exists():
-        return bytes.fromhex(path.read_text().strip())
-    key = secrets.token_bytes(KEY_BYTES)
-    write_file_atomic(path, key.hex().encode(), 0o600)
-    return key
 
 
 class ArtifactUrlSigner:

@@ -24,6 +24,7 @@ from edgefleet.controller.errors import ControllerError
 from edgefleet.controller.fleet.tables import DeviceRow, TelemetryRow
 from edgefleet.controller.publish.manifests import ManifestSigner
 from edgefleet.controller.publish.variants import select_artifact_for
+from edgefleet.controller.registry.db import aware
 from edgefleet.controller.registry.records import ArtifactRecord
 from edgefleet.controller.registry.service import ModelRegistry
 from edgefleet.controller.rollouts.gates import (
@@ -207,7 +208,7 @@ class RolloutEngine:
             rollout.updated_at = now
             if policy.soak_s > 0:
                 return
-        if now < _aware(rollout.wave_settled_at) + timedelta(seconds=policy.soak_s):
+        if now < aware(rollout.wave_settled_at) + timedelta(seconds=policy.soak_s):
             return
         result = self._evaluate(session, rollout, policy, scope, devices)
         rollout.gate = {"wave": wave, **result.as_dict()}
@@ -340,7 +341,7 @@ class RolloutEngine:
         device's previous version before it swapped. Two queries, whatever the wave's size."""
         failed = sum(1 for d in scope if d.state in FAILED)
         active = [t for t in scope if t.state == "active"]
-        created = _aware(rollout.created_at)
+        created = aware(rollout.created_at)
         ids = [t.device_id for t in active]
         new_windows = [
             (r, e, p)
@@ -348,7 +349,7 @@ class RolloutEngine:
             if (model, version) == (rollout.model, rollout.version)
         ]
         previous = {
-            t.device_id: (t.previous, _aware(t.converged_at))
+            t.device_id: (t.previous, aware(t.converged_at))
             for t in active
             if t.previous and t.converged_at is not None
         }
@@ -383,10 +384,5 @@ def _windows(
             TelemetryRow.device_id.in_(device_ids[start : start + 500]),
             TelemetryRow.window_end >= since,
         )  # fmt: skip
-        rows += [(d, m, v, r, e, p, _aware(w)) for d, m, v, r, e, p, w in session.execute(query)]
+        rows += [(d, m, v, r, e, p, aware(w)) for d, m, v, r, e, p, w in session.execute(query)]
     return rows
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands datetimes back naive; they were stored in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

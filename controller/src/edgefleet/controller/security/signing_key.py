@@ -1,7 +1,9 @@
-"""The controller's Ed25519 manifest signing key pair: created once, pinned by every agent."""
+"""The controller's own secrets, each created once: the Ed25519 manifest signing key pair
+(pinned by every agent) and random secrets such as the API token."""
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -12,6 +14,7 @@ from edgefleet.shared.signing import (
     load_private_key,
     save_private_key,
     save_public_key,
+    write_file_atomic,
 )
 
 
@@ -35,3 +38,12 @@ def ensure_signing_key(private_path: Path, public_path: Path) -> Ed25519PublicKe
     if not public_path.exists():
         save_public_key(public, public_path)
     return public
+
+
+def load_or_create_secret(path: Path) -> str:
+    """A random URL-safe secret kept in ``path`` (0600), created on first use."""
+    if path.exists():
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(32)
+    write_file_atomic(path, secret.encode(), 0o600)
+    return secret

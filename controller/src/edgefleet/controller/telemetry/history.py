@@ -20,7 +20,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.controller.fleet.tables import SystemSampleRow, TelemetryRow
-from edgefleet.controller.telemetry.buckets import aware, bucket_latency, bucket_system, floor_to
+from edgefleet.controller.registry.db import aware
+from edgefleet.controller.telemetry.buckets import bucket_latency, bucket_system, floor_to
 from edgefleet.controller.telemetry.sources import RAW, read_latency, read_system
 from edgefleet.controller.telemetry.tables import (
     LatencyRollupRow,

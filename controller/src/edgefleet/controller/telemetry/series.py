@@ -12,10 +12,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from edgefleet.controller.fleet.tables import EventRow, TelemetryRow
+from edgefleet.controller.registry.db import aware
 from edgefleet.controller.telemetry.buckets import (
     LatencySample,
     SystemSample,
-    aware,
     bucket_latency,
     bucket_system,
     nice_step,

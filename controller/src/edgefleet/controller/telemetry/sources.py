@@ -14,7 +14,8 @@ from sqlalchemy import ColumnElement, select, true
 from sqlalchemy.orm import Session
 
 from edgefleet.controller.fleet.tables import SystemSampleRow, TelemetryRow
-from edgefleet.controller.telemetry.buckets import LatencySample, SystemSample, aware
+from edgefleet.controller.registry.db import aware
+from edgefleet.controller.telemetry.buckets import LatencySample, SystemSample
 from edgefleet.controller.telemetry.tables import LatencyRollupRow, SystemRollupRow
 
 RAW = 0  # resolution_s of raw points

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from edgefleet.controller.api.deps import ServiceDep, SessionDep
 from edgefleet.controller.fleet.tables import DeviceRow
+from edgefleet.controller.registry.db import aware
 from edgefleet.controller.rollouts.planner import matching_devices
 from edgefleet.controller.telemetry.series import DeviceSeries, query_series
 
@@ -105,9 +106,9 @@ def time_range(
     """(since, until, now): defaults to the last hour; naive times are taken as UTC."""
     now = datetime.now(UTC)
     end = until or now
-    end = end if end.tzinfo else end.replace(tzinfo=UTC)
+    end = aware(end)
     start = since or end - timedelta(minutes=minutes or 60)
-    start = start if start.tzinfo else start.replace(tzinfo=UTC)
+    start = aware(start)
     if not start < end or end - start > MAX_RANGE:
         raise HTTPException(422, f"range must be ascending and at most {MAX_RANGE.days} days")
     return start, end, now
