@@ -69,7 +69,7 @@ def test_slow_model_is_stopped_at_the_canary_and_rolled_back(fleet):
         policy={"soak_s": 4, "max_p95_regression": 0.5, "min_requests": 5},
         timeout=150,
     )
-    assert bad["status"] == "rolled_back", bad
+    assert bad["status"] == "rolled_back", (bad["reason"], bad["gate"], bad["devices"])
     assert "gate breached in wave 0" in bad["reason"]
     states = _device_states(bad)
     canary = next(d["device_id"] for d in bad["devices"] if d["wave"] == 0)

@@ -57,8 +57,11 @@ def register_tiny_model(
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             out = self.body(x)
             if self.heavy is not None:
-                burn = self.heavy(x.repeat(1, 24))
-                out = out + 0.0 * burn[:, :4]
+                # 16 copies of the batch through 24 layers: ~57M MACs per sample, milliseconds
+                # on a CPU against the tiny model's microseconds, so the regression stands
+                # out of any scheduling noise on a loaded machine.
+                burn = self.heavy(x.repeat(16, 24))
+                out = out + 0.0 * burn[: x.shape[0], :4]
             return out
 
     rng = np.random.default_rng(seed)
