@@ -3,6 +3,7 @@ import json
 import pytest
 
 from edgefleet.shared import (
+    SCHEMA_VERSION,
     ArtifactRef,
     ChunkHeader,
     DeviceState,
@@ -39,16 +40,16 @@ def test_every_message_round_trips(messages):
 
 def test_envelope_carries_schema_version_and_kind(messages):
     envelope = json.loads(encode(messages[0]))
-    assert envelope["v"] == 1
+    assert envelope["v"] == SCHEMA_VERSION == 2
     assert envelope["kind"] == "hello"
 
 
 def test_unknown_schema_version_is_refused(messages):
     envelope = json.loads(encode(messages[0]))
-    envelope["v"] = 2
+    envelope["v"] = 3
     with pytest.raises(UnsupportedSchemaError) as err:
         decode(json.dumps(envelope).encode(), Hello)
-    assert err.value.version == 2
+    assert err.value.version == 3
     assert isinstance(err.value, WireFormatError)
 
 

@@ -7,9 +7,17 @@ from __future__ import annotations
 
 import uuid
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    model_validator,
+)
 
 from edgefleet.shared.topics import DeviceId, Sha256Hex
 
@@ -18,6 +26,10 @@ class WireModel(BaseModel):
     """Base of every model that crosses the wire: immutable, strict about unknown fields."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+MAX_SERIAL = 2**53  # serials stay exact in JSON numbers and in a signed 64-bit column
+Serial = Annotated[int, Field(ge=1, le=MAX_SERIAL)]
 
 
 RuntimeName = Literal["onnxruntime", "litert", "tflite_runtime"]
@@ -62,22 +74,92 @@ class SlotInfo(WireModel):
 
     model_id: str = Field(max_length=128)
     version: str = Field(max_length=64)
-    serial: NonNegativeInt
+    serial: NonNegativeInt = Field(le=MAX_SERIAL)
     sha256: Sha256Hex
     target: str = Field(max_length=32)
 
 
+class OutcomeResult(StrEnum):
+    """How the device's handling of one manifest ended. Every value is final for that serial."""
+
+    SWAPPED = "swapped"  # the manifest's artifact is active (also: renewed, same artifact)
+    REFUSED = "refused"  # verification or device checks refused it (integrity: not retried)
+    VALIDATION_FAILED = "validation_failed"  # loaded, but golden pairs or latency failed
+    DOWNLOAD_FAILED = "download_failed"  # the agent's own download retries are exhausted
+    IO_ERROR = "io_error"  # local I/O (disk full, permissions) retried until its limit
+    ROLLED_BACK = "rolled_back"  # the device left ``from_serial`` for ``to_serial``
+
+
+class Outcome(WireModel):
+    """The final result of one manifest on the device (wire v2), carried in the retained state.
+
+    ``serial``/``sha256`` name the manifest it is about; for ``rolled_back`` that is the serial
+    the device left (``from_serial``), and ``to_serial`` is the one it runs again.
+    """
+
+    serial: Serial
+    sha256: Sha256Hex
+    result: OutcomeResult
+    reason: str | None = Field(default=None, max_length=1024)
+    at: AwareDatetime
+    from_serial: Serial | None = None
+    to_serial: Serial | None = None
+
+    @model_validator(mode="after")
+    def _rollback_names_both_serials(self) -> Outcome:
+        if self.result is OutcomeResult.ROLLED_BACK:
+            if self.from_serial is None or self.to_serial is None:
+                raise ValueError("a rolled_back outcome needs from_serial and to_serial")
+            if self.from_serial != self.serial:
+                raise ValueError("a rolled_back outcome is about the serial it left")
+        elif self.from_serial is not None or self.to_serial is not None:
+            raise ValueError("from_serial/to_serial belong to rolled_back outcomes only")
+        return self
+
+
+class ProgressPhase(StrEnum):
+    DOWNLOADING = "downloading"
+    INSTALLING = "installing"  # loading and validating
+    RETRYING = "retrying"  # a local I/O error; the agent retries with backoff
+
+
+class Progress(WireModel):
+    """Where the device is with the manifest it is working on (wire v2)."""
+
+    serial: Serial
+    sha256: Sha256Hex
+    phase: ProgressPhase
+    done_bytes: NonNegativeInt = Field(default=0, le=2**53)
+    total_bytes: NonNegativeInt = Field(default=0, le=2**53)
+    attempts: NonNegativeInt = Field(default=0, le=1_000_000, description="local retries so far")
+    last_error: str | None = Field(default=None, max_length=512)
+
+    @property
+    def percent(self) -> float:
+        if self.total_bytes <= 0:
+            return 0.0
+        return min(100.0, 100.0 * self.done_bytes / self.total_bytes)
+
+
 class DeviceState(WireModel):
-    """Retained per-device state. The last will publishes ``status=offline``."""
+    """Retained per-device state. The last will publishes ``status=offline``.
+
+    Wire v2 adds ``last_outcome``, ``progress`` and ``seq``; a v1 state has none of them.
+    ``seq`` increases with every state the agent publishes, across restarts, so a receiver can
+    drop a state delivered after a newer one.
+    """
 
     device_id: DeviceId
     status: DeviceStatus
     active: SlotInfo | None = None
     previous: SlotInfo | None = None
-    last_serial: NonNegativeInt = 0
+    last_serial: NonNegativeInt = Field(default=0, le=MAX_SERIAL)
     updating_to: SlotInfo | None = None
     detail: str | None = Field(default=None, max_length=1024)
     updated_at: AwareDatetime
+    last_outcome: Outcome | None = None
+    progress: Progress | None = None
+    seq: NonNegativeInt | None = Field(default=None, le=2**63 - 1)
 
 
 class LatencySummary(WireModel):

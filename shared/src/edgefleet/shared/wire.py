@@ -1,7 +1,13 @@
 """Bytes at the MQTT boundary: the versioned envelope and the binary chunk frame.
 
-Every JSON message travels as ``{"v": 1, "kind": "<kind>", "body": {...}}``. Artifact chunks
+Every JSON message travels as ``{"v": 2, "kind": "<kind>", "body": {...}}``. Artifact chunks
 travel as a binary frame (magic, header length, JSON header, raw bytes) so they cost no base64.
+
+Compatibility rule between wire versions: a peer reads every version in
+``SUPPORTED_SCHEMA_VERSIONS`` (the current one and the one before) and writes to each peer the
+version that peer speaks, which is the version of the envelopes it sends. v2 only adds optional
+fields to ``state`` (``last_outcome``, ``progress``, ``seq``); every other body is the same in
+v1 and v2, so a v1 body parses as v2, and a v2 message without the new fields writes as v1.
 """
 
 from __future__ import annotations
@@ -26,8 +32,12 @@ from edgefleet.shared.messages import (
 )
 from edgefleet.shared.topics import Sha256Hex
 
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)
+# Fields a v1 reader does not know, per message type: left out when writing v1.
+_NEW_IN_V2: dict[type[WireModel], frozenset[str]] = {
+    DeviceState: frozenset({"last_outcome", "progress", "seq"}),
+}
 
 KINDS: dict[str, type[WireModel]] = {
     "hello": Hello,
@@ -43,16 +53,24 @@ _KIND_OF: dict[type[WireModel], str] = {model: kind for kind, model in KINDS.ite
 M = TypeVar("M", bound=WireModel)
 
 
-def encode(message: WireModel) -> bytes:
-    """Wrap ``message`` in the versioned envelope and return UTF-8 JSON bytes."""
+def encode(message: WireModel, *, version: int = SCHEMA_VERSION) -> bytes:
+    """Wrap ``message`` in the envelope of wire ``version`` and return UTF-8 JSON bytes.
+
+    Raises:
+        TypeError: ``message`` is not a wire message.
+        ValueError: ``version`` is not one this side writes.
+    """
     kind = _KIND_OF.get(type(message))
     if kind is None:
         raise TypeError(f"{type(message).__name__} is not a wire message")
-    body = message.model_dump_json()
-    return f'{{"v":{SCHEMA_VERSION},"kind":"{kind}","body":{body}}}'.encode()
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise ValueError(f"cannot write wire version {version}: {list(SUPPORTED_SCHEMA_VERSIONS)}")
+    exclude = _NEW_IN_V2.get(type(message)) if version < 2 else None
+    body = message.model_dump_json(exclude=set(exclude) if exclude else None)
+    return f'{{"v":{version},"kind":"{kind}","body":{body}}}'.encode()
 
 
-def _open_envelope(payload: bytes, max_bytes: int) -> tuple[str, Any]:
+def _open_envelope(payload: bytes, max_bytes: int) -> tuple[int, str, Any]:
     if len(payload) > max_bytes:
         raise WireFormatError(f"payload of {len(payload)} bytes exceeds {max_bytes}")
     try:
@@ -67,7 +85,7 @@ def _open_envelope(payload: bytes, max_bytes: int) -> tuple[str, Any]:
     kind = envelope["kind"]
     if not isinstance(kind, str) or kind not in KINDS:
         raise WireFormatError(f"unknown message kind {kind!r}")
-    return kind, envelope["body"]
+    return version, kind, envelope["body"]
 
 
 def decode(payload: bytes, expected: type[M], *, max_bytes: int | None = None) -> M:
@@ -77,12 +95,25 @@ def decode(payload: bytes, expected: type[M], *, max_bytes: int | None = None) -
         UnsupportedSchemaError: the envelope's version is not spoken here.
         WireFormatError: anything else wrong with the payload (size, JSON, kind, fields).
     """
-    kind, body = _open_envelope(payload, max_bytes or DEFAULT_LIMITS.max_message_bytes)
+    return decode_versioned(payload, expected, max_bytes=max_bytes)[1]
+
+
+def decode_versioned(
+    payload: bytes, expected: type[M], *, max_bytes: int | None = None
+) -> tuple[int, M]:
+    """:func:`decode`, also returning the envelope's wire version (what the sender speaks).
+
+    Raises:
+        UnsupportedSchemaError, WireFormatError: as :func:`decode`.
+    """
+    version, kind, body = _open_envelope(payload, max_bytes or DEFAULT_LIMITS.max_message_bytes)
     expected_kind = _KIND_OF.get(expected)
     if kind != expected_kind:
         raise WireFormatError(f"expected a {expected_kind!r} message, got {kind!r}", kind=kind)
+    if version < 2 and isinstance(body, dict) and _NEW_IN_V2.get(expected, frozenset()) & set(body):
+        raise WireFormatError(f"v1 {kind} message carries v2 fields", kind=kind)
     try:
-        return expected.model_validate(body)
+        return version, expected.model_validate(body)
     except ValidationError as e:
         raise WireFormatError(f"invalid {kind} message: {e}", kind=kind) from e
 
@@ -94,7 +125,7 @@ def decode_any(payload: bytes, *, max_bytes: int | None = None) -> WireModel:
         UnsupportedSchemaError: the envelope's version is not spoken here.
         WireFormatError: anything else wrong with the payload.
     """
-    kind, body = _open_envelope(payload, max_bytes or DEFAULT_LIMITS.max_message_bytes)
+    _, kind, body = _open_envelope(payload, max_bytes or DEFAULT_LIMITS.max_message_bytes)
     try:
         return KINDS[kind].model_validate(body)
     except ValidationError as e:
