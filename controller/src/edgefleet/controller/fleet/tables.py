@@ -45,6 +45,13 @@ class DeviceRow(Base):
     reported_last_serial: Mapped[int] = mapped_column(BigInteger, default=0)
     last_serial_issued: Mapped[int] = mapped_column(BigInteger, default=0)
     last_telemetry: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Wire version of the device's envelopes: messages to it are written in that version.
+    wire_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    state_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # Outcome
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # Progress
+    online_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    offline_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

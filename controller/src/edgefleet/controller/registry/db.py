@@ -1,17 +1,30 @@
-"""Database plumbing: the declarative ``Base`` every controller table extends, engines, sessions.
+"""Database plumbing: the declarative ``Base`` every controller table extends, engines, sessions,
+and the schema, which Alembic migrations in ``migrations/`` build and upgrade.
 
-Tables of later features (devices, rollouts) subclass :class:`Base`; one ``create_all`` covers all.
+Tables of later features (devices, rollouts) subclass :class:`Base`; a change to any table needs a
+revision in ``migrations/versions/``.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from edgefleet.controller.errors import ControllerError
+
+log = logging.getLogger(__name__)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -53,12 +66,116 @@ def create_engine_for(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
-def create_schema(engine: Engine) -> None:
-    """Create every table registered on :class:`Base` that does not exist yet."""
-    # Import the registry's tables so they are on the metadata even if nobody imported them yet.
-    from edgefleet.controller.registry import tables  # noqa: F401
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
-    Base.metadata.create_all(engine)
+# What release 0.1.0's create_all made, before the schema had revisions (revision 0001 since).
+RELEASE_0_1_0_TABLES = frozenset(
+    {
+        "models", "model_versions", "artifacts", "devices", "events", "telemetry",
+        "system_samples", "rollouts", "rollout_devices", "telemetry_rollups", "system_rollups",
+        "telemetry_rollup_marks",
+    }
+)  # fmt: skip
+
+# Key of the PostgreSQL advisory lock migrations hold: any constant nothing else on the server uses.
+_POSTGRES_SCHEMA_LOCK = int.from_bytes(b"efschema", "big")
+
+
+class SchemaTooNewError(ControllerError):
+    """The database was migrated by a newer controller, to a revision this one does not know."""
+
+    def __init__(self, revision: str, head: str) -> None:
+        super().__init__(
+            f"database schema is at revision {revision}, newer than this controller knows "
+            f"(head {head}); upgrade edgefleet-controller"
+        )
+        self.revision = revision
+        self.head = head
+
+
+def create_schema(engine: Engine) -> None:
+    """Bring the database to the newest schema revision by running its Alembic migrations.
+
+    An empty database is built from revision 0001 on; one release 0.1.0 made (its tables, no
+    ``alembic_version``) is adopted as revision 0001 and upgraded; one at head is left alone. The
+    check and the upgrade are one transaction holding the database's write or advisory lock, so
+    controllers started together migrate once.
+
+    Raises:
+        SchemaTooNewError: the database is at a revision this controller does not know.
+    """
+    with _schema_transaction(engine) as connection:
+        config = _alembic_config(connection)
+        script = ScriptDirectory.from_config(config)
+        head = script.get_current_head() or ""
+        current = MigrationContext.configure(connection).get_current_revision()
+        if current == head:
+            return
+        if current is None:
+            # Revision 0001 creates only what 0.1.0's create_all had not (see its _create_table).
+            adopted = RELEASE_0_1_0_TABLES & set(inspect(connection).get_table_names())
+            config.attributes["adopted_tables"] = adopted
+            start = "release 0.1.0 (no revision)" if adopted else "an empty database"
+        elif current in {known.revision for known in script.walk_revisions()}:
+            start = f"revision {current}"
+        else:
+            raise SchemaTooNewError(current, head)
+        command.upgrade(config, "head")
+        log.info("database schema upgraded from %s to revision %s", start, head)
+
+
+def schema_head() -> str:
+    """The newest schema revision this controller knows."""
+    return ScriptDirectory.from_config(_alembic_config(None)).get_current_head() or ""
+
+
+def _alembic_config(connection: Connection | None) -> Config:
+    # No alembic.ini: the migrations ship inside the package and run on the caller's connection.
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+@contextmanager
+def _schema_transaction(engine: Engine) -> Iterator[Connection]:
+    """One transaction around the whole check and upgrade, under a lock only one process holds."""
+    if engine.dialect.name == "sqlite":
+        with _sqlite_schema_transaction(engine) as connection:
+            yield connection
+        return
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            # Held until commit; a second controller waits here, then finds the schema at head.
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _POSTGRES_SCHEMA_LOCK}
+            )
+        yield connection
+
+
+@contextmanager
+def _sqlite_schema_transaction(engine: Engine) -> Iterator[Connection]:
+    # pysqlite opens a transaction only before DML, so DDL would commit statement by statement:
+    # with the driver in autocommit, an explicit BEGIN IMMEDIATE makes the upgrade one transaction
+    # and takes the write lock at once. Foreign keys are off meanwhile (the pragma is a no-op inside
+    # a transaction) because a batch migration that rebuilds a parent table drops the old one, and
+    # that DROP would cascade onto the children's rows.
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        driver = connection.connection.driver_connection
+        foreign_keys = connection.exec_driver_sql("PRAGMA foreign_keys").scalar_one()
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                if driver is not None and driver.in_transaction:  # SQLite may have ended it
+                    connection.exec_driver_sql("ROLLBACK")
+                raise
+            connection.exec_driver_sql("COMMIT")
+        finally:
+            connection.exec_driver_sql(f"PRAGMA foreign_keys={int(foreign_keys)}")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

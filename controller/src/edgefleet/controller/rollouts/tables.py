@@ -35,6 +35,8 @@ class RolloutRow(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)
     current_wave: Mapped[int] = mapped_column(Integer, default=0)
     wave_settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    wave_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     gate: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # last GateResult
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -59,6 +61,12 @@ class RolloutDeviceRow(Base):
     previous: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # SlotInfo
     signed_manifest: Mapped[str | None] = mapped_column(Text, nullable=True)
     published: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Offline when its wave started: pending, not counted, until it comes back.
+    offline_at_start: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    manifest_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     converged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
