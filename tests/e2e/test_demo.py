@@ -24,7 +24,7 @@ def test_demo_runs_the_whole_scenario_and_cleans_up(tmp_path):
     assert result.returncode == 0, out[-5000:]
     assert "rollout 1: completed" in out
     assert "rollout 2: rolled_back" in out
-    assert "gate breached in wave 0" in out
+    assert "gate breached in wave 1/2" in out  # waves count from 1 everywhere
     assert "every device runs digits:1 again" in out
     assert "dashboard and API: http://127.0.0.1:" in out
     # Every process the demo started is gone.

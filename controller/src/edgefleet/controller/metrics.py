@@ -19,7 +19,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import select
 
 from edgefleet.controller.fleet.tables import DeviceRow
-from edgefleet.controller.registry.db import aware
+from edgefleet.controller.rollouts import facts
+from edgefleet.controller.rollouts.states import RolloutStatus
 from edgefleet.controller.rollouts.tables import RolloutDeviceRow, RolloutRow
 from edgefleet.shared.manifest import runtime_for_target
 
@@ -27,13 +28,13 @@ if TYPE_CHECKING:
     from edgefleet.controller.fleet.ingest import IngestCounters
     from edgefleet.controller.service import ControllerService
 
-ROLLOUT_STATUSES = ("running", "paused", "rolling_back", "completed", "rolled_back", "aborted")
+ROLLOUT_STATUSES = tuple(RolloutStatus)
 RECENT_ROLLOUTS = 20
 
 
 def device_online(row: DeviceRow, now: datetime, offline_after_s: float) -> bool:
     """Online: not marked offline (last will) and heard from within ``offline_after_s``."""
-    return bool(row.online) and now - aware(row.last_seen) <= timedelta(seconds=offline_after_s)
+    return facts.device_online(row, now, timedelta(seconds=offline_after_s))
 
 
 class IngestRateMeter:

@@ -33,6 +33,7 @@ from edgefleet.controller.security.signing_key import ensure_signing_key, load_o
 from edgefleet.controller.telemetry import HistoryKeeper, RetentionPolicy
 from edgefleet.controller.telemetry import tables as telemetry_tables  # noqa: F401
 from edgefleet.shared import (
+    SCHEMA_VERSION,
     Command,
     DeviceChannel,
     Topics,
@@ -195,6 +196,7 @@ class ControllerService:
             self.topics,
             self._publish,
             interval_s=settings.engine_interval_s,
+            offline_after_s=settings.offline_after_s,
         )
         self.ingest.after_batch.append(self.rollouts.nudge)
         for name, coro in (
@@ -221,8 +223,10 @@ class ControllerService:
             raise RuntimeError("service not started")
         await self.bridge.publish(topic, payload, qos=1, retain=retain)
 
-    async def send_command(self, command: Command) -> None:
-        await self._publish(self.topics.commands(command.device_id), encode(command), False)
+    async def send_command(self, command: Command, *, wire_version: int = SCHEMA_VERSION) -> None:
+        """Publish a command in the wire version the device speaks."""
+        payload = encode(command, version=wire_version)
+        await self._publish(self.topics.commands(command.device_id), payload, False)
 
     async def stop(self) -> None:
         if self.bridge is not None:

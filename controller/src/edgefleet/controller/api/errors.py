@@ -9,6 +9,7 @@ from edgefleet.controller.errors import ControllerError, ModelNotFoundError, Reg
 from edgefleet.controller.fleet.selectors import SelectorError
 from edgefleet.controller.rollouts.errors import (
     NoDevicesError,
+    RolloutConflictError,
     RolloutNotFoundError,
     RolloutStateError,
 )
@@ -18,6 +19,7 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (ModelNotFoundError, 404),
     (RolloutNotFoundError, 404),
     (RolloutStateError, 409),
+    (RolloutConflictError, 409),
     (NoDevicesError, 422),
     (SelectorError, 422),
     (WaveSpecError, 422),

@@ -84,6 +84,12 @@ class RolloutDevicePublic(BaseModel):
     serial: int | None
     reason: str | None
     sent_at: datetime | None
+    deadline_at: datetime | None = Field(
+        default=None, description="install deadline of the issued manifest"
+    )
+    offline_at_start: bool = Field(
+        default=False, description="offline when its wave started: pending, not counted"
+    )
     converged_at: datetime | None
 
 
@@ -103,6 +109,11 @@ class RolloutPublic(BaseModel):
     gate: dict[str, Any] | None
     created_at: datetime
     updated_at: datetime
+    wave_started_at: datetime | None = None
+    wave_deadline_at: datetime | None = Field(
+        default=None, description="when the running wave must be ready or it breaches"
+    )
+    finished_at: datetime | None = None
     devices: list[RolloutDevicePublic]
     counts: dict[str, int] = Field(default_factory=dict)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -24,6 +25,19 @@ from edgefleet.controller.commands.api_client import (
 rollout_app = typer.Typer(help="Start, watch and steer rollouts.", no_args_is_help=True)
 console = Console()
 FINAL = {"completed", "aborted", "rolled_back"}
+
+
+def _left(deadline: str | None) -> str:
+    """``(12m30s left)`` until an API timestamp, or nothing."""
+    if not deadline:
+        return ""
+    moment = datetime.fromisoformat(deadline)
+    if moment.tzinfo is None:  # SQLite hands datetimes back naive; they are UTC
+        moment = moment.replace(tzinfo=UTC)
+    seconds = (moment - datetime.now(UTC)).total_seconds()
+    if seconds < 0:
+        return " (deadline passed)"
+    return f" ({int(seconds // 60)}m{int(seconds % 60):02d}s left)"
 
 
 def _percent(text: str) -> float:
@@ -46,18 +60,21 @@ def rollout_table(rollout: dict[str, Any]) -> Table:
     title = (
         f"rollout {rollout['id']}: {rollout['model']}:{rollout['version']} -> "
         f"{rollout['selector']}  [{rollout['status']}]  wave {rollout['current_wave'] + 1}/"
-        f"{len(rollout['waves'])}  " + " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        f"{len(rollout['waves'])}{_left(rollout.get('wave_deadline_at'))}  "
+        + " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
     )
     table = Table(title=title, title_justify="left")
-    for column in ("device", "wave", "state", "target", "serial", "reason"):
+    for column in ("device", "wave", "state", "target", "serial", "deadline", "reason"):
         table.add_column(column)
     for device in rollout["devices"]:
+        in_flight = device["state"] in {"sent", "pending", "reverting"}
         table.add_row(
             device["device_id"],
             str(device["wave"] + 1),
             device["state"],
             device["target"] or "",
             str(device["serial"] or ""),
+            _left(device.get("deadline_at")).strip(" ()") if in_flight else "",
             (device["reason"] or "")[:80],
         )
     if rollout.get("reason"):
@@ -91,6 +108,22 @@ def start(
     max_error_rate: Annotated[str, typer.Option(help="e.g. 1%")] = "1%",
     soak: Annotated[str, typer.Option(help="observation window per wave, e.g. 60s")] = "60s",
     on_breach: Annotated[str, typer.Option(help="pause or rollback")] = "rollback",
+    install_timeout: Annotated[
+        str, typer.Option(help="per device: converge within this or count as failed, e.g. 15m")
+    ] = "15m",
+    min_converged: Annotated[
+        int | None,
+        typer.Option(help="devices per wave that must converge [default: all online ones]"),
+    ] = None,
+    health_window: Annotated[
+        str, typer.Option(help="device-side watch after each swap, e.g. 60s")
+    ] = "60s",
+    health_max_error_rate: Annotated[
+        str, typer.Option(help="device rolls back above this error rate, e.g. 5%")
+    ] = "5%",
+    health_max_p95_regression: Annotated[
+        str, typer.Option(help="device rolls back above this p95 increase, e.g. 50%")
+    ] = "50%",
     watch_: Annotated[bool, typer.Option("--watch", help="show live progress")] = False,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
@@ -113,6 +146,11 @@ def start(
             "max_error_rate": _percent(max_error_rate),
             "soak_s": _seconds(soak),
             "on_breach": on_breach,
+            "install_timeout_s": _seconds(install_timeout),
+            "min_converged": min_converged,
+            "health_window_s": _seconds(health_window),
+            "health_max_error_rate": _percent(health_max_error_rate),
+            "health_max_p95_regression": _percent(health_max_p95_regression),
         },
     }
     client = ApiClient(url, resolve_token(token))

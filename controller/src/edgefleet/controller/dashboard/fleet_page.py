@@ -25,7 +25,7 @@ from edgefleet.controller.dashboard.html import (
 )
 from edgefleet.controller.fleet.tables import DeviceRow, EventRow
 from edgefleet.controller.metrics import device_online
-from edgefleet.controller.rollouts.planner import ACTIVE_STATUSES
+from edgefleet.controller.rollouts.states import UNFINISHED
 from edgefleet.controller.rollouts.tables import RolloutRow
 from edgefleet.controller.service import ControllerService
 from edgefleet.controller.telemetry.series import query_series
@@ -94,14 +94,14 @@ def render_fleet(service: ControllerService, session: Session) -> str:
     rollouts = list(
         session.scalars(
             select(RolloutRow)
-            .where(RolloutRow.status.in_(ACTIVE_STATUSES))
+            .where(RolloutRow.status.in_(list(UNFINISHED)))
             .order_by(RolloutRow.id.desc())
         )
     )
     finished = list(
         session.scalars(
             select(RolloutRow)
-            .where(RolloutRow.status.not_in(ACTIVE_STATUSES))
+            .where(RolloutRow.status.not_in(list(UNFINISHED)))
             .order_by(RolloutRow.id.desc())
             .limit(3)
         )

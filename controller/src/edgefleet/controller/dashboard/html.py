@@ -20,7 +20,8 @@ STATUS_TONE = {
     "failed": "bad", "rolled_back": "warn", "offline": "bad", "breached": "bad", "aborted": "bad",
     "swapped": "good", "booted": "idle", "manifest_refused": "bad", "download_failed": "bad",
     "verify_failed": "bad", "load_failed": "bad", "validation_failed": "bad", "error": "bad",
-    "slot_fallback": "warn", "command_done": "idle",
+    "slot_fallback": "warn", "command_done": "idle", "pending": "idle", "timed_out": "bad",
+    "reverted": "warn", "cancelled": "idle", "superseded": "idle",
 }  # fmt: skip
 
 
@@ -60,6 +61,16 @@ def when(moment: datetime | None, now: datetime | None = None) -> str:
     stamp = moment.strftime("%H:%M:%S") if ago < 86400 else moment.strftime("%Y-%m-%d %H:%M")
     iso = e(moment.isoformat())
     return f'<time datetime="{iso}" title="{iso}">{stamp} UTC <small>({rel})</small></time>'
+
+
+def time_left(deadline: datetime | None, now: datetime) -> str:
+    """``12 min 30 s left`` or ``overdue 5 s`` until ``deadline``."""
+    if deadline is None:
+        return "—"
+    seconds = (aware(deadline) - now).total_seconds()
+    left = abs(seconds)
+    text = f"{left // 60:.0f} min {left % 60:.0f} s" if left >= 60 else f"{left:.0f} s"
+    return f"{text} left" if seconds >= 0 else f"overdue {text}"
 
 
 def num(value: float | int | None, unit: str = "", digits: int = 2) -> str:

@@ -11,10 +11,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edgefleet.controller.dashboard.fleet_page import rollout_summary
-from edgefleet.controller.dashboard.html import badge, card, e, link, num, table, when
+from edgefleet.controller.dashboard.html import badge, card, e, link, num, table, time_left, when
+from edgefleet.controller.rollouts.convergence import wave_deadline
+from edgefleet.controller.rollouts.gates import GatePolicy
+from edgefleet.controller.rollouts.states import IN_FLIGHT, RolloutStatus
 from edgefleet.controller.rollouts.tables import RolloutRow
 
-STOPPED = frozenset({"paused", "rolling_back", "rolled_back", "aborted"})
+STOPPED = frozenset(
+    {
+        RolloutStatus.PAUSED,
+        RolloutStatus.ROLLING_BACK,
+        RolloutStatus.ROLLED_BACK,
+        RolloutStatus.ABORTED,
+    }
+)
 CHECK_UNITS = {"error_rate": "ratio", "p95_regression": "ratio", "failures": "devices"}
 
 
@@ -47,6 +57,12 @@ def _gate(rollout: RolloutRow) -> str:
             [e("soak per wave"), num(policy.get("soak_s"), "s", 1)],
             [e("min requests to judge latency"), num(policy.get("min_requests"))],
             [e("on breach"), e(policy.get("on_breach"))],
+            [e("install deadline per device"), num(policy.get("install_timeout_s"), "s", 0)],
+            [
+                e("converged devices needed per wave"),
+                e(policy.get("min_converged") or "all online"),
+            ],
+            [e("device health watch"), num(policy.get("health_window_s"), "s", 0)],
         ),
     )
     gate = rollout.gate or {}
@@ -64,16 +80,20 @@ def _gate(rollout: RolloutRow) -> str:
     return card("Gates", thresholds + heading + results)
 
 
-def _waves(rollout: RolloutRow) -> str:
+def _waves(rollout: RolloutRow, now: datetime) -> str:
     rows = []
     previous = 0
+    policy = GatePolicy.model_validate(rollout.policy or {})
     for index, cumulative in enumerate(rollout.waves):
         members = [d for d in rollout.devices if d.wave == index]
         states = Counter(d.state for d in members)
-        if index < rollout.current_wave or rollout.status == "completed":
+        if index < rollout.current_wave or rollout.status == RolloutStatus.COMPLETED:
             phase = "done"
         elif index == rollout.current_wave:
             phase = rollout.status if rollout.status in STOPPED else "in progress"
+            if rollout.status == RolloutStatus.RUNNING and rollout.wave_started_at is not None:
+                deadline = wave_deadline(rollout.wave_started_at, policy)
+                phase = f"{phase}, {time_left(deadline, now)}"
         else:
             phase = "pending"
         rows.append(
@@ -105,10 +125,11 @@ def render_rollout(session: Session, rollout: RolloutRow) -> str:
         f"updated {when(rollout.updated_at, now)}</p>"
     )
     devices = table(
-        ["device", "wave", "state", "target", "serial", "sent", "converged", "reason"],
+        ["device", "wave", "state", "target", "serial", "sent", "deadline", "converged", "reason"],
         (
             [link(d.device_id, "devices", d.device_id), num(d.wave + 1), badge(d.state),
              e(d.target or "—"), e(d.serial or "—"), when(d.sent_at, now),
+             time_left(d.deadline_at, now) if d.state in IN_FLIGHT else "—",
              when(d.converged_at, now), e(d.reason or "")]
             for d in rollout.devices
         ),
@@ -118,7 +139,7 @@ def render_rollout(session: Session, rollout: RolloutRow) -> str:
     return "".join(
         [
             card(f"Rollout #{rollout.id}", head, wide=True),
-            _waves(rollout),
+            _waves(rollout, now),
             _gate(rollout),
             card("Devices", devices, wide=True),
         ]

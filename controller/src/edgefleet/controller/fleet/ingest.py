@@ -25,7 +25,7 @@ from edgefleet.shared import (
     Telemetry,
     WireFormatError,
     WireModel,
-    decode,
+    decode_versioned,
 )
 from edgefleet.shared.errors import InvalidTopicError
 from edgefleet.shared.limits import DEFAULT_LIMITS
@@ -81,6 +81,7 @@ class FleetIngest:
         self._idle = asyncio.Event()
         self._idle.set()
         self.after_batch: list[Callable[[], None]] = []
+        self.wire_versions: dict[str, int] = {}  # one entry per device that said hello
 
     def submit(self, topic: str, payload: bytes) -> None:
         """Validate one message and queue it; malformed or spoofed ones are logged and dropped."""
@@ -93,7 +94,7 @@ class FleetIngest:
             model = _MODEL_FOR.get(parsed.channel)
             if model is None:
                 return  # our own desired/commands topics are not ingested
-            message: WireModel = decode(payload, model)
+            version, message = decode_versioned(payload, model)
         except (WireFormatError, InvalidTopicError) as e:
             self.counters.malformed += 1
             log.warning("dropped malformed message on %s: %s", topic, str(e)[:300])
@@ -104,6 +105,8 @@ class FleetIngest:
             log.warning("dropped message on %s claiming device %s", topic, claimed)
             return
         self.counters.count(parsed.channel.value)
+        if isinstance(message, Hello):  # what the device speaks, so we write that to it
+            self.wire_versions[parsed.device_id] = version
         if isinstance(message, ChunkRequest):
             self.on_fetch(message)
             return
@@ -157,4 +160,4 @@ class FleetIngest:
 
     def _write(self, batch: list[WireModel]) -> None:
         with self.sessions.begin() as session:
-            writer.write_batch(session, batch)
+            writer.write_batch(session, batch, versions=self.wire_versions)

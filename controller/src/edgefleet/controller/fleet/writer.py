@@ -1,12 +1,14 @@
-"""Applying device messages to the database: upserts of devices, events, telemetry, convergence.
+"""Applying device messages to the database: upserts of devices, events and telemetry.
 
 Synchronous; called with one open transaction per batch. Redelivered messages change nothing
-(events are keyed by their id; state is idempotent).
+(events are keyed by their id; state is idempotent, and a state older than the one stored, by
+its ``seq``, is dropped). This module records what devices report; the rollout engine derives
+every rollout-device state from it and is the only writer of those.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -19,13 +21,13 @@ from edgefleet.controller.fleet.tables import (
     SystemSampleRow,
     TelemetryRow,
 )
-from edgefleet.controller.rollouts.tables import RolloutDeviceRow
 from edgefleet.shared import (
     DeviceState,
     DeviceStatus,
     Event,
     EventType,
     Hello,
+    OutcomeResult,
     Telemetry,
     WireModel,
 )
@@ -39,15 +41,15 @@ _WRITE_ONLY_COLUMNS = (
     defer(DeviceRow.previous),
 )
 
-FAILURE_EVENTS = frozenset(
-    {
-        EventType.MANIFEST_REFUSED,
-        EventType.DOWNLOAD_FAILED,
-        EventType.VERIFY_FAILED,
-        EventType.LOAD_FAILED,
-        EventType.VALIDATION_FAILED,
-    }
-)
+# A v1 agent reports no outcome in its state: its failure events stand in for one.
+V1_OUTCOME_OF_EVENT = {
+    EventType.MANIFEST_REFUSED: OutcomeResult.REFUSED,
+    EventType.VERIFY_FAILED: OutcomeResult.REFUSED,
+    EventType.LOAD_FAILED: OutcomeResult.REFUSED,
+    EventType.DOWNLOAD_FAILED: OutcomeResult.DOWNLOAD_FAILED,
+    EventType.VALIDATION_FAILED: OutcomeResult.VALIDATION_FAILED,
+    EventType.ERROR: OutcomeResult.IO_ERROR,  # a v1 agent gives up on a local error
+}
 
 
 def _device(session: Session, cache: dict[str, DeviceRow], device_id: str) -> DeviceRow:
@@ -59,38 +61,41 @@ def _device(session: Session, cache: dict[str, DeviceRow], device_id: str) -> De
     return row
 
 
-def write_batch(session: Session, batch: Iterable[WireModel]) -> None:
+def write_batch(
+    session: Session,
+    batch: Iterable[WireModel],
+    *,
+    versions: Mapping[str, int] | None = None,
+    now: datetime | None = None,
+) -> None:
     """Apply a batch. Telemetry is applied after the batch's hello, state and events (the order
     ``FleetIngest`` takes them in), in bulk: per-row ORM work made ingest ten times slower than
-    the broker delivers."""
+    the broker delivers.
+
+    ``versions`` maps device ids to the wire version of their latest envelopes.
+    """
     messages = list(batch)
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
+    versions = versions or {}
     telemetry = [m for m in messages if isinstance(m, Telemetry)]
     priority = [m for m in messages if not isinstance(m, Telemetry)]
     ids = {getattr(m, "device_id", "") for m in priority}
     devices: dict[str, DeviceRow] = {}
-    awaiting: set[str] = set()
     if ids:
         query = select(DeviceRow).where(DeviceRow.id.in_(ids)).options(*_WRITE_ONLY_COLUMNS)
         devices = {r.id: r for r in session.scalars(query)}
-        awaiting = set(
-            session.scalars(
-                select(RolloutDeviceRow.device_id).where(
-                    RolloutDeviceRow.device_id.in_(ids),
-                    RolloutDeviceRow.state.in_(("sent", "reverting")),
-                )
-            )
-        )
     for message in priority:
         if isinstance(message, Hello):
-            _apply_hello(_device(session, devices, message.device_id), message, now)
-        elif isinstance(message, DeviceState):
             row = _device(session, devices, message.device_id)
-            _apply_state(session, row, message, now, message.device_id in awaiting)
+            _apply_hello(row, message, now, versions.get(message.device_id))
+        elif isinstance(message, DeviceState):
+            _apply_state(_device(session, devices, message.device_id), message, now)
         elif isinstance(message, Event):
-            _apply_event(session, message, now)
+            row = _device(session, devices, message.device_id)
+            if _apply_event(session, message, now) and (row.wire_version or 1) < 2:
+                _v1_outcome(row, message)
             if message.type is not EventType.ERROR:
-                _device(session, devices, message.device_id).last_seen = now
+                row.last_seen = now
     if telemetry:
         _write_telemetry(session, telemetry, now)
 
@@ -104,14 +109,20 @@ def _write_telemetry(session: Session, batch: list[Telemetry], now: datetime) ->
     session.flush()  # the ORM changes of the batch's other messages go first
     latest = {t.device_id: t for t in batch}
     known = {
-        device_id: (status, active)
-        for device_id, status, active in session.execute(
-            select(DeviceRow.id, DeviceRow.status, DeviceRow.active).where(DeviceRow.id.in_(latest))
+        device_id: (status, active, online, since)
+        for device_id, status, active, online, since in session.execute(
+            select(
+                DeviceRow.id,
+                DeviceRow.status,
+                DeviceRow.active,
+                DeviceRow.online,
+                DeviceRow.online_since,
+            ).where(DeviceRow.id.in_(latest))
         )
     }
     for device_id in latest.keys() - known.keys():  # telemetry before any hello
         session.add(DeviceRow(id=device_id))
-        known[device_id] = ("unknown", None)
+        known[device_id] = ("unknown", None, False, None)
     session.flush()
     points: list[dict[str, Any]] = []
     samples: list[dict[str, Any]] = []
@@ -123,7 +134,7 @@ def _write_telemetry(session: Session, batch: list[Telemetry], now: datetime) ->
     connection.execute(insert(_table(SystemSampleRow)), samples)
     updates = []
     for device_id, telemetry in latest.items():
-        status, active = known[device_id]
+        status, active, online, since = known[device_id]
         if status in {"offline", "unknown"}:
             status = "serving" if active else "idle"
         updates.append(
@@ -131,6 +142,7 @@ def _write_telemetry(session: Session, batch: list[Telemetry], now: datetime) ->
                 "device": device_id,
                 "status": status,
                 "online": True,
+                "online_since": since if online and since is not None else now,
                 "last_seen": now,
                 "last_telemetry": telemetry.model_dump(mode="json"),
             }
@@ -139,7 +151,7 @@ def _write_telemetry(session: Session, batch: list[Telemetry], now: datetime) ->
     connection.execute(update(devices).where(devices.c.id == bindparam("device")), updates)
 
 
-def _apply_hello(row: DeviceRow, hello: Hello, now: datetime) -> None:
+def _apply_hello(row: DeviceRow, hello: Hello, now: datetime, version: int | None) -> None:
     row.arch = hello.hardware.arch
     row.cpu_count = hello.hardware.cpu_count
     row.ram_bytes = hello.hardware.ram_bytes
@@ -148,42 +160,48 @@ def _apply_hello(row: DeviceRow, hello: Hello, now: datetime) -> None:
     row.runtimes = [r.model_dump() for r in hello.runtimes]
     row.accelerators = list(hello.accelerators)
     row.labels = dict(hello.labels)
-    row.online = True
+    if version is not None:
+        row.wire_version = version
+    _set_online(row, True, now)
     row.last_seen = now
 
 
-def _apply_state(
-    session: Session, row: DeviceRow, state: DeviceState, now: datetime, awaiting: bool = True
-) -> None:
+def _set_online(row: DeviceRow, online: bool, now: datetime) -> None:
+    """Flip the online flag, remembering since when the device is on or off line."""
+    if online and not row.online:
+        row.online_since = now
+    elif not online and (row.online or row.offline_since is None):
+        row.offline_since = now
+    row.online = online
+
+
+def _apply_state(row: DeviceRow, state: DeviceState, now: datetime) -> None:
+    offline = state.status is DeviceStatus.OFFLINE
+    if state.seq is not None:
+        if not offline and row.state_seq is not None and state.seq <= row.state_seq:
+            return  # delivered after a newer state of the same device: stale
+        if not offline:
+            row.state_seq = state.seq
     row.status = state.status.value
-    row.online = state.status is not DeviceStatus.OFFLINE
+    _set_online(row, not offline, now)
     row.detail = state.detail
-    if state.status is DeviceStatus.OFFLINE:
+    if offline:
         return  # the last will carries no slots: keep what we knew
     row.active = state.active.model_dump(mode="json") if state.active else None
     row.previous = state.previous.model_dump(mode="json") if state.previous else None
     row.reported_last_serial = max(row.reported_last_serial or 0, state.last_serial)
+    if state.last_outcome is not None:
+        row.last_outcome = state.last_outcome.model_dump(mode="json")
+    if state.seq is not None:  # a v2 state says what is in progress, including nothing
+        row.progress = state.progress.model_dump(mode="json") if state.progress else None
     row.last_seen = now
-    if state.active is None or not awaiting:
-        return  # no rollout waits on this device: spare the query
-    pending = session.scalars(
-        select(RolloutDeviceRow).where(
-            RolloutDeviceRow.device_id == state.device_id,
-            RolloutDeviceRow.state.in_(("sent", "reverting")),
-            RolloutDeviceRow.serial == state.active.serial,
-        )
-    )
-    for target in pending:
-        if target.sha256 == state.active.sha256:
-            target.state = "active" if target.state == "sent" else "rolled_back"
-            target.converged_at = now
-            target.updated_at = now
 
 
-def _apply_event(session: Session, event: Event, now: datetime) -> None:
+def _apply_event(session: Session, event: Event, now: datetime) -> bool:
+    """Store an event once; False when it was a redelivery."""
     event_id = str(event.event_id)
     if session.scalar(select(EventRow.id).where(EventRow.event_id == event_id)) is not None:
-        return  # redelivered
+        return False
     session.add(
         EventRow(
             event_id=event_id,
@@ -199,25 +217,24 @@ def _apply_event(session: Session, event: Event, now: datetime) -> None:
         )
     )
     session.flush()
-    if event.serial is None:
+    return True
+
+
+def _v1_outcome(row: DeviceRow, event: Event) -> None:
+    """A v1 agent's failure event about a serial, recorded as the outcome it stands for."""
+    result = V1_OUTCOME_OF_EVENT.get(event.type)
+    if result is None or event.serial is None or event.serial < 1:
         return
-    if event.type in FAILURE_EVENTS:
-        states: tuple[str, ...] = ("sent",)
-        new_state = "failed"
-    elif event.type is EventType.ROLLED_BACK:
-        states, new_state = ("sent", "active"), "rolled_back"
-    else:
-        return
-    for target in session.scalars(
-        select(RolloutDeviceRow).where(
-            RolloutDeviceRow.device_id == event.device_id,
-            RolloutDeviceRow.serial == event.serial,
-            RolloutDeviceRow.state.in_(states),
-        )
-    ):
-        target.state = new_state
-        target.reason = f"{event.type.value}: {event.reason or ''}".strip()
-        target.updated_at = now
+    current = row.last_outcome or {}
+    if int(current.get("serial") or 0) > event.serial:
+        return  # never let an older serial's failure replace a newer outcome
+    row.last_outcome = {
+        "serial": event.serial,
+        "sha256": None,
+        "result": result.value,
+        "reason": f"{event.type.value}: {event.reason or ''}".strip(),
+        "at": event.at.isoformat(),
+    }
 
 
 def _telemetry_rows(

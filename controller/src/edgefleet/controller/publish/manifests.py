@@ -63,8 +63,17 @@ class ManifestSigner:
         self.urls = urls
         self.chunks = ChunkDigestCache()
 
-    def sign(self, device_id: str, artifact: ArtifactRecord, serial: int) -> SignedManifest:
-        now = datetime.now(UTC)
+    def sign(
+        self,
+        device_id: str,
+        artifact: ArtifactRecord,
+        serial: int,
+        *,
+        health: HealthPolicy | None = None,
+        now: datetime | None = None,
+    ) -> SignedManifest:
+        """Sign the desired state ``(device, artifact, serial)``, valid for the signer's TTL."""
+        now = now or datetime.now(UTC)
         expires_at = now + self.ttl
         query = self.urls.query(device_id, artifact.sha256, int(expires_at.timestamp()))
         manifest = Manifest(
@@ -85,7 +94,7 @@ class ManifestSigner:
             signature=artifact.signature,
             golden=artifact.golden,
             latency_budget_ms=artifact.latency_budget_ms,
-            health=self.health,
+            health=health or self.health,
             created_at=now,
             expires_at=expires_at,
         )

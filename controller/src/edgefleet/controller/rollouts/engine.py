@@ -3,6 +3,11 @@
 All state lives in the database, so a controller killed at any moment resumes where it was: a
 device is sent its manifest once (the signed manifest is stored before it is published, and only
 unpublished ones are published again), and a device that converged is never sent it again.
+Each rollout-device state is derived by :func:`convergence.derive_target` from what was issued,
+what the device reports and the clock; this module is the only writer of those states.
+
+Every rollout ends: each issued device converges, fails or times out by its install deadline,
+and each wave is ready by its own deadline (install timeout + soak from its start) or breaches.
 
 Concurrency: the asyncio task ``rollout-engine`` ticks every interval (or sooner when ingest
 nudges it); each tick's database work runs on a worker thread in one transaction per rollout.
@@ -16,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,26 +33,48 @@ from edgefleet.controller.publish.variants import select_artifact_for
 from edgefleet.controller.registry.db import aware
 from edgefleet.controller.registry.records import ArtifactRecord
 from edgefleet.controller.registry.service import ModelRegistry
+from edgefleet.controller.rollouts import facts
+from edgefleet.controller.rollouts.convergence import WaveTarget, derive_target, wave_progress
 from edgefleet.controller.rollouts.gates import (
+    GateCheck,
     GatePolicy,
     GateResult,
     check_failures,
     combine_figures,
     evaluate_gates,
 )
+from edgefleet.controller.rollouts.states import (
+    DERIVED,
+    FAILURES,
+    STEPPING,
+    RolloutStatus,
+    TargetState,
+)
 from edgefleet.controller.rollouts.tables import RolloutDeviceRow, RolloutRow
-from edgefleet.shared import Topics, encode
+from edgefleet.shared import SCHEMA_VERSION, SignedManifest, Topics, decode, encode
 
 log = logging.getLogger(__name__)
 
-TERMINAL = frozenset({"active", "failed", "skipped", "rolled_back", "cancelled", "superseded"})
-# Rollouts whose sent manifests still stand as the devices' desired state.
-PUBLISHING = ("running", "paused", "rolling_back", "completed")
-FAILED = frozenset({"failed", "rolled_back"})
+# Targets a rollback reverts (a device that may run, or be about to run, the new version).
+REVERT = frozenset(
+    {
+        TargetState.SENT,
+        TargetState.PENDING,
+        TargetState.ACTIVE,
+        TargetState.FAILED,
+        TargetState.TIMED_OUT,
+        TargetState.ROLLED_BACK,
+    }
+)
 BASELINE_WINDOW = timedelta(minutes=30)
 PUBLISH_CONCURRENCY = 200  # QoS 1 publishes awaiting their PUBACK at once
 
 Publish = Callable[[str, bytes, bool], Awaitable[None]]
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -66,6 +94,8 @@ class RolloutEngine:
         publish: Publish,
         *,
         interval_s: float = 1.0,
+        offline_after_s: float = 120.0,
+        clock: Clock = utcnow,
     ) -> None:
         self.sessions = sessions
         self.registry = registry
@@ -73,8 +103,11 @@ class RolloutEngine:
         self.topics = topics
         self.publish = publish
         self.interval_s = interval_s
+        self.offline_after = timedelta(seconds=offline_after_s)
+        self.clock = clock
         self._nudge = asyncio.Event()
         self.manifests_published = 0
+        self.manifests_renewed = 0
 
     def nudge(self) -> None:
         """Tick soon: something the engine waits for may have changed."""
@@ -91,7 +124,7 @@ class RolloutEngine:
             self._nudge.clear()
 
     async def tick(self) -> None:
-        outbox = await asyncio.to_thread(self._step_all)
+        outbox = await asyncio.to_thread(self.step_all)
         published: list[int] = []
         slots = asyncio.Semaphore(PUBLISH_CONCURRENCY)
 
@@ -107,101 +140,168 @@ class RolloutEngine:
         await asyncio.gather(*(send(item) for item in outbox))
         if published:
             self.manifests_published += len(published)
-            await asyncio.to_thread(self._mark_published, published)
+            await asyncio.to_thread(self.mark_published, published)
 
     def mark_all_unpublished(self) -> None:
-        """After a (re)connect: publish again every manifest not yet converged on its device.
+        """After a (re)connect: publish every device's current desired state again.
 
-        A broker that lost its retained messages (crash without persistence) gets them back;
-        devices that already run what they were sent are not sent it again.
+        Converged or not: a broker that lost its retained messages (a crash without persistence,
+        or one restored from an old snapshot) gets each device's latest manifest back, so a
+        wiped device never picks up an old one.
         """
         with self.sessions.begin() as session:
-            rows = session.scalars(
-                select(RolloutDeviceRow)
-                .join(RolloutRow)
-                .where(
-                    RolloutRow.status.in_(PUBLISHING),
-                    RolloutDeviceRow.state.in_(("sent", "reverting")),
-                )
-            )
-            for row in rows:
+            for row in session.scalars(_current_desired()):
                 row.published = False
 
-    def _mark_published(self, ids: list[int]) -> None:
+    def mark_published(self, ids: list[int]) -> None:
         with self.sessions.begin() as session:
             for row in session.scalars(
                 select(RolloutDeviceRow).where(RolloutDeviceRow.id.in_(ids))
             ):
                 row.published = True
 
-    def _step_all(self) -> list[Outgoing]:
+    def step_all(self) -> list[Outgoing]:
+        """One tick's database work: step each moving rollout, derive the rest, renew, and
+        return the desired states to publish."""
+        now = self.clock()
         with self.sessions() as session:
             ids = session.scalars(
-                select(RolloutRow.id).where(RolloutRow.status.in_(("running", "rolling_back")))
+                select(RolloutRow.id).where(RolloutRow.status.in_(list(STEPPING)))
             ).all()
         for rollout_id in ids:
             try:
                 with self.sessions.begin() as session:
                     rollout = session.get(RolloutRow, rollout_id)
                     if rollout is not None:
-                        self._step(session, rollout, datetime.now(UTC))
+                        self._step(session, rollout, now)
             except Exception:
                 log.exception("rollout %d: step failed", rollout_id)
+        with self.sessions.begin() as session:
+            self._derive_standing(session, now)
+        with self.sessions.begin() as session:
+            self._renew(session, now)
         return self._outbox()
 
     def _outbox(self) -> list[Outgoing]:
         with self.sessions() as session:
             rows = session.execute(
-                select(
+                _current_desired(
                     RolloutDeviceRow.id,
                     RolloutDeviceRow.device_id,
                     RolloutDeviceRow.signed_manifest,
+                    DeviceRow.wire_version,
                 )
-                .join(RolloutRow)
-                .where(
-                    RolloutRow.status.in_(PUBLISHING),
-                    RolloutDeviceRow.published.is_(False),
-                    RolloutDeviceRow.state.in_(("sent", "reverting")),
-                    RolloutDeviceRow.signed_manifest.is_not(None),
-                )
+                .where(RolloutDeviceRow.published.is_(False))
                 .order_by(RolloutDeviceRow.id)
             ).all()
-        return [
-            Outgoing(row_id, self.topics.desired(device_id), manifest.encode())
-            for row_id, device_id, manifest in rows
-            if manifest is not None
-        ]
+        outgoing = []
+        for row_id, device_id, manifest, version in rows:
+            payload = manifest.encode()
+            if version != SCHEMA_VERSION:  # written in the version the device speaks
+                payload = encode(decode(payload, SignedManifest), version=version or 1)
+            outgoing.append(Outgoing(row_id, self.topics.desired(device_id), payload))
+        return outgoing
+
+    # --- deriving -----------------------------------------------------------------------------
+
+    def _derive(
+        self,
+        targets: list[RolloutDeviceRow],
+        devices: dict[str, DeviceRow],
+        policy: GatePolicy,
+        now: datetime,
+    ) -> None:
+        timeout = timedelta(seconds=policy.install_timeout_s)
+        for target in targets:
+            if target.state not in DERIVED:
+                continue
+            device = devices.get(target.device_id)
+            report = facts.reported(device, now, self.offline_after)
+            derived = derive_target(facts.issued(target), report, timeout, now)
+            before = target.state
+            if facts.apply(target, derived, now) and derived.state != before:
+                log.info(
+                    "rollout %d: %s %s -> %s%s",
+                    target.rollout_id,
+                    target.device_id,
+                    before,
+                    derived.state,
+                    f" ({derived.reason})" if derived.reason else "",
+                )
+
+    def _derive_standing(self, session: Session, now: datetime) -> None:
+        """Keep deriving devices' current desired states in rollouts that no longer step
+        (paused, completed, rolled back): pending devices converge later, a converged one may
+        still roll itself back."""
+        query = _current_desired(RolloutDeviceRow, DeviceRow, RolloutRow.policy).where(
+            RolloutDeviceRow.state.in_(list(DERIVED)),
+            RolloutRow.status.not_in(list(STEPPING)),
+        )
+        for target, device, policy in session.execute(query):
+            self._derive([target], {device.id: device}, GatePolicy.model_validate(policy), now)
+
+    def _devices(self, session: Session, targets: list[RolloutDeviceRow]) -> dict[str, DeviceRow]:
+        ids = [t.device_id for t in targets]
+        rows: dict[str, DeviceRow] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows |= {
+                d.id: d for d in session.scalars(select(DeviceRow).where(DeviceRow.id.in_(chunk)))
+            }
+        return rows
 
     # --- one rollout -------------------------------------------------------------------------
 
     def _step(self, session: Session, rollout: RolloutRow, now: datetime) -> None:
-        if rollout.status == "rolling_back":
-            self._roll_back(session, rollout, now)
-            return
         policy = GatePolicy.model_validate(rollout.policy)
+        if rollout.status == RolloutStatus.ROLLING_BACK:
+            self._roll_back(session, rollout, policy, now)
+            return
         wave = rollout.current_wave
+        waves = len(rollout.waves)
         scope = [d for d in rollout.devices if d.wave <= wave]
-        devices = {
-            d.id: d
-            for d in session.scalars(
-                select(DeviceRow).where(DeviceRow.id.in_([s.device_id for s in scope]))
-            )
-        }
-        planned = [t for t in scope if t.state == "planned"]
+        devices = self._devices(session, scope)
+        planned = [t for t in scope if t.state == TargetState.PLANNED]
         if planned:
             artifacts: dict[str, ArtifactRecord] = {
                 a.target: a for a in self.registry.artifacts_for(rollout.model, rollout.version)
             }
             for target in planned:
-                self._send(target, devices[target.device_id], artifacts, now)
-        failed = sum(1 for d in scope if d.state in FAILED)
+                self._send(target, devices.get(target.device_id), artifacts, policy, now)
+            if any(t.wave == wave for t in planned) or rollout.wave_started_at is None:
+                rollout.wave_started_at = now
+                rollout.updated_at = now
+                log.info(
+                    "rollout %d: wave %d/%d started: %d device(s), deadline in %s",
+                    rollout.id, wave + 1, waves, len(planned),
+                    timedelta(seconds=policy.install_timeout_s + policy.soak_s),
+                )  # fmt: skip
+        self._derive(scope, devices, policy, now)
+        failed = sum(1 for d in scope if d.state in FAILURES)
         failures = check_failures(policy, failed, len(scope))
         if not failures.passed:
             self._breach(rollout, policy, GateResult(False, (failures,)), now)
             return
-        settled = all(d.state in TERMINAL or not devices[d.device_id].online for d in scope)
-        if not settled:
+        started = aware(rollout.wave_started_at) if rollout.wave_started_at else now
+        progress = wave_progress(
+            [WaveTarget(TargetState(t.state), t.offline_at_start) for t in scope if t.wave == wave],
+            min_converged=policy.min_converged,
+            started_at=started,
+            install_timeout=timedelta(seconds=policy.install_timeout_s),
+            now=now,
+        )
+        if not progress.ready:
             rollout.wave_settled_at = None
+            if progress.expired:
+                check = GateCheck(
+                    "wave_deadline",
+                    float(progress.converged),
+                    float(progress.needed),
+                    False,
+                    f"wave {wave + 1}/{waves} did not converge within its install deadline "
+                    f"({timedelta(seconds=policy.install_timeout_s)}): {progress.reason}",
+                )
+                self._breach(rollout, policy, GateResult(False, (check,)), now)
             return
         if rollout.wave_settled_at is None:
             rollout.wave_settled_at = now
@@ -210,124 +310,204 @@ class RolloutEngine:
                 return
         if now < aware(rollout.wave_settled_at) + timedelta(seconds=policy.soak_s):
             return
-        result = self._evaluate(session, rollout, policy, scope, devices)
+        result = self._evaluate(session, rollout, policy, scope)
         rollout.gate = {"wave": wave, **result.as_dict()}
         rollout.updated_at = now
         if not result.passed:
             self._breach(rollout, policy, result, now)
-        elif wave >= len(rollout.waves) - 1:
-            rollout.status = "completed"
-            pending = sum(1 for d in scope if d.state not in TERMINAL)
-            rollout.reason = "all waves passed their gates" + (
-                f"; {pending} offline device(s) pending" if pending else ""
-            )
+        elif wave >= waves - 1:
+            rollout.status = RolloutStatus.COMPLETED
+            rollout.finished_at = now
+            rollout.reason = "all waves passed their gates; " + _tally(rollout.devices)
+            log.info("rollout %d: completed: %s", rollout.id, rollout.reason)
         else:
             rollout.current_wave = wave + 1
             rollout.wave_settled_at = None
             log.info(
-                "rollout %d: wave %d passed its gates; starting wave %d", rollout.id, wave, wave + 1
-            )
+                "rollout %d: wave %d/%d passed its gates (%s); starting wave %d/%d",
+                rollout.id, wave + 1, waves, progress.reason, wave + 2, waves,
+            )  # fmt: skip
 
     def _send(
         self,
         target: RolloutDeviceRow,
-        device: DeviceRow,
+        device: DeviceRow | None,
         artifacts: dict[str, ArtifactRecord],
+        policy: GatePolicy,
         now: datetime,
     ) -> None:
+        target.updated_at = now
+        if device is None:
+            target.state = TargetState.SKIPPED
+            target.reason = "device no longer registered"
+            return
         runtimes = [r["name"] for r in device.runtimes or []]
         choice = select_artifact_for(runtimes, device.accelerators or [], artifacts)
-        target.updated_at = now
         if choice.target is None:
-            target.state = "skipped"
+            target.state = TargetState.SKIPPED
             target.reason = choice.reason
             return
         artifact = artifacts[choice.target]
         target.target = artifact.target
         target.sha256 = artifact.sha256
-        if device.active and device.active.get("sha256") == artifact.sha256:
-            target.state = "active"
-            target.serial = device.active.get("serial")
+        active = device.active or {}
+        if active.get("sha256") == artifact.sha256 and active.get("serial"):
+            target.state = TargetState.ACTIVE  # nothing to send: it runs this artifact already
+            target.serial = int(active["serial"])
             target.reason = "already running this artifact"
             target.converged_at = now
             return
-        self._issue(target, device, artifact, now, state="sent")
+        self._issue(target, device, artifact, policy, now, state=TargetState.SENT)
 
     def _issue(
         self,
         target: RolloutDeviceRow,
         device: DeviceRow,
         artifact: ArtifactRecord,
+        policy: GatePolicy,
         now: datetime,
         *,
-        state: str,
+        state: TargetState,
     ) -> None:
+        self._sign_into(target, device, artifact, policy, now)
+        target.state = state
+        target.reason = None
+        target.sent_at = now
+        target.deadline_at = now + timedelta(seconds=policy.install_timeout_s)
+        target.offline_at_start = not facts.device_online(device, now, self.offline_after)
+        target.updated_at = now
+
+    def _sign_into(
+        self,
+        target: RolloutDeviceRow,
+        device: DeviceRow,
+        artifact: ArtifactRecord,
+        policy: GatePolicy,
+        now: datetime,
+    ) -> None:
+        """Sign the next serial of ``device`` for ``artifact`` into ``target``, unpublished."""
         serial = max(device.last_serial_issued or 0, device.reported_last_serial or 0) + 1
         device.last_serial_issued = serial
-        signed = self.signer.sign(device.id, artifact, serial)
+        signed = self.signer.sign(device.id, artifact, serial, health=policy.health(), now=now)
         target.signed_manifest = encode(signed).decode()
         target.serial = serial
         target.sha256 = artifact.sha256
-        target.state = state
+        target.target = artifact.target
         target.published = False
-        target.sent_at = now
-        target.updated_at = now
+        target.manifest_expires_at = now + self.signer.ttl
 
     def _breach(
         self, rollout: RolloutRow, policy: GatePolicy, result: GateResult, now: datetime
     ) -> None:
-        rollout.gate = {"wave": rollout.current_wave, **result.as_dict()}
-        rollout.reason = f"gate breached in wave {rollout.current_wave}: {result.summary()}"
-        rollout.status = "paused" if policy.on_breach == "pause" else "rolling_back"
+        wave = rollout.current_wave
+        rollout.gate = {"wave": wave, **result.as_dict()}
+        rollout.reason = (
+            f"gate breached in wave {wave + 1}/{len(rollout.waves)}: {result.summary()}"
+        )
+        rollout.status = (
+            RolloutStatus.PAUSED if policy.on_breach == "pause" else RolloutStatus.ROLLING_BACK
+        )
+        rollout.wave_settled_at = None
         rollout.updated_at = now
         log.warning("rollout %d: %s -> %s", rollout.id, rollout.reason, rollout.status)
 
-    def _roll_back(self, session: Session, rollout: RolloutRow, now: datetime) -> None:
-        ids = [d.device_id for d in rollout.devices]
-        devices = {d.id: d for d in session.scalars(select(DeviceRow).where(DeviceRow.id.in_(ids)))}
+    # --- rolling back -------------------------------------------------------------------------
+
+    def _roll_back(
+        self, session: Session, rollout: RolloutRow, policy: GatePolicy, now: datetime
+    ) -> None:
+        devices = self._devices(session, list(rollout.devices))
         for target in rollout.devices:
-            if target.state == "planned":
-                target.state, target.reason, target.updated_at = (
-                    "cancelled",
-                    "rollout rolled back",
-                    now,
-                )
-            elif target.state in {"sent", "active", "failed"}:
-                self._revert(target, devices[target.device_id], now)
+            if target.state == TargetState.PLANNED:
+                target.state = TargetState.CANCELLED
+                target.reason = "rollout rolled back before this wave"
+                target.updated_at = now
+            elif target.state in REVERT:
+                self._revert(target, devices.get(target.device_id), policy, now)
+        self._derive(list(rollout.devices), devices, policy, now)
         waiting = [
-            d for d in rollout.devices if d.state == "reverting" and devices[d.device_id].online
+            t
+            for t in rollout.devices
+            if t.state == TargetState.REVERTING
+            and not (
+                t.offline_at_start
+                and not facts.device_online(devices[t.device_id], now, self.offline_after)
+            )
         ]
         if not waiting:
-            rollout.status = "rolled_back"
+            rollout.status = RolloutStatus.ROLLED_BACK
+            rollout.finished_at = now
+            rollout.reason = f"{rollout.reason or 'rolled back'}; {_tally(rollout.devices)}"
             rollout.updated_at = now
+            log.warning("rollout %d: rolled back: %s", rollout.id, rollout.reason)
 
-    def _revert(self, target: RolloutDeviceRow, device: DeviceRow, now: datetime) -> None:
+    def _revert(
+        self,
+        target: RolloutDeviceRow,
+        device: DeviceRow | None,
+        policy: GatePolicy,
+        now: datetime,
+    ) -> None:
         previous = target.previous
+        why = target.reason
+        target.updated_at = now
+        if device is None:
+            target.state, target.reason = TargetState.CANCELLED, "device no longer registered"
+            return
         if not previous:
-            target.state = "rolled_back" if target.state == "failed" else target.state
-            target.reason = (target.reason or "") + "; no previous version to roll back to"
-            target.updated_at = now
+            target.state = TargetState.REVERTED
+            target.reason = _join(why, "no previous version to roll back to")
             return
-        try:
-            version = self.registry.get_version(previous["model_id"], previous["version"])
-        except ControllerError as e:
-            target.reason = f"cannot roll back: {e}"
-            target.state = "failed"
+        active = device.active or {}
+        settled = (TargetState.ACTIVE, TargetState.FAILED, TargetState.ROLLED_BACK)
+        if target.state in settled and active.get("sha256") == previous["sha256"]:
+            target.state = TargetState.REVERTED  # never swapped, or left it by itself
+            target.reason = _join(why, "still runs its previous version")
+            target.converged_at = now
             return
-        artifact = version.artifact(previous["target"])
+        artifact = self._artifact(previous["model_id"], previous["version"], previous["target"])
         if artifact is None or artifact.sha256 != previous["sha256"]:
-            target.state = "failed"
+            target.state = TargetState.FAILED
             target.reason = f"cannot roll back: previous artifact {previous['sha256'][:12]} unknown"
             return
-        if (
-            device.active
-            and device.active.get("sha256") == artifact.sha256
-            and target.state == "failed"
-        ):
-            target.state = "rolled_back"  # never swapped: it still runs the previous version
-            target.updated_at = now
-            return
-        self._issue(target, device, artifact, now, state="reverting")
+        self._issue(target, device, artifact, policy, now, state=TargetState.REVERTING)
+        target.reason = _join(why, f"reverting to {previous['version']}")
+
+    def _artifact(self, model: str, version: str, target: str | None) -> ArtifactRecord | None:
+        try:
+            record = self.registry.get_version(model, version)
+        except ControllerError:
+            return None
+        return record.artifact(target) if target else None
+
+    # --- renewing -----------------------------------------------------------------------------
+
+    def _renew(self, session: Session, now: datetime) -> None:
+        """Re-sign desired states before they expire, so a device offline for longer than a
+        manifest lives still finds a valid one when it comes back."""
+        horizon = now + self.signer.ttl / 2
+        query = _current_desired(RolloutDeviceRow, DeviceRow, RolloutRow).where(
+            RolloutDeviceRow.manifest_expires_at.is_not(None),
+            RolloutDeviceRow.manifest_expires_at <= horizon,
+        )
+        for target, device, rollout in session.execute(query):
+            if target.state in (TargetState.REVERTING, TargetState.REVERTED) and target.previous:
+                slot: dict[str, Any] = target.previous
+                artifact = self._artifact(slot["model_id"], slot["version"], slot["target"])
+            else:
+                artifact = self._artifact(rollout.model, rollout.version, target.target)
+            if artifact is None or artifact.sha256 != target.sha256:
+                target.manifest_expires_at = None  # nothing to renew it with: say so once
+                log.warning("cannot renew the desired state of %s: artifact gone", device.id)
+                continue
+            old = target.serial
+            self._sign_into(
+                target, device, artifact, GatePolicy.model_validate(rollout.policy), now
+            )
+            self.manifests_renewed += 1
+            log.info(
+                "renewed the desired state of %s: serial %s -> %s", device.id, old, target.serial
+            )
 
     def _evaluate(
         self,
@@ -335,12 +515,11 @@ class RolloutEngine:
         rollout: RolloutRow,
         policy: GatePolicy,
         scope: list[RolloutDeviceRow],
-        devices: dict[str, DeviceRow],
     ) -> GateResult:
         """Gate figures for the wave: the new version since the rollout began, against each
         device's previous version before it swapped. Two queries, whatever the wave's size."""
-        failed = sum(1 for d in scope if d.state in FAILED)
-        active = [t for t in scope if t.state == "active"]
+        failed = sum(1 for d in scope if d.state in FAILURES)
+        active = [t for t in scope if t.state == TargetState.ACTIVE]
         created = aware(rollout.created_at)
         ids = [t.device_id for t in active]
         new_windows = [
@@ -368,6 +547,31 @@ class RolloutEngine:
             new=combine_figures(new_windows),
             baseline=baseline,
         )
+
+
+def _current_desired(*columns: Any) -> Any:
+    """Rows holding each device's current desired state: the one it was issued last."""
+    return (
+        select(*(columns or (RolloutDeviceRow,)))
+        .join(RolloutRow, RolloutRow.id == RolloutDeviceRow.rollout_id)
+        .join(DeviceRow, DeviceRow.id == RolloutDeviceRow.device_id)
+        .where(
+            RolloutDeviceRow.signed_manifest.is_not(None),
+            RolloutDeviceRow.serial == DeviceRow.last_serial_issued,
+        )
+    )
+
+
+def _join(first: str | None, second: str) -> str:
+    return f"{first}; {second}" if first else second
+
+
+def _tally(targets: list[RolloutDeviceRow]) -> str:
+    """ "3 active, 1 pending, 1 timed_out": how many devices are in each state."""
+    counts: dict[str, int] = {}
+    for target in targets:
+        counts[target.state] = counts.get(target.state, 0) + 1
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _windows(

@@ -29,3 +29,20 @@ class NoDevicesError(RolloutError):
     def __init__(self, selector: str) -> None:
         super().__init__(f"selector {selector!r} matches no known device")
         self.selector = selector
+
+
+class RolloutConflictError(RolloutError):
+    """Another rollout still drives some of the devices: one rollout per device at a time."""
+
+    def __init__(self, other_id: int, status: str, devices: list[str], action: str) -> None:
+        shown = ", ".join(devices[:5]) + (
+            f" and {len(devices) - 5} more" if len(devices) > 5 else ""
+        )
+        super().__init__(
+            f"rollout {other_id} ({status}) holds {shown}; cannot {action} (abort rollout "
+            f"{other_id} first, or wait for it to end)"
+            if status != "newer"
+            else f"rollout {other_id} has since taken over {shown}; cannot {action}"
+        )
+        self.other_id = other_id
+        self.devices = devices

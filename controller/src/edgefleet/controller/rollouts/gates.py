@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edgefleet.shared.manifest import HealthPolicy
+
 
 class GatePolicy(BaseModel):
     """Thresholds of a rollout and what to do when one is breached."""
@@ -24,6 +26,33 @@ class GatePolicy(BaseModel):
     soak_s: float = Field(default=60.0, ge=0.0)
     min_requests: int = Field(default=20, ge=0, description="below this, latency is not judged")
     on_breach: Literal["pause", "rollback"] = "rollback"
+    install_timeout_s: float = Field(
+        default=900.0,
+        gt=0,
+        le=30 * 24 * 3600,
+        description="a device sent its manifest and not converged after this long has failed",
+    )
+    min_converged: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="devices per wave that must converge; default: all that were online",
+    )
+    health_window_s: float = Field(
+        default=60.0, gt=0, le=7 * 24 * 3600, description="device-side post-swap watch"
+    )
+    health_min_requests: int = Field(default=20, ge=0, le=1_000_000_000)
+    health_max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    health_max_p95_regression: float = Field(default=0.5, ge=0.0, le=1000.0)
+
+    def health(self) -> HealthPolicy:
+        """The post-swap watch the device runs, as signed into each manifest."""
+        return HealthPolicy(
+            window_s=self.health_window_s,
+            min_requests=self.health_min_requests,
+            max_error_rate=self.health_max_error_rate,
+            max_p95_regression=self.health_max_p95_regression,
+        )
 
     @field_validator("max_failures")
     @classmethod

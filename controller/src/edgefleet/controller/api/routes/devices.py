@@ -53,7 +53,8 @@ async def rollback_device(
     device_id: str, body: RolloutAction, service: ServiceDep, session: SessionDep
 ) -> dict[str, str]:
     """Command one device to swap back to its previous slot."""
-    if await asyncio.to_thread(session.get, DeviceRow, device_id) is None:
+    device = await asyncio.to_thread(session.get, DeviceRow, device_id)
+    if device is None:
         raise HTTPException(404, f"no device {device_id!r}")
     command = Command(
         device_id=device_id,
@@ -61,5 +62,5 @@ async def rollback_device(
         reason=body.reason or "operator",
         issued_at=datetime.now(UTC),
     )
-    await service.send_command(command)
+    await service.send_command(command, wire_version=device.wire_version or 1)
     return {"command_id": str(command.command_id)}

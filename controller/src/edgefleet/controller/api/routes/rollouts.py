@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import timedelta
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException
@@ -11,7 +12,10 @@ from sqlalchemy import select
 
 from edgefleet.controller.api.deps import ServiceDep, SessionDep, TokenDep
 from edgefleet.controller.api.schemas import RolloutAction, RolloutCreate, RolloutPublic
+from edgefleet.controller.rollouts.convergence import wave_deadline
+from edgefleet.controller.rollouts.gates import GatePolicy
 from edgefleet.controller.rollouts.planner import change_status, create_rollout
+from edgefleet.controller.rollouts.states import RolloutStatus
 from edgefleet.controller.rollouts.tables import RolloutRow
 
 router = APIRouter(prefix="/api/rollouts", tags=["rollouts"])
@@ -19,7 +23,15 @@ router = APIRouter(prefix="/api/rollouts", tags=["rollouts"])
 
 def to_public(row: RolloutRow) -> RolloutPublic:
     public = RolloutPublic.model_validate(row)
-    return public.model_copy(update={"counts": dict(Counter(d.state for d in row.devices))})
+    deadline = None
+    if row.status == RolloutStatus.RUNNING and row.wave_started_at is not None:
+        deadline = wave_deadline(row.wave_started_at, GatePolicy.model_validate(row.policy))
+    return public.model_copy(
+        update={
+            "counts": dict(Counter(d.state for d in row.devices)),
+            "wave_deadline_at": deadline,
+        }
+    )
 
 
 @router.get("", response_model=list[RolloutPublic])
@@ -48,6 +60,7 @@ async def start_rollout(body: RolloutCreate, service: ServiceDep) -> RolloutPubl
                 selector=body.selector,
                 waves=body.waves,
                 policy=body.policy,
+                offline_after=timedelta(seconds=service.settings.offline_after_s),
             )
             return to_public(row)
 
