@@ -184,6 +184,12 @@ class DeviceWatcher:
 
         return decode(self.probe.wait_for(match, timeout).payload, Event)
 
+    def states(self) -> list[DeviceState]:
+        """Every state the device published so far, in the order they arrived."""
+        topic = self.topics.state(self.device_id)
+        received = list(self.probe.received)
+        return [decode(i.payload, DeviceState) for i in received if i.topic == topic]
+
     def wait_state(
         self, where: Callable[[DeviceState], bool], timeout: float = 20.0
     ) -> DeviceState:

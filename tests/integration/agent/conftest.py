@@ -1,9 +1,11 @@
 """Fixtures for agent integration tests: tiny models (built once), a signing key, a test
-publisher on the session broker, a watcher of everything the device says, agents in-process."""
+publisher on the session broker, a watcher of everything the device says, agents in-process,
+and a reader of the device's retained state as a controller connecting now would see it."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgefleet.agent.agent import Agent
-from edgefleet.shared import Topics
+from edgefleet.shared import DeviceState, Topics, decode
 from support import agent_models
 from support.agent_harness import DEVICE, DeviceWatcher, make_key, make_settings
 from support.agent_models import BuiltModel
@@ -100,3 +102,32 @@ def start_agent(
         lambda: not [t for t in threading.enumerate() if t.name.startswith("edgefleet-agent")],
         timeout=10,
     )
+
+
+RetainedReader = Callable[..., DeviceState]
+
+
+@pytest.fixture
+def retained(mosquitto: MosquittoBroker, topics: Topics) -> RetainedReader:
+    """``retained(where)``: the retained state of the device, read by a fresh subscriber, once
+    it satisfies ``where`` (polled until ``timeout``; the last one read is in the error)."""
+
+    def read(
+        where: Callable[[DeviceState], bool] = lambda s: True,
+        timeout: float = 20.0,
+        broker: MosquittoBroker | None = None,
+    ) -> DeviceState:
+        broker = broker or mosquitto
+        deadline = time.monotonic() + timeout
+        state: DeviceState | None = None
+        while time.monotonic() < deadline:
+            with MqttProbe(broker.host, broker.port) as probe:
+                probe.subscribe(topics.state(DEVICE))
+                item = probe.wait_for(lambda r: r.retain, timeout=5)
+            state = decode(item.payload, DeviceState)
+            if where(state):
+                return state
+            time.sleep(0.05)  # poll interval of the condition, as in wait_until
+        raise AssertionError(f"the retained state never matched within {timeout}s: {state}")
+
+    return read

@@ -22,13 +22,13 @@ def serve(agent, publisher, watcher, model, serial, **kwargs):
     return manifest
 
 
-def test_error_rate_regression_rolls_back(models, publisher, watcher, start_agent):
+def test_error_rate_regression_rolls_back(models, publisher, watcher, start_agent, retained):
     agent = start_agent()
     serve(agent, publisher, watcher, models.onnx_a, 1)
     for i in range(30):  # the baseline: version 1 answers batches of 2 without error
         agent.infer(x_batch(2, seed=i))
     policy = HealthPolicy(window_s=60, min_requests=10, max_error_rate=0.2)
-    serve(agent, publisher, watcher, models.fragile, 2, health=policy)
+    fragile = serve(agent, publisher, watcher, models.fragile, 2, health=policy)
     assert agent.current_model.info.serial == 2
     errors = 0
 
@@ -42,7 +42,8 @@ def test_error_rate_regression_rolls_back(models, publisher, watcher, start_agen
 
     wait_until(traffic, timeout=20, interval=0.005)
     event = watcher.wait_event(EventType.ROLLED_BACK)
-    assert event.serial == 1
+    assert event.serial == 2  # the serial it left
+    assert (event.figures["from_serial"], event.figures["to_serial"]) == (2.0, 1.0)
     assert "error rate" in event.reason
     assert event.figures["error_rate"] == 1.0
     assert event.figures["requests"] >= 10
@@ -57,15 +58,32 @@ def test_error_rate_regression_rolls_back(models, publisher, watcher, start_agen
     assert state.active.serial == 1
     assert state.previous is None
     assert state.last_serial == 2  # the bad manifest is not re-applied from the retained topic
+    outcome = retained(lambda s: s.last_outcome is not None and s.active.serial == 1).last_outcome
+    assert outcome.result == "rolled_back"
+    assert (outcome.serial, outcome.from_serial, outcome.to_serial) == (2, 2, 1)
+    assert outcome.sha256 == fragile.artifact.sha256
+    assert "error rate" in outcome.reason
+    assert "error_rate=1" in outcome.reason
 
 
-def test_rollback_command_is_idempotent(models, publisher, watcher, start_agent):
+def test_rollback_command_is_idempotent(models, publisher, watcher, start_agent, retained):
     agent = start_agent()
     serve(agent, publisher, watcher, models.onnx_a, 1)
-    serve(agent, publisher, watcher, models.onnx_b, 2)
+    left = serve(agent, publisher, watcher, models.onnx_b, 2)
     command = publisher.command_rollback(DEVICE, reason="operator")
     event = watcher.wait_event(EventType.ROLLED_BACK)
     assert "commanded by the controller: operator" in event.reason
+    assert (event.serial, event.figures) == (2, {"from_serial": 2.0, "to_serial": 1.0})
+    state = retained(lambda s: s.active is not None and s.active.serial == 1)
+    outcome = state.last_outcome
+    assert (outcome.result, outcome.serial, outcome.from_serial, outcome.to_serial) == (
+        "rolled_back",
+        2,
+        2,
+        1,
+    )
+    assert outcome.sha256 == left.artifact.sha256
+    assert "commanded by the controller: operator" in outcome.reason
     watcher.wait_event(EventType.COMMAND_DONE)
     assert agent.current_model.info.serial == 1
     publisher.command_rollback(DEVICE, command_id=command.command_id)  # redelivery
@@ -93,7 +111,7 @@ def test_rollback_command_is_obeyed_while_a_download_waits(
     watcher.wait_event(EventType.DOWNLOAD_STARTED, where=lambda e: e.serial == 3)
     publisher.command_rollback(DEVICE, reason="during download")
     rolled = watcher.wait_event(EventType.ROLLED_BACK)
-    assert rolled.serial == 1
+    assert rolled.serial == 2  # the serial it left
     assert agent.current_model.info.serial == 1
     assert agent.updater.status == "updating"  # the download is still under way
     publisher.chunk_limit = None

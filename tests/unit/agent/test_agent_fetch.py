@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import threading
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgefleet.agent.errors import StorageError
 from edgefleet.agent.fetch import HttpRangeFetcher, _runs
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.shared import ArtifactRef, DownloadError, HashMismatchError, Reassembler
@@ -115,6 +117,46 @@ def test_unreachable_server_is_a_download_error(tmp_path, settings):
         HttpRangeFetcher(settings).fetch(
             ref, reassembler(tmp_path, ref), time.monotonic() + 10, threading.Event()
         )
+
+
+def test_a_chunk_that_cannot_be_written_is_a_storage_error(tmp_path, settings, monkeypatch):
+    server, thread = serve(DATA, True)
+    try:
+        ref = artifact(f"http://127.0.0.1:{server.server_address[1]}/a")
+        target = reassembler(tmp_path, ref)
+
+        def disk_full(index: int, data: bytes) -> bool:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(target, "accept", disk_full)
+        with pytest.raises(StorageError, match=r"storing chunk 0 in .*No space left") as raised:
+            HttpRangeFetcher(settings).fetch(ref, target, time.monotonic() + 10, threading.Event())
+        assert raised.value.errno == errno.ENOSPC  # not mistaken for a failing server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_idle_runs_while_a_long_response_is_read(tmp_path, settings, monkeypatch):
+    monkeypatch.setattr("edgefleet.agent.fetch.IDLE_EVERY_S", 0.0)
+    server, thread = serve(DATA, True)
+    try:
+        ref = artifact(f"http://127.0.0.1:{server.server_address[1]}/a")
+        calls = 0
+
+        def idle() -> None:
+            nonlocal calls
+            calls += 1
+
+        HttpRangeFetcher(settings).fetch(
+            ref, reassembler(tmp_path, ref), time.monotonic() + 10, threading.Event(), idle
+        )
+        assert calls > ref.chunk_count  # one range request, but idle between its chunks
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 def test_runs():

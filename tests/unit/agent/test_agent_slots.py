@@ -1,7 +1,9 @@
-"""edgefleet.agent.slots: active/previous rotation, atomic state, corruption detection."""
+"""edgefleet.agent.slots: active/previous rotation, atomic state, corruption detection, the
+last outcome, renewal, and writes that fail without changing anything."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
@@ -12,6 +14,8 @@ from edgefleet.agent.slots import SlotStore
 from edgefleet.shared import (
     HashMismatchError,
     LengthMismatchError,
+    Outcome,
+    OutcomeResult,
     generate_signing_key,
     sign_manifest,
     verify_manifest,
@@ -94,3 +98,81 @@ def test_state_file_is_plain_json_naming_hashes(tmp_path):
         state["active"]["manifest"]["artifact"]["sha256"] == hashlib.sha256(b"q" * 10).hexdigest()
     )
     assert slot.path.read_bytes() == b"q" * 10
+
+
+def outcome(serial: int, result: OutcomeResult = OutcomeResult.SWAPPED) -> Outcome:
+    return Outcome(
+        serial=serial, sha256="a" * 64, result=result, reason="why", at=datetime.now(UTC)
+    )
+
+
+def test_last_outcome_is_saved_with_the_serial(tmp_path):
+    store = SlotStore(tmp_path)
+    assert store.last_outcome is None
+    refused = outcome(3, OutcomeResult.REFUSED)
+    assert store.record_outcome(3, "d" * 64, refused)
+    again = SlotStore(tmp_path)
+    assert again.last_outcome == refused
+    assert (again.last_serial, again.last_manifest_sha256) == (3, "d" * 64)
+
+
+def test_renew_replaces_the_active_manifest_only(tmp_path):
+    store = SlotStore(tmp_path)
+    first = install(store, tmp_path, 1, b"one" * 100)
+    data = b"one" * 100
+    manifest = make_manifest(
+        serial=7, data=data, created_at=datetime.now(UTC) - timedelta(minutes=1)
+    )
+    signed = sign_manifest(manifest, KEY)
+    verified = verify_manifest(signed, KEY.public_key(), device_id="pi-001")
+    slot = store.renew(verified, signed, "e" * 64, outcome(7))
+    assert slot.path == first.path
+    again = SlotStore(tmp_path)
+    assert again.active.info.serial == 7
+    assert again.previous is None
+    assert (again.last_serial, again.last_manifest_sha256) == (7, "e" * 64)
+    assert again.last_outcome.serial == 7
+    other = make_manifest(serial=8, data=b"two" * 100, created_at=manifest.created_at)
+    signed_other = sign_manifest(other, KEY)
+    with pytest.raises(ValueError, match="does not renew"):
+        store.renew(
+            verify_manifest(signed_other, KEY.public_key()), signed_other, "f" * 64, outcome(8)
+        )
+
+
+def test_a_failed_write_changes_nothing(tmp_path, monkeypatch):
+    store = SlotStore(tmp_path)
+    install(store, tmp_path, 1, b"a" * 50)
+    install(store, tmp_path, 2, b"b" * 50)
+    on_disk = (tmp_path / "slots.json").read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("edgefleet.agent.slots.write_atomic", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        store.roll_back(outcome(2, OutcomeResult.REFUSED))
+    assert (store.active.info.serial, store.previous.info.serial) == (2, 1)
+    assert store.last_outcome is None
+    with pytest.raises(OSError, match="No space"):
+        install(store, tmp_path, 3, b"c" * 50)
+    assert store.active.info.serial == 2
+    # the artifact moved into place stays there for the next attempt
+    assert (store.artifacts_dir / hashlib.sha256(b"c" * 50).hexdigest()).exists()
+    # an outcome holds in memory (this run reports it) even when it cannot be saved
+    assert not store.record_outcome(4, "f" * 64, outcome(4, OutcomeResult.IO_ERROR))
+    assert (store.last_serial, store.last_outcome.result) == (4, "io_error")
+    assert (tmp_path / "slots.json").read_bytes() == on_disk
+
+
+def test_a_download_in_progress_is_not_collected(tmp_path):
+    store = SlotStore(tmp_path)
+    install(store, tmp_path, 1, b"a" * 50)
+    pending = store.artifacts_dir / ("c" * 64)
+    pending.write_bytes(b"c")
+    store.in_progress = "c" * 64
+    store.record_outcome(2, "d" * 64)
+    assert pending.exists()
+    store.in_progress = None
+    store.record_outcome(3, "e" * 64)
+    assert not pending.exists()

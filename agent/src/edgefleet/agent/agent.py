@@ -23,6 +23,7 @@ from edgefleet.agent.metrics import MetricsRegistry
 from edgefleet.agent.mqtt_session import MqttSession
 from edgefleet.agent.report import Reporter
 from edgefleet.agent.runtimes import Array
+from edgefleet.agent.sequence import StateSequence
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.agent.slots import SlotStore
 from edgefleet.agent.swap import ActiveModel, LoadedModel
@@ -49,10 +50,15 @@ class Agent:
             raise ConfigError(f"controller_key {settings.controller_key}: {e}") from e
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = SlotStore(settings.data_dir, durable=settings.durable_writes)
+        self.sequence = StateSequence(
+            settings.data_dir / "state-epoch", durable=settings.durable_writes
+        )
         self.active = ActiveModel()
         self.metrics = MetricsRegistry()
         device_id = settings.device_id
-        # The will is fixed at connect time, so it names no slots: "offline" is what it says.
+        # The will is fixed at connect time, so it names no slots, no outcome and no seq (any
+        # fixed seq would sort wrongly against the states of a later reconnect): "offline" is
+        # all it says, and a receiver keeps what it knew.
         offline = DeviceState(
             device_id=device_id, status=DeviceStatus.OFFLINE, updated_at=datetime.now(UTC)
         )
@@ -62,7 +68,7 @@ class Agent:
             on_connected=self._on_connected,
             will=(self.topics.state(device_id), encode(offline)),
         )
-        self.reporter = Reporter(self.session, self.topics, device_id)
+        self.reporter = Reporter(self.session, self.topics, device_id, self.sequence)
         self.fetcher = MqttChunkFetcher(self.session, self.topics, settings)
         self.updater = Updater(
             settings,
@@ -116,8 +122,10 @@ class Agent:
             previous=self.store.previous.info if self.store.previous else None,
             last_serial=self.store.last_serial,
             detail="agent stopped",
+            last_outcome=self.store.last_outcome,
         )
-        self.session.stop(final=(self.topics.state(self.settings.device_id), encode(offline)))
+        final = encode(self.reporter.numbered(offline))
+        self.session.stop(final=(self.topics.state(self.settings.device_id), final))
         self.active.swap(None)  # releases the runtime once the last request is done
 
     def __enter__(self) -> Agent:

@@ -1,7 +1,8 @@
 """Errors raised by the agent, under the shared root and its integrity / transport subtrees.
 
 Integrity failures (refused artifact, failed validation) never lead to a swap and are not
-retried; transport failures are retried with backoff; client errors are the caller's fault.
+retried; transport failures are retried with backoff; local storage failures are retried with
+backoff until a time limit; client errors are the caller's fault.
 """
 
 from __future__ import annotations
@@ -46,6 +47,22 @@ class SupersededError(TransportError, AgentError):
         super().__init__(f"download of serial {serial} superseded by serial {newer_serial}")
         self.serial = serial
         self.newer_serial = newer_serial
+
+
+class StoppingError(TransportError, AgentError):
+    """Work on a manifest was abandoned because the agent is stopping; the next start resumes it."""
+
+
+class StorageError(AgentError):
+    """Local storage failed (disk full, permissions, I/O error): not the manifest's fault.
+
+    Retried with backoff until ``io_retry_limit_s``; carries the ``errno`` of the OSError.
+    """
+
+    def __init__(self, what: str, error: OSError) -> None:
+        super().__init__(f"{what}: {error}")
+        self.what = what
+        self.errno = error.errno
 
 
 class BrokerError(TransportError, AgentError):

@@ -2,11 +2,13 @@
 
 Both fetch only what the reassembler's on-disk bitmap says is missing, so a download resumes
 after a crash, a reconnect or a switch of source. Every chunk is checked against its signed
-hash; a source that keeps sending bad bytes is an integrity failure, not a retry.
+hash; a source that keeps sending bad bytes is an integrity failure, not a retry. A chunk that
+cannot be written (disk full) is a :class:`StorageError`, never mistaken for a network failure.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import queue
 import threading
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from edgefleet.agent.errors import StorageError
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.shared.chunks import Reassembler
 from edgefleet.shared.errors import (
@@ -66,9 +69,12 @@ class BadChunkCounter:
 
         Raises:
             HashMismatchError, LengthMismatchError: the limit of bad chunks was reached.
+            StorageError: the chunk or the bitmap could not be written (disk full, I/O).
         """
         try:
             return reassembler.accept(index, data)
+        except OSError as e:
+            raise StorageError(f"storing chunk {index} in {reassembler.partial}", e) from e
         except (HashMismatchError, LengthMismatchError) as e:
             self.count += 1
             log.warning("bad chunk %d (%s), %d of %d allowed", index, e, self.count, self.limit)
@@ -120,6 +126,7 @@ class MqttChunkFetcher:
         Raises:
             DownloadError: no progress before ``deadline``, or the agent is stopping.
             HashMismatchError: too many chunks failed their signed hash.
+            StorageError: a chunk could not be written.
         """
         if artifact.mqtt_topic is None:
             raise DownloadError("the manifest offers no MQTT source")
@@ -190,19 +197,22 @@ class HttpRangeFetcher:
         stop: threading.Event,
         idle: Callable[[], None] = lambda: None,
     ) -> None:
-        """Fill ``reassembler`` over HTTP.
+        """Fill ``reassembler`` over HTTP, calling ``idle`` between requests and while reading.
 
         Raises:
             DownloadError: the server failed, timed out or the agent is stopping.
             HashMismatchError: too many chunks failed their signed hash.
+            StorageError: a chunk could not be written.
         """
         url = artifact.http_url
         if url is None or not url.startswith(("http://", "https://")):
             raise DownloadError("the manifest offers no HTTP source")
         self.last = FetchStats()
         bad = BadChunkCounter(self.settings.max_bad_chunks)
+        last_idle = time.monotonic()
         for first, last in _runs(reassembler.missing()):
             idle()
+            last_idle = time.monotonic()
             if stop.is_set() or time.monotonic() > deadline:
                 raise DownloadError("HTTP download stopped before it completed")
             start = first * artifact.chunk_size
@@ -210,25 +220,37 @@ class HttpRangeFetcher:
             request = urllib.request.Request(url, headers={"Range": f"bytes={start}-{end}"})  # noqa: S310 - scheme checked above
             self.last.requested.extend(range(first, last + 1))
             try:
-                with urllib.request.urlopen(request, timeout=self.settings.http_timeout_s) as resp:  # noqa: S310
-                    if resp.status == 200:  # the server ignored Range: skip to our offset
-                        _read_exact(resp, start)
-                    elif resp.status != 206:
-                        raise DownloadError(f"HTTP {resp.status} for {url}")
-                    for index in range(first, last + 1):
-                        length = min(
-                            artifact.chunk_size, artifact.size - index * artifact.chunk_size
-                        )
-                        if bad.accept(reassembler, index, _read_exact(resp, length)):
-                            self.last.received += 1
-            except (urllib.error.URLError, OSError, TimeoutError) as e:
+                resp = urllib.request.urlopen(request, timeout=self.settings.http_timeout_s)  # noqa: S310
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
                 raise DownloadError(f"HTTP download from {url} failed: {e}") from e
+            with resp:
+                if resp.status == 200:  # the server ignored Range: skip to our offset
+                    _read_exact(resp, start, url)
+                elif resp.status != 206:
+                    raise DownloadError(f"HTTP {resp.status} for {url}")
+                for index in range(first, last + 1):
+                    length = min(artifact.chunk_size, artifact.size - index * artifact.chunk_size)
+                    if bad.accept(reassembler, index, _read_exact(resp, length, url)):
+                        self.last.received += 1
+                    if time.monotonic() - last_idle >= IDLE_EVERY_S:
+                        idle()  # a long response must not hold commands or a newer manifest
+                        last_idle = time.monotonic()
+                        if stop.is_set() or time.monotonic() > deadline:
+                            raise DownloadError("HTTP download stopped before it completed")
         self.last.bad_chunks = bad.count
 
 
-def _read_exact(resp: object, length: int) -> bytes:
+def _read_exact(resp: object, length: int, url: str) -> bytes:
+    """Read exactly ``length`` body bytes.
+
+    Raises:
+        DownloadError: the connection failed or the body ended early.
+    """
     read = getattr(resp, "read")  # noqa: B009 - http.client.HTTPResponse, typed loosely
-    data: bytes = read(length)
+    try:
+        data: bytes = read(length)
+    except (http.client.HTTPException, OSError) as e:  # includes socket timeouts
+        raise DownloadError(f"HTTP download from {url} failed: {e}") from e
     if len(data) != length:
         raise DownloadError(f"HTTP body ended after {len(data)} of {length} bytes")
     return data

@@ -1,13 +1,27 @@
-"""Events (QoS 1) and the retained device state (QoS 1), built and published in one place."""
+"""Events (QoS 1) and the retained device state (QoS 1), built and published in one place.
+
+States are numbered (``seq``) and published under one lock, so they leave in the order of their
+numbers whichever thread publishes them.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import UTC, datetime
 
 from edgefleet.agent.fetch import Publisher
+from edgefleet.agent.sequence import StateSequence
 from edgefleet.shared.manifest import Manifest
-from edgefleet.shared.messages import DeviceState, DeviceStatus, Event, EventType, SlotInfo
+from edgefleet.shared.messages import (
+    DeviceState,
+    DeviceStatus,
+    Event,
+    EventType,
+    Outcome,
+    Progress,
+    SlotInfo,
+)
 from edgefleet.shared.topics import Topics
 from edgefleet.shared.wire import encode
 
@@ -17,10 +31,14 @@ log = logging.getLogger(__name__)
 class Reporter:
     """Publishes what the agent does, for the controller and the operator."""
 
-    def __init__(self, session: Publisher, topics: Topics, device_id: str) -> None:
+    def __init__(
+        self, session: Publisher, topics: Topics, device_id: str, sequence: StateSequence
+    ) -> None:
         self.session = session
         self.topics = topics
         self.device_id = device_id
+        self.sequence = sequence
+        self._state_lock = threading.Lock()
 
     def event(
         self,
@@ -54,7 +72,10 @@ class Reporter:
         last_serial: int,
         updating_to: SlotInfo | None = None,
         detail: str | None = None,
+        last_outcome: Outcome | None = None,
+        progress: Progress | None = None,
     ) -> DeviceState:
+        """A state without ``seq``: :meth:`publish_state` or :meth:`numbered` gives it one."""
         return DeviceState(
             device_id=self.device_id,
             status=status,
@@ -64,10 +85,22 @@ class Reporter:
             updating_to=updating_to,
             detail=detail[:1024] if detail else None,
             updated_at=datetime.now(UTC),
+            last_outcome=last_outcome,
+            progress=progress,
         )
 
-    def publish_state(self, state: DeviceState) -> None:
-        self.session.publish(self.topics.state(self.device_id), encode(state), qos=1, retain=True)
+    def numbered(self, state: DeviceState) -> DeviceState:
+        """``state`` with the next ``seq`` (for a state published elsewhere, e.g. at shutdown)."""
+        return state.model_copy(update={"seq": self.sequence.next()})
+
+    def publish_state(self, state: DeviceState) -> DeviceState:
+        """Number ``state`` and publish it retained; return what was published."""
+        with self._state_lock:
+            numbered = self.numbered(state)
+            self.session.publish(
+                self.topics.state(self.device_id), encode(numbered), qos=1, retain=True
+            )
+        return numbered
 
 
 _BAD = {

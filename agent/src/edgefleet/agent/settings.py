@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -68,6 +77,21 @@ class AgentSettings(BaseSettings):
     fetch_retry_min_s: PositiveFloat = Field(default=1.0, description="download retry backoff")
     fetch_retry_max_s: PositiveFloat = Field(default=60.0, description="download retry cap")
     http_timeout_s: PositiveFloat = Field(default=30.0, description="HTTP artifact socket timeout")
+    disk_reserve_bytes: NonNegativeInt = Field(
+        default=1024 * 1024,
+        description="free space a download must leave on the data dir's disk (slot state, "
+        "rollback, the rest of the device)",
+    )
+    progress_interval_s: PositiveFloat = Field(
+        default=2.0, description="download progress goes into the state at most this often"
+    )
+    io_retry_min_s: PositiveFloat = Field(
+        default=1.0, description="first backoff after a local I/O error (disk full)"
+    )
+    io_retry_max_s: PositiveFloat = Field(default=60.0, description="local I/O retry backoff cap")
+    io_retry_limit_s: PositiveFloat = Field(
+        default=3600.0, description="give up a manifest after local I/O errors for this long"
+    )
     max_artifact_bytes: PositiveInt = Field(
         default=DEFAULT_LIMITS.max_artifact_bytes, description="largest artifact accepted"
     )
@@ -83,6 +107,17 @@ class AgentSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="log verbosity (stderr; journald under systemd)"
     )
+
+    @model_validator(mode="after")
+    def _backoff_windows(self) -> AgentSettings:
+        for low, high in (
+            ("reconnect_min_s", "reconnect_max_s"),
+            ("fetch_retry_min_s", "fetch_retry_max_s"),
+            ("io_retry_min_s", "io_retry_max_s"),
+        ):
+            if getattr(self, high) < getattr(self, low):
+                raise ValueError(f"{high} ({getattr(self, high)}) is below {low}")
+        return self
 
     @field_validator("broker_url")
     @classmethod

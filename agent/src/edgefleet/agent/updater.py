@@ -3,12 +3,16 @@
 Concurrency: one named worker thread consumes a bounded queue of raw desired-state and command
 payloads (filled by MQTT callbacks, which never block). Only this thread changes the slots and
 swaps models; boot runs before it starts. Nothing is loaded before :func:`verify_manifest`
-returned a :class:`VerifiedManifest`, and :meth:`Updater._install` accepts nothing else.
+returned a :class:`VerifiedManifest`, and :meth:`SlotKeeper.install` accepts nothing else.
+
+Every manifest that passes verification (or fails only its expiry) ends in one final outcome,
+recorded with the serial in ``slots.json`` and reported in the retained state; only a newer
+manifest (superseded) or a shutdown leaves one without. Local I/O failures are retried until
+``io_retry_limit_s`` (see :mod:`edgefleet.agent.io_retry`), with commands obeyed meanwhile.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import queue
 import threading
@@ -19,37 +23,43 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgefleet.agent.download import ArtifactDownloader
+from edgefleet.agent.download import ArtifactDownloader, holds_artifact
 from edgefleet.agent.errors import (
     ModelLoadError,
+    StoppingError,
+    StorageError,
     SupersededError,
     UnsupportedArtifactError,
     ValidationFailedError,
 )
-from edgefleet.agent.fetch import MqttChunkFetcher
-from edgefleet.agent.health import HealthWatch, RollbackVerdict
-from edgefleet.agent.memory import lower_thread_priority, release_free_memory
+from edgefleet.agent.fetch import IDLE_EVERY_S, MqttChunkFetcher
+from edgefleet.agent.intake import Ignored, Refused, read_desired
+from edgefleet.agent.io_retry import LocalIoError, LocalIoRetry
+from edgefleet.agent.keeper import SlotKeeper, check_runnable
+from edgefleet.agent.memory import lower_thread_priority
 from edgefleet.agent.metrics import MetricsRegistry
+from edgefleet.agent.outcome import outcome_of, reason_with_figures
+from edgefleet.agent.progress import ProgressTracker
 from edgefleet.agent.report import Reporter
-from edgefleet.agent.runtimes import check_runtime_allowed, load_runtime
 from edgefleet.agent.settings import AgentSettings
-from edgefleet.agent.slots import Slot, SlotStore, slot_info
-from edgefleet.agent.swap import ActiveModel, LoadedModel
-from edgefleet.agent.validation import smoke_inputs, tensor_array, validate
-from edgefleet.shared.errors import DownloadError, IntegrityError, ReplayError, WireFormatError
-from edgefleet.shared.hashing import sha256_file
+from edgefleet.agent.slots import SlotStore, slot_info
+from edgefleet.agent.swap import ActiveModel
+from edgefleet.shared.errors import DownloadError, IntegrityError, WireFormatError
 from edgefleet.shared.manifest import Manifest, SignedManifest
-from edgefleet.shared.messages import Command, CommandType, DeviceStatus, EventType
-from edgefleet.shared.signing import VerifiedManifest, canonical_json, verify_manifest
+from edgefleet.shared.messages import (
+    Command,
+    CommandType,
+    DeviceStatus,
+    EventType,
+    OutcomeResult,
+    ProgressPhase,
+)
+from edgefleet.shared.signing import VerifiedManifest, verify_manifest
 from edgefleet.shared.wire import decode
 
 log = logging.getLogger(__name__)
 
 WorkKind = Literal["desired", "command", "wake"]
-
-
-def manifest_digest(signed: SignedManifest) -> str:
-    return hashlib.sha256(canonical_json(signed.model_dump(mode="json"))).hexdigest()
 
 
 class Updater:
@@ -81,9 +91,13 @@ class Updater:
             reporter=reporter,
             stop=self.stop_event,
         )
+        self.progress = ProgressTracker(settings.progress_interval_s)
+        self.io_retry = LocalIoRetry(settings, wait=self._wait, on_retry=self._on_io_retry)
+        self.keeper = SlotKeeper(
+            settings, store=store, active=active, metrics=metrics, reporter=reporter
+        )
         self.status = DeviceStatus.STARTING
         self.detail: str | None = None
-        self.watch: HealthWatch | None = None
         self._updating_to: Manifest | None = None
         self._seen_commands: deque[str] = deque(maxlen=256)
         self._deferred: deque[tuple[WorkKind, bytes]] = deque()
@@ -117,7 +131,12 @@ class Updater:
             return None, b""
 
     def _while_busy(self) -> None:
-        """Called during a download: act on commands and health now, keep manifests for later."""
+        """Called while a manifest is in hand: act on commands and health now, keep manifests
+        for later.
+
+        Raises:
+            SupersededError: a newer verified manifest arrived (it is processed next).
+        """
         while True:
             try:
                 kind, payload = self.work.get_nowait()
@@ -130,8 +149,17 @@ class Updater:
             newer = self._newer_serial(payload) if kind == "desired" else None
             if newer is not None and self._updating_to is not None:
                 raise SupersededError(self._updating_to.serial, newer)
-        if self.watch is not None:
-            self.check_health()
+        self.check_health()
+
+    def _while_downloading(self) -> None:
+        """:meth:`_while_busy`, and download progress in the state every so often.
+
+        Raises:
+            SupersededError: as :meth:`_while_busy`.
+        """
+        self._while_busy()
+        if self.progress.downloaded(self.downloader.done_bytes()):
+            self.publish_state()
 
     def _newer_serial(self, payload: bytes) -> int | None:
         """The serial of ``payload`` if it is a verified manifest newer than the one in progress."""
@@ -151,15 +179,14 @@ class Updater:
     def _run(self) -> None:
         lower_thread_priority()  # loading and validating must not starve requests being served
         while not self.stop_event.is_set():
-            wait = self.settings.health_check_interval_s if self.watch else 0.5
+            wait = self.settings.health_check_interval_s if self.keeper.watch else 0.5
             kind, payload = self._next(wait)
             try:
                 if kind == "desired":
                     self.handle_desired(payload)
                 elif kind == "command":
                     self.handle_command(payload)
-                if self.watch is not None:
-                    self.check_health()
+                self.check_health()
             except Exception as e:
                 log.exception("desired-state loop error")
                 self.reporter.event(EventType.ERROR, reason=f"{type(e).__name__}: {e}")
@@ -175,6 +202,8 @@ class Updater:
                 last_serial=store.last_serial,
                 updating_to=slot_info(self._updating_to) if self._updating_to else None,
                 detail=self.detail,
+                last_outcome=store.last_outcome,
+                progress=self.progress.current,
             )
         )
 
@@ -184,249 +213,197 @@ class Updater:
 
     def _settled(self, detail: str | None = None) -> None:
         self._updating_to = None
+        self.progress.clear()
         self._set_status(DeviceStatus.SERVING if self.active.current else DeviceStatus.IDLE, detail)
 
     # -- boot -------------------------------------------------------------------------------
     def boot(self) -> None:
         """Load the active slot, or the previous one if it fails; report what happened."""
-        failures: list[str] = []
-        while self.store.active is not None:
-            slot = self.store.active
-            try:
-                model = self._load_slot(slot)
-            except (IntegrityError, OSError) as e:
-                failures.append(f"{slot.info.version}: {e}")
-                self.reporter.event(
-                    EventType.SLOT_FALLBACK,
-                    manifest=slot.manifest,
-                    reason=f"active slot {slot.info.model_id} {slot.info.version} failed to "
-                    f"load ({e}); falling back to the previous slot",
-                )
-                self.store.drop_active()
-                continue
-            self.active.swap(model)
-            self.metrics.reset_version(model.key)
-            how = "fell back to" if failures else "serving"
-            self.reporter.event(
-                EventType.BOOTED,
-                manifest=slot.manifest,
-                reason=f"{how} {slot.info.model_id} {slot.info.version} serial {slot.info.serial}",
-                figures={"failed_slots": float(len(failures))},
-            )
-            self.status, self.detail = DeviceStatus.SERVING, "; ".join(failures) or None
-            return
-        reason = "no model installed" + (
-            f"; slots failed: {'; '.join(failures)}" if failures else ""
-        )
-        self.reporter.event(EventType.BOOTED, reason=reason)
-        self.status, self.detail = DeviceStatus.IDLE, reason if failures else None
-
-    def _load_slot(self, slot: Slot) -> LoadedModel:
-        """Re-check an installed artifact, load it and warm it up.
-
-        Raises:
-            IntegrityError: the file changed on disk, the runtime rejects it, or it fails.
-        """
-        self.store.check_artifact(slot)
-        runtime = load_runtime(slot.path, slot.manifest, threads=self.settings.inference_threads)
-        model = LoadedModel(slot.info, slot.manifest.signature, runtime)
-        golden = slot.manifest.golden
-        probe = (
-            {n: tensor_array(t) for n, t in golden.pairs[0].inputs.items()}
-            if golden
-            else smoke_inputs(slot.manifest.signature)
-        )
-        try:
-            for _ in range(self.settings.warmup_runs):
-                runtime.run(probe)
-        except Exception:
-            runtime.close()
-            raise
-        return model
+        self.status, self.detail = self.keeper.boot()
 
     # -- desired state -----------------------------------------------------------------------
     def handle_desired(self, payload: bytes) -> None:
-        """Process one desired-state payload to its end (swap, refusal or a failed download)."""
-        if not payload:
-            return  # a cleared retained message
-        try:
-            signed = decode(payload, SignedManifest)
-        except WireFormatError as e:
-            log.warning("dropping a malformed desired-state payload: %s", e)
-            return
-        digest = manifest_digest(signed)
-        try:
-            verified = verify_manifest(
-                signed,
-                self.controller_key,
-                device_id=self.settings.device_id,
-                last_serial=self.store.last_serial,
-            )
-        except ReplayError as e:
-            if digest == self.store.last_manifest_sha256:
-                log.debug("desired state redelivered; already handled")
-                return
+        """Process one desired-state payload to its end: an outcome, or a newer manifest."""
+        store = self.store
+        intake = read_desired(
+            payload,
+            self.controller_key,
+            device_id=self.settings.device_id,
+            last_serial=store.last_serial,
+            last_digest=store.last_manifest_sha256,
+        )
+        if isinstance(intake, Ignored):
+            log.debug("ignoring a desired-state payload: %s", intake.why)
+        elif isinstance(intake, Refused):
             self.reporter.event(
                 EventType.MANIFEST_REFUSED,
-                reason=str(e),
-                figures={"serial": float(e.serial), "last_serial": float(e.last_serial)},
+                manifest=intake.final,
+                reason=intake.reason,
+                figures=intake.figures,
             )
-            return
-        except (IntegrityError, WireFormatError) as e:
-            self.reporter.event(EventType.MANIFEST_REFUSED, reason=f"{type(e).__name__}: {e}")
-            return
-        self._apply(verified, signed, digest)
+            if intake.final is not None and intake.digest is not None:
+                self._record(intake.final, intake.digest, OutcomeResult.REFUSED, intake.reason)
+                self.publish_state()
+        else:
+            self._apply(intake.verified, intake.signed, intake.digest)
 
     def _apply(self, verified: VerifiedManifest, signed: SignedManifest, digest: str) -> None:
         manifest = verified.manifest
-        self.reporter.event(EventType.MANIFEST_RECEIVED, manifest=manifest)
+        renewal = self.keeper.is_running(manifest)
+        renewed = f"renewed: already running {manifest.artifact.sha256[:12]}"
+        self.reporter.event(
+            EventType.MANIFEST_RECEIVED, manifest=manifest, reason=renewed if renewal else None
+        )
         self._updating_to = manifest
-        self._set_status(DeviceStatus.UPDATING)
+        self.store.in_progress = manifest.artifact.sha256
         try:
-            if manifest.artifact.size > self.settings.max_artifact_bytes:
-                raise UnsupportedArtifactError(
-                    manifest.target,
-                    f"artifact of {manifest.artifact.size} bytes exceeds the limit of "
-                    f"{self.settings.max_artifact_bytes}",
-                )
-            check_runtime_allowed(manifest, self.settings.runtimes)
-            if manifest.runtime == "edgetpu":
-                from edgefleet.agent.runtimes.edgetpu import load_edgetpu_delegate
-
-                load_edgetpu_delegate()  # refuse before downloading what cannot run here
-            path = self._fetch(manifest)
-            self._install(verified, signed, path, digest)
+            if renewal:
+                swapped = outcome_of(manifest, OutcomeResult.SWAPPED, renewed)
+                self.io_retry.run(lambda: self.store.renew(verified, signed, digest, swapped))
+            else:
+                check_runnable(manifest, self.settings)  # before anything is downloaded
+                self.progress.begin(manifest)
+                self._set_status(DeviceStatus.UPDATING)
+                self.io_retry.run(lambda: self._fetch_and_install(verified, signed, digest))
+        except StoppingError:
+            log.info("stopping with serial %d in hand; the next start resumes it", manifest.serial)
         except SupersededError as e:
             self.reporter.event(EventType.DOWNLOAD_FAILED, manifest=manifest, reason=str(e))
             self._settled(str(e))
         except DownloadError as e:
-            self.reporter.event(EventType.DOWNLOAD_FAILED, manifest=manifest, reason=str(e))
-            self._settled(f"download of serial {manifest.serial} failed: {e}")
-            return
+            self._finish(
+                manifest, digest, OutcomeResult.DOWNLOAD_FAILED, EventType.DOWNLOAD_FAILED,
+                str(e), detail="download failed", discard=False,
+            )  # fmt: skip
+        except (StorageError, OSError) as e:  # only once io_retry_limit_s is spent
+            self._finish(
+                manifest, digest, OutcomeResult.IO_ERROR, EventType.ERROR,
+                f"local I/O error for {self.settings.io_retry_limit_s:g}s: {e}",
+                detail="local I/O failed",
+            )  # fmt: skip
         except UnsupportedArtifactError as e:
             self._refuse(manifest, digest, EventType.MANIFEST_REFUSED, str(e))
         except ModelLoadError as e:
             self._refuse(manifest, digest, EventType.LOAD_FAILED, str(e))
         except ValidationFailedError as e:
-            self._refuse(manifest, digest, EventType.VALIDATION_FAILED, e.reason, e.figures)
+            self._finish(
+                manifest, digest, OutcomeResult.VALIDATION_FAILED, EventType.VALIDATION_FAILED,
+                e.reason, e.figures, detail="refused",
+            )  # fmt: skip
         except IntegrityError as e:
             self._refuse(manifest, digest, EventType.VERIFY_FAILED, f"{type(e).__name__}: {e}")
-        except OSError as e:  # disk full, permissions: not the manifest's fault, retry later
-            self.reporter.event(EventType.ERROR, manifest=manifest, reason=f"local I/O error: {e}")
-            self._settled(f"serial {manifest.serial} hit a local I/O error: {e}")
         else:
             self._settled()
+        finally:
+            self.store.in_progress = None
 
-    def _refuse(
+    def _refuse(self, manifest: Manifest, digest: str, kind: EventType, reason: str) -> None:
+        self._finish(manifest, digest, OutcomeResult.REFUSED, kind, reason, detail="refused")
+
+    def _finish(
         self,
         manifest: Manifest,
         digest: str,
+        result: OutcomeResult,
         kind: EventType,
         reason: str,
         figures: dict[str, float] | None = None,
+        *,
+        detail: str,
+        discard: bool = True,
     ) -> None:
+        """End a manifest with a final outcome other than ``swapped``: event, record, state."""
         self.reporter.event(kind, manifest=manifest, reason=reason, figures=figures)
-        self.store.record_outcome(manifest.serial, digest)
-        self.downloader.discard(manifest)
-        self._settled(f"refused serial {manifest.serial}: {reason}")
+        if discard:
+            self.downloader.discard(manifest)
+        self._record(manifest, digest, result, reason_with_figures(reason, figures))
+        self._settled(f"{detail} serial {manifest.serial}: {reason}")
+
+    def _record(self, manifest: Manifest, digest: str, result: OutcomeResult, reason: str) -> None:
+        outcome = outcome_of(manifest, result, reason)
+        if not self.store.record_outcome(manifest.serial, digest, outcome):
+            self.reporter.event(
+                EventType.ERROR,
+                manifest=manifest,
+                reason=f"the {result.value} outcome of serial {manifest.serial} could not be "
+                "saved; it holds until the agent restarts",
+            )
+
+    def _on_io_retry(self, error: LocalIoError, attempt: int, delay: float) -> None:
+        if self.progress.current is None and self._updating_to is not None:
+            self.progress.begin(self._updating_to, ProgressPhase.INSTALLING)  # a renewal
+        self.progress.retrying(str(error))
+        self._set_status(DeviceStatus.UPDATING, f"local I/O error, retrying: {error}")
+        self.reporter.event(
+            EventType.ERROR,
+            manifest=self._updating_to,
+            reason=f"local I/O error, retry {attempt} in {delay:.1f}s: {error}",
+            figures={"attempt": float(attempt), "delay_s": delay},
+        )
+
+    def _wait(self, seconds: float) -> None:
+        """Wait ``seconds`` between local I/O retries while acting on commands and health.
+
+        Raises:
+            SupersededError: a newer manifest arrived.
+            StoppingError: the agent is stopping.
+        """
+        until = time.monotonic() + seconds
+        while True:
+            self._while_busy()
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                self.progress.resume()  # the next attempt starts
+                return
+            if self.stop_event.wait(min(IDLE_EVERY_S, remaining)):
+                raise StoppingError("the agent is stopping")
+
+    def _fetch_and_install(
+        self, verified: VerifiedManifest, signed: SignedManifest, digest: str
+    ) -> None:
+        """Raises: see :meth:`_fetch` and :meth:`SlotKeeper.install`."""
+        path = self._fetch(verified.manifest)
+        self.progress.enter(ProgressPhase.INSTALLING, done_bytes=verified.manifest.artifact.size)
+        self.publish_state()
+        self.keeper.install(verified, signed, path, digest)
 
     def _fetch(self, manifest: Manifest) -> Path:
-        """The artifact on disk: one we still hold (if its bytes still hash right), or a download.
+        """The artifact on disk: one we still hold or finished downloading, or a download.
+
+        A crash between the download's finish and the install, or between the install's
+        rename and its slot write, leaves a file found here: nothing is downloaded again.
 
         Raises:
-            DownloadError, HashMismatchError, LengthMismatchError: see ArtifactDownloader.
+            DownloadError, StoppingError, StorageError, HashMismatchError,
+            LengthMismatchError: see ArtifactDownloader.download.
+            OSError: a file we hold could not be read.
         """
         installed = self.store.artifacts_dir / manifest.artifact.sha256
-        if installed.exists():
-            if sha256_file(installed) == manifest.artifact.sha256:
-                return installed
-            installed.unlink()  # corrupted on disk: fetch it again
-        return self.downloader.download(manifest, idle=self._while_busy)
-
-    def _install(
-        self, verified: VerifiedManifest, signed: SignedManifest, path: Path, digest: str
-    ) -> None:
-        """Load, validate, persist and swap in a verified artifact.
-
-        Raises:
-            ModelLoadError, UnsupportedArtifactError: the runtime cannot load it.
-            ValidationFailedError: it failed validation (the old model keeps serving).
-        """
-        manifest = verified.manifest
-        runtime = load_runtime(path, manifest, threads=self.settings.inference_threads)
-        try:
-            report = validate(
-                runtime,
-                manifest,
-                warmup_runs=self.settings.warmup_runs,
-                timed_runs=self.settings.validation_timed_runs,
-            )
-        except Exception:
-            runtime.close()
-            raise
-        slot = self.store.install(verified, signed, path, digest)
-        model = LoadedModel(slot.info, manifest.signature, runtime)
-        self.metrics.reset_version(model.key)
-        old = self.active.swap(model)
-        if old is not None and old.key != model.key:
-            self.watch = HealthWatch(
-                new=model.key,
-                previous=old.key,
-                policy=manifest.health,
-                baseline=self.metrics.since_load(old.key),
-                started=time.monotonic(),
-            )
-        self.reporter.event(EventType.SWAPPED, manifest=manifest, figures=report.figures())
-        del old
-        release_free_memory()
+        if holds_artifact(installed, manifest):
+            return installed
+        finished = self.downloader.finished(manifest)
+        if finished is not None:
+            return finished
+        return self.downloader.download(manifest, idle=self._while_downloading)
 
     # -- health and rollback -----------------------------------------------------------------
     def check_health(self) -> None:
-        watch = self.watch
-        if watch is None:
-            return
-        verdict = watch.check(self.metrics.since_load(watch.new), time.monotonic())
-        if verdict is True:
-            log.info("post-swap watch of %s passed", watch.new)
-            self.watch = None
-        elif isinstance(verdict, RollbackVerdict):
-            self.watch = None
-            self.roll_back(verdict.reason, verdict.figures)
+        reason = self.keeper.check_health()
+        if reason is not None:
+            self._after_rollback(reason)
 
-    def roll_back(self, reason: str, figures: dict[str, float] | None = None) -> bool:
-        """Swap the previous slot back in; report ``rolled_back`` with the figures."""
-        previous = self.store.previous
-        current = self.store.active
-        if previous is None:
-            self.reporter.event(
-                EventType.ERROR, reason=f"cannot roll back ({reason}): no previous slot"
-            )
-            return False
-        try:
-            model = self._load_slot(previous)
-        except (IntegrityError, OSError) as e:
-            self.reporter.event(
-                EventType.ERROR,
-                manifest=previous.manifest,
-                reason=f"cannot roll back ({reason}): previous slot failed: {e}",
-            )
-            return False
-        self.store.roll_back()
-        self.metrics.reset_version(model.key)
-        self.active.swap(model)
-        self.watch = None
-        self.reporter.event(
-            EventType.ROLLED_BACK,
-            manifest=previous.manifest,
-            reason=f"rolled back from {current.info.version if current else '?'} to "
-            f"{previous.info.version}: {reason}",
-            figures=figures,
-        )
+    def roll_back(self, reason: str) -> bool:
+        """Swap the previous slot back in (see :meth:`SlotKeeper.roll_back`) and say so."""
+        done = self.keeper.roll_back(reason)
+        if done:
+            self._after_rollback(reason)
+        return done
+
+    def _after_rollback(self, reason: str) -> None:
         if self._updating_to is None:
             self._settled(f"rolled back: {reason}")
-        else:  # a download is under way: stay "updating", with the new active slot
+        else:  # a manifest is in hand: stay "updating", with the new active slot
             self._set_status(DeviceStatus.UPDATING, f"rolled back: {reason}")
-        return True
 
     def handle_command(self, payload: bytes) -> None:
         """Process one command once (redeliveries of the same ``command_id`` change nothing)."""
