@@ -1,5 +1,7 @@
+import errno
 import hashlib
 import os
+import subprocess
 
 import pytest
 from hypothesis import given, settings
@@ -160,3 +162,38 @@ def test_bitmap_tracks_membership_and_serialises(indices):
     assert restored.present == len(indices)
     assert set(restored.missing()) == set(range(100)) - indices
     assert restored.is_complete() == (len(indices) == 100)
+
+
+def test_a_disk_that_fills_up_mid_chunk_is_an_os_error_not_a_stored_chunk(tmp_path):
+    """On a full disk a write can be short without raising: the chunk must not count."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+    try:
+        data = os.urandom(128 * 1024)
+        chunk = 16 * 1024
+        digests = [
+            hashlib.sha256(data[i : i + chunk]).hexdigest() for i in range(0, len(data), chunk)
+        ]
+        reassembler = Reassembler(
+            mount / "artifact",
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            chunk_size=chunk,
+            chunk_sha256=tuple(digests),
+            durable=False,
+        )
+        stored = []
+        with pytest.raises(OSError) as err:
+            for index in range(len(digests)):
+                reassembler.accept(index, data[index * chunk : (index + 1) * chunk])
+                stored.append(index)
+        assert err.value.errno == errno.ENOSPC
+        assert not reassembler.bitmap.has(index)  # the chunk that did not fit is not claimed
+        assert all(reassembler.bitmap.has(i) for i in stored)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

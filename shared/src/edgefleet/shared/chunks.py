@@ -8,6 +8,7 @@ atomic rename only once its whole sha256 matches.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -213,7 +214,11 @@ class Reassembler:
             raise HashMismatchError(f"chunk {index}", self.chunk_sha256[index], actual)
         fd = os.open(self.partial, os.O_WRONLY)
         try:
-            os.pwrite(fd, data, index * self.chunk_size)
+            written = os.pwrite(fd, data, index * self.chunk_size)
+            if written != len(data):  # a short write: the disk filled up mid-chunk
+                raise OSError(
+                    errno.ENOSPC, f"wrote {written} of {len(data)} bytes of chunk {index}"
+                )
             if self.durable:
                 os.fsync(fd)
         finally:
