@@ -27,6 +27,15 @@ class DevicePublic(BaseModel):
     previous: dict[str, Any] | None
     last_seen: datetime
     last_telemetry: dict[str, Any] | None = None
+    wire_version: int = Field(default=1, description="wire version the device speaks")
+    last_outcome: dict[str, Any] | None = Field(
+        default=None, description="how the device's last manifest ended (wire v2 agents)"
+    )
+    progress: dict[str, Any] | None = Field(
+        default=None, description="the manifest the device is working on, if any"
+    )
+    online_since: datetime | None = None
+    offline_since: datetime | None = None
 
 
 class EventPublic(BaseModel):

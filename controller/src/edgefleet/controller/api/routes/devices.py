@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
@@ -12,26 +12,38 @@ from sqlalchemy import select
 from edgefleet.controller.api.deps import ServiceDep, SessionDep, TokenDep
 from edgefleet.controller.api.schemas import DevicePublic, EventPublic, RolloutAction
 from edgefleet.controller.fleet.tables import DeviceRow, EventRow
+from edgefleet.controller.rollouts.facts import device_online
 from edgefleet.controller.rollouts.planner import matching_devices
 from edgefleet.shared import Command, CommandType
 
 router = APIRouter(prefix="/api/devices", tags=["devices"])
 
 
+def to_public(row: DeviceRow, offline_after_s: float, now: datetime) -> DevicePublic:
+    """A device as the API shows it: ``online`` is flag plus freshness, as everywhere else."""
+    public = DevicePublic.model_validate(row)
+    online = device_online(row, now, timedelta(seconds=offline_after_s))
+    return public.model_copy(update={"online": online})
+
+
 @router.get("", response_model=list[DevicePublic])
 def list_devices(
-    session: SessionDep, selector: Annotated[str, Query(max_length=512)] = "*"
-) -> list[DeviceRow]:
+    session: SessionDep,
+    service: ServiceDep,
+    selector: Annotated[str, Query(max_length=512)] = "*",
+) -> list[DevicePublic]:
     """Devices matching a label selector such as ``site=plant-3,accel=edgetpu``."""
-    return matching_devices(session, selector)
+    now = datetime.now(UTC)
+    after = service.settings.offline_after_s
+    return [to_public(row, after, now) for row in matching_devices(session, selector)]
 
 
 @router.get("/{device_id}", response_model=DevicePublic)
-def get_device(device_id: str, session: SessionDep) -> DeviceRow:
+def get_device(device_id: str, session: SessionDep, service: ServiceDep) -> DevicePublic:
     row = session.get(DeviceRow, device_id)
     if row is None:
         raise HTTPException(404, f"no device {device_id!r}")
-    return row
+    return to_public(row, service.settings.offline_after_s, datetime.now(UTC))
 
 
 @router.get("/{device_id}/events", response_model=list[EventPublic])
