@@ -60,12 +60,15 @@ class Fleet:
             return self.broker.url
         return self.controller.get("/api/health")["broker_url"]
 
-    def start_agent(self, device_id: str, **overrides: object) -> AgentProcess:
+    def start_agent(
+        self, device_id: str, *, broker_url: str | None = None, **overrides: object
+    ) -> AgentProcess:
+        """Start an agent on this fleet's broker (or ``broker_url``, e.g. a proxy to it)."""
         if device_id not in self.http:
             self.http[device_id] = f"127.0.0.1:{free_port()}"
         values = settings_dict(
             device_id=device_id,
-            broker_url=self.broker_url,
+            broker_url=broker_url or self.broker_url,
             topics=self.topics,
             key_path=self.controller_dir / "keys" / "signing.pub",
             data_dir=self.root / f"agent-{device_id}",

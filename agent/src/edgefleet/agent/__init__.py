@@ -1,3 +1,3 @@
 """The edgefleet device agent: pull, verify, validate, hot-swap, serve, report."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,3 +1,3 @@
 """The edgefleet controller: compress, register, publish, roll out, watch."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -89,7 +89,7 @@ from edgefleet.shared.wire import (
     encode_chunk_frame,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ARTIFACT_TARGETS",
