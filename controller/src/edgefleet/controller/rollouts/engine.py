@@ -154,11 +154,20 @@ class RolloutEngine:
                 row.published = False
 
     def mark_published(self, ids: list[int]) -> None:
+        """Record what the broker took; a manifest's install deadline runs from its first
+        publication (the wave's own deadline, from the wave's start, bounds a broker outage)."""
+        now = self.clock()
         with self.sessions.begin() as session:
-            for row in session.scalars(
-                select(RolloutDeviceRow).where(RolloutDeviceRow.id.in_(ids))
-            ):
+            query = (
+                select(RolloutDeviceRow, RolloutRow.policy)
+                .join(RolloutRow, RolloutRow.id == RolloutDeviceRow.rollout_id)
+                .where(RolloutDeviceRow.id.in_(ids))
+            )
+            for row, policy in session.execute(query):
                 row.published = True
+                if row.deadline_at is None:
+                    timeout = GatePolicy.model_validate(policy).install_timeout_s
+                    row.deadline_at = now + timedelta(seconds=timeout)
 
     def step_all(self) -> list[Outgoing]:
         """One tick's database work: step each moving rollout, derive the rest, renew, and
@@ -373,7 +382,7 @@ class RolloutEngine:
         target.state = state
         target.reason = None
         target.sent_at = now
-        target.deadline_at = now + timedelta(seconds=policy.install_timeout_s)
+        target.deadline_at = None  # set when the broker takes it (mark_published)
         target.offline_at_start = not facts.device_online(device, now, self.offline_after)
         target.updated_at = now
 
