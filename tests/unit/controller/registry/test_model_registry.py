@@ -2,71 +2,24 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
-import numpy as np
 import pytest
 from sqlalchemy import inspect
 
 from edgefleet.controller.config import get_settings
 from edgefleet.controller.errors import ModelNotFoundError, RegistryError, VersionExistsError
 from edgefleet.controller.registry import (
-    ArtifactReport,
     Base,
-    LatencyStats,
     ModelRegistry,
-    NewArtifact,
-    QualityStats,
     create_engine_for,
     create_schema,
 )
-from edgefleet.shared.manifest import GoldenPair, GoldenSet, IOSignature, TensorData, TensorSpec
+from edgefleet.shared.manifest import GoldenSet
+from support.registry import FAKE_SIGNATURE, fake_artifact
 
-SIG = IOSignature(
-    inputs=(TensorSpec(name="x", dtype="float32", shape=(None, 2)),),
-    outputs=(TensorSpec(name="y", dtype="float32", shape=(None, 1)),),
-)
-
-
-def _tensor(arr: np.ndarray) -> TensorData:
-    return TensorData(
-        dtype="float32", shape=arr.shape, data_b64=base64.b64encode(arr.tobytes()).decode()
-    )
-
-
-def _artifact(tmp_path: Path, target: str, payload: bytes) -> NewArtifact:
-    file = tmp_path / f"{target}.bin"
-    file.write_bytes(payload)
-    golden = GoldenSet(
-        pairs=(
-            GoldenPair(
-                inputs={"x": _tensor(np.ones((1, 2), np.float32))},
-                outputs={"y": _tensor(np.ones((1, 1), np.float32))},
-            ),
-        )
-    )
-    report = ArtifactReport(
-        target=target,
-        runtime="onnxruntime" if target.startswith("onnx") else "litert",  # type: ignore[arg-type]
-        size_bytes=len(payload),
-        original_size_bytes=1000,
-        size_ratio=1000 / len(payload),
-        param_count=3,
-        sparsity=0.0,
-        quality=QualityStats(samples=10, top1_agreement=1.0, max_abs_error=0.0, max_rel_error=0.0),
-        latency=LatencyStats(runtime="test", runs=5, mean_ms=0.1, p50_ms=0.1, p95_ms=0.2),
-        compare="allclose",
-        recipe={"targets": [target]},
-    )
-    return NewArtifact(
-        target=target,
-        file=file,
-        signature=SIG,
-        golden=golden,  # type: ignore[arg-type]
-        latency_budget_ms=5.0,
-        report=report,
-    )
+SIG = FAKE_SIGNATURE
+_artifact = fake_artifact
 
 
 @pytest.fixture
