@@ -132,12 +132,17 @@ def decode_any(payload: bytes, *, max_bytes: int | None = None) -> WireModel:
         raise WireFormatError(f"invalid {kind} message: {e}", kind=kind) from e
 
 
+# The chunk frame did not change in v2. Every device fetching an artifact reads the same chunk
+# topic, whatever wire version it speaks, so frames are written in the oldest version read.
+CHUNK_FRAME_VERSION = 1
+
+
 class ChunkHeader(BaseModel):
     """Header of one binary chunk frame."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    v: int = SCHEMA_VERSION
+    v: int = CHUNK_FRAME_VERSION
     sha256: Sha256Hex = Field(description="sha256 of the whole artifact")
     index: int = Field(ge=0)
     count: int = Field(ge=1)

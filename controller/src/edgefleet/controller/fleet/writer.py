@@ -232,7 +232,9 @@ def _v1_outcome(row: DeviceRow, event: Event) -> None:
         "serial": event.serial,
         "sha256": None,
         "result": result.value,
-        "reason": f"{event.type.value}: {event.reason or ''}".strip(),
+        "reason": (event.reason or "no reason given")
+        if event.type.value == result.value
+        else f"{event.type.value}: {event.reason or 'no reason given'}",
         "at": event.at.isoformat(),
     }
 

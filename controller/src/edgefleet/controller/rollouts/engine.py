@@ -463,9 +463,8 @@ class RolloutEngine:
         if device is None:
             target.state, target.reason = TargetState.CANCELLED, "device no longer registered"
             return
-        if not previous:
-            target.state = TargetState.REVERTED
-            target.reason = _join(why, "no previous version to roll back to")
+        if not previous:  # it ran nothing before: there is nothing to send it back to
+            target.reason = "no previous version to roll back to: it keeps what it runs"
             return
         active = device.active or {}
         settled = (TargetState.ACTIVE, TargetState.FAILED, TargetState.ROLLED_BACK)
