@@ -159,3 +159,37 @@ def test_offline_device_is_pending_then_converges_when_it_returns(fleet):
         return state["off-1"] == "active"
 
     wait_until(converged, timeout=60)
+
+
+def test_a_wiped_broker_gets_every_devices_current_desired_state_back(fleet):
+    """Converged or not, each device's latest manifest is retained again after a broker lost
+    its retained messages, so a device wiped later does not pick up an older one."""
+    ids = ["w-1", "w-2"]
+    for device_id in ids:
+        fleet.start_agent(device_id, runtimes=["onnxruntime"])
+    fleet.wait_devices(ids)
+    fleet.rollout("1", expect={"completed"}, waves="100%", policy={"soak_s": 0})
+    second = fleet.rollout("2", expect={"completed"}, waves="100%", policy={"soak_s": 0})
+    serials = {d["device_id"]: d["serial"] for d in second["devices"]}
+    fleet.broker.kill()
+    (fleet.broker.workdir / "mosquitto.db").unlink(missing_ok=True)  # a broker wiped clean
+    fleet.broker.start()
+
+    def retained_again() -> bool:
+        with MqttProbe(fleet.broker.host, fleet.broker.port) as probe:
+            for device_id in ids:
+                probe.subscribe(fleet.topics.desired(device_id))
+            try:
+                for device_id in ids:
+                    item = probe.wait_for(
+                        lambda r, d=device_id: r.retain and r.topic == fleet.topics.desired(d),
+                        timeout=1,
+                    )
+                    manifest = decode(item.payload, SignedManifest).manifest
+                    assert manifest["serial"] == serials[device_id], (manifest, serials)
+                    assert manifest["version"] == "2"
+            except TimeoutError:
+                return False
+        return True
+
+    wait_until(retained_again, timeout=30, interval=0.5)

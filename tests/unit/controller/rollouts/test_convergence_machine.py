@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, currently_in_test_context, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -292,9 +292,10 @@ class FleetMachine(RuleBasedStateMachine):
             self.unfinished = False
             for rollout in session.scalars(select(RolloutRow)):
                 self.unfinished |= rollout.status in UNFINISHED
-                event(f"a rollout reached {rollout.status}")
-                for target in rollout.devices:
-                    event(f"a device reached {target.state}")
+                if currently_in_test_context():
+                    event(f"a rollout reached {rollout.status}")
+                    for target in rollout.devices:
+                        event(f"a device reached {target.state}")
                 if rollout.status in (RolloutStatus.ROLLING_BACK, RolloutStatus.ROLLED_BACK):
                     self.rolled_back_seen.add(rollout.id)
                 if rollout.status == RolloutStatus.COMPLETED and rollout.id not in (
@@ -599,6 +600,14 @@ class FleetMachine(RuleBasedStateMachine):
                     )
 
     @invariant()
+    def retained_desired_states_never_expire(self) -> None:
+        """Re-signed before they expire, so a device away for longer than a manifest lives
+        still finds a valid desired state when it comes back."""
+        for device_id, payload in self.retained.items():
+            manifest = Manifest.model_validate(decode(payload, SignedManifest).manifest)
+            assert manifest.expires_at > self.now, f"{device_id}'s desired state expired"
+
+    @invariant()
     def recorded_active_matches_the_device(self) -> None:
         quiet = {
             d.id
@@ -621,5 +630,33 @@ FleetMachine.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+def test_desired_states_are_renewed_with_a_new_serial_for_the_same_artifact() -> None:
+    machine = FleetMachine()
+    try:
+        machine._fleet()
+        rollout_id = machine._start("2", "1,100%", "rollback", "0")
+        for _ in range(6):
+            machine.time_passes(300, in_order=True)
+        with machine.sessions() as session:
+            rollout = session.get(RolloutRow, rollout_id)
+            assert rollout is not None
+            assert rollout.status == RolloutStatus.COMPLETED, rollout.reason
+        first = {d.id: d.active.serial for d in machine.devices.values() if d.active}
+        while machine.now < START + TTL:
+            machine.time_passes(600, in_order=True)
+            machine.retained_desired_states_never_expire()
+        assert machine.engine.manifests_renewed >= DEVICES
+        for device in machine.devices.values():
+            assert device.active is not None
+            assert device.active.version == "2"
+            assert device.active.serial > first[device.id]  # renewed, same artifact
+        with machine.sessions() as session:
+            states = {d.state for d in session.scalars(select(RolloutDeviceRow))}
+            assert states == {TargetState.ACTIVE}
+        machine.recorded_active_matches_the_device()
+    finally:
+        machine.teardown()
+
+
 # Shrinking a failure can take minutes: allow it, so a failure shows its steps, not a timeout.
 test_fleet_truth = pytest.mark.timeout(900)(pytest.mark.slow(FleetMachine.TestCase))
