@@ -105,7 +105,7 @@ class FleetIngest:
             log.warning("dropped message on %s claiming device %s", topic, claimed)
             return
         self.counters.count(parsed.channel.value)
-        if isinstance(message, Hello):  # what the device speaks, so we write that to it
+        if isinstance(message, Hello | DeviceState):  # what it speaks, so we write that to it
             self.wire_versions[parsed.device_id] = version
         if isinstance(message, ChunkRequest):
             self.on_fetch(message)

@@ -89,7 +89,10 @@ def write_batch(
             row = _device(session, devices, message.device_id)
             _apply_hello(row, message, now, versions.get(message.device_id))
         elif isinstance(message, DeviceState):
-            _apply_state(_device(session, devices, message.device_id), message, now)
+            row = _device(session, devices, message.device_id)
+            _apply_state(row, message, now)
+            if message.status is not DeviceStatus.OFFLINE and message.device_id in versions:
+                row.wire_version = versions[message.device_id]  # (the will is fixed at connect)
         elif isinstance(message, Event):
             row = _device(session, devices, message.device_id)
             if _apply_event(session, message, now) and (row.wire_version or 1) < 2:
