@@ -1,4 +1,7 @@
-"""Bounds of the wire contract, in one settings object (sizes in bytes)."""
+"""Size bounds of the wire contract, in one settings object (sizes in bytes).
+
+Field ranges and lengths are types, in :mod:`edgefleet.shared.bounds`.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,11 @@ class WireLimits(BaseModel):
     max_artifact_bytes: int = Field(default=512 * MIB, gt=0)
     max_chunks: int = Field(default=65536, gt=0)
     max_golden_pairs: int = Field(default=64, gt=0)
+    # Checked before parsing: the deepest message (a manifest's golden tensors) nests 9 levels.
+    max_json_depth: int = Field(default=32, gt=0)
+    # Longer integer literals are refused before conversion (CPython's default limit, which the
+    # environment could otherwise lift); no field holds more than 19 digits.
+    max_int_digits: int = Field(default=4300, gt=0)
 
 
 DEFAULT_LIMITS = WireLimits()

@@ -13,11 +13,11 @@ from pydantic import (
     JsonValue,
     NonNegativeFloat,
     PositiveFloat,
-    PositiveInt,
     field_validator,
     model_validator,
 )
 
+from edgefleet.shared.bounds import LatencyMs, Serial, TensorDim, WindowCount
 from edgefleet.shared.limits import DEFAULT_LIMITS
 from edgefleet.shared.messages import WireModel
 from edgefleet.shared.topics import DeviceId, Sha256Hex
@@ -58,7 +58,7 @@ class TensorSpec(WireModel):
 
     name: str = Field(min_length=1, max_length=256)
     dtype: DType
-    shape: tuple[int | None, ...] = Field(max_length=16)
+    shape: tuple[TensorDim | None, ...] = Field(max_length=16)
 
 
 class IOSignature(WireModel):
@@ -70,7 +70,7 @@ class TensorData(WireModel):
     """A tensor on the wire: dtype, shape and little-endian C-order bytes in base64."""
 
     dtype: DType
-    shape: tuple[int, ...] = Field(max_length=16)
+    shape: tuple[TensorDim, ...] = Field(max_length=16)
     data_b64: str
 
     @model_validator(mode="after")
@@ -79,8 +79,6 @@ class TensorData(WireModel):
             raw = base64.b64decode(self.data_b64, validate=True)
         except (binascii.Error, ValueError) as e:
             raise ValueError(f"tensor data is not valid base64: {e}") from e
-        if any(d < 0 for d in self.shape):
-            raise ValueError(f"negative dimension in shape {self.shape}")
         expected = math.prod(self.shape) * DTYPE_ITEMSIZE[self.dtype]
         if len(raw) != expected:
             raise ValueError(
@@ -119,19 +117,14 @@ class ArtifactRef(WireModel):
     """The bytes of an artifact and where to get them."""
 
     sha256: Sha256Hex
-    size: PositiveInt
-    chunk_size: PositiveInt
-    chunk_sha256: tuple[Sha256Hex, ...] = Field(min_length=1)
+    size: int = Field(ge=1, le=DEFAULT_LIMITS.max_artifact_bytes)
+    chunk_size: int = Field(ge=1, le=DEFAULT_LIMITS.max_chunk_bytes)
+    chunk_sha256: tuple[Sha256Hex, ...] = Field(min_length=1, max_length=DEFAULT_LIMITS.max_chunks)
     mqtt_topic: str | None = Field(default=None, max_length=512)
     http_url: str | None = Field(default=None, max_length=2048)
 
     @model_validator(mode="after")
     def _consistent(self) -> ArtifactRef:
-        limits = DEFAULT_LIMITS
-        if self.size > limits.max_artifact_bytes:
-            raise ValueError(f"artifact size {self.size} exceeds {limits.max_artifact_bytes}")
-        if self.chunk_size > limits.max_chunk_bytes:
-            raise ValueError(f"chunk size {self.chunk_size} exceeds {limits.max_chunk_bytes}")
         expected = -(-self.size // self.chunk_size)
         if len(self.chunk_sha256) != expected:
             raise ValueError(
@@ -151,7 +144,7 @@ class HealthPolicy(WireModel):
     """Post-swap watch: roll back when the new version does worse than these bounds."""
 
     window_s: PositiveFloat = 60.0
-    min_requests: int = Field(default=20, ge=0)
+    min_requests: WindowCount = 20
     max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
     max_p95_regression: float = Field(
         default=0.5, ge=0.0, description="allowed relative p95 increase over the previous version"
@@ -165,13 +158,13 @@ class Manifest(WireModel):
     device_id: DeviceId
     model_id: str = Field(min_length=1, max_length=128)
     version: str = Field(min_length=1, max_length=64)
-    serial: PositiveInt
+    serial: Serial
     target: ArtifactTarget
     runtime: ArtifactRuntime
     artifact: ArtifactRef
     signature: IOSignature
     golden: GoldenSet | None = None
-    latency_budget_ms: PositiveFloat
+    latency_budget_ms: LatencyMs = Field(gt=0.0)
     health: HealthPolicy = HealthPolicy()
     created_at: AwareDatetime
     expires_at: AwareDatetime

@@ -7,29 +7,50 @@ from __future__ import annotations
 
 import uuid
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    NonNegativeFloat,
-    NonNegativeInt,
-    model_validator,
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from edgefleet.shared.bounds import (
+    MAX_FIGURES,
+    MAX_LABELS,
+    MAX_MODELS_PER_WINDOW,
+    MAX_RUNTIMES,
+    ArchName,
+    ByteCount,
+    Celsius,
+    ChunkIndex,
+    CpuCount,
+    ErrorText,
+    Figure,
+    FigureName,
+    LabelKey,
+    LabelValue,
+    LatencyMs,
+    LongReason,
+    ModelName,
+    OsName,
+    Percent,
+    ProcessCpuPercent,
+    Reason,
+    RetryCount,
+    Serial,
+    SerialOrZero,
+    StateSeq,
+    TargetName,
+    Throughput,
+    VersionName,
+    WindowCount,
 )
-
+from edgefleet.shared.limits import DEFAULT_LIMITS
 from edgefleet.shared.topics import DeviceId, Sha256Hex
 
 
 class WireModel(BaseModel):
-    """Base of every model that crosses the wire: immutable, strict about unknown fields."""
+    """Base of every model that crosses the wire: immutable, strict about unknown fields, and
+    finite in every float (field bounds are in :mod:`edgefleet.shared.bounds`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-MAX_SERIAL = 2**53  # serials stay exact in JSON numbers and in a signed 64-bit column
-Serial = Annotated[int, Field(ge=1, le=MAX_SERIAL)]
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 RuntimeName = Literal["onnxruntime", "litert", "tflite_runtime"]
@@ -38,25 +59,25 @@ AcceleratorName = Literal["edgetpu"]
 
 class RuntimeInfo(WireModel):
     name: RuntimeName
-    version: str = Field(max_length=64)
+    version: VersionName
 
 
 class Hardware(WireModel):
-    arch: str = Field(max_length=32, description="platform.machine(), e.g. aarch64, x86_64")
-    cpu_count: int = Field(ge=1)
-    ram_bytes: int = Field(ge=0)
-    os: str = Field(default="", max_length=128)
+    arch: ArchName = Field(description="platform.machine(), e.g. aarch64, x86_64")
+    cpu_count: CpuCount
+    ram_bytes: ByteCount
+    os: OsName = ""
 
 
 class Hello(WireModel):
     """Published by a device on every connect: who it is and what it can run."""
 
     device_id: DeviceId
-    agent_version: str = Field(max_length=64)
+    agent_version: VersionName
     hardware: Hardware
-    runtimes: tuple[RuntimeInfo, ...] = ()
-    accelerators: tuple[AcceleratorName, ...] = ()
-    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+    runtimes: tuple[RuntimeInfo, ...] = Field(default=(), max_length=MAX_RUNTIMES)
+    accelerators: tuple[AcceleratorName, ...] = Field(default=(), max_length=MAX_RUNTIMES)
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=MAX_LABELS)
     started_at: AwareDatetime
 
 
@@ -72,11 +93,11 @@ class DeviceStatus(StrEnum):
 class SlotInfo(WireModel):
     """What sits in a model slot on the device."""
 
-    model_id: str = Field(max_length=128)
-    version: str = Field(max_length=64)
-    serial: NonNegativeInt = Field(le=MAX_SERIAL)
+    model_id: ModelName
+    version: VersionName
+    serial: SerialOrZero
     sha256: Sha256Hex
-    target: str = Field(max_length=32)
+    target: TargetName
 
 
 class OutcomeResult(StrEnum):
@@ -100,7 +121,7 @@ class Outcome(WireModel):
     serial: Serial
     sha256: Sha256Hex
     result: OutcomeResult
-    reason: str | None = Field(default=None, max_length=1024)
+    reason: Reason | None = None
     at: AwareDatetime
     from_serial: Serial | None = None
     to_serial: Serial | None = None
@@ -129,10 +150,10 @@ class Progress(WireModel):
     serial: Serial
     sha256: Sha256Hex
     phase: ProgressPhase
-    done_bytes: NonNegativeInt = Field(default=0, le=2**53)
-    total_bytes: NonNegativeInt = Field(default=0, le=2**53)
-    attempts: NonNegativeInt = Field(default=0, le=1_000_000, description="local retries so far")
-    last_error: str | None = Field(default=None, max_length=512)
+    done_bytes: ByteCount = 0
+    total_bytes: ByteCount = 0
+    attempts: RetryCount = Field(default=0, description="local retries so far")
+    last_error: ErrorText | None = None
 
     @property
     def percent(self) -> float:
@@ -153,44 +174,44 @@ class DeviceState(WireModel):
     status: DeviceStatus
     active: SlotInfo | None = None
     previous: SlotInfo | None = None
-    last_serial: NonNegativeInt = Field(default=0, le=MAX_SERIAL)
+    last_serial: SerialOrZero = 0
     updating_to: SlotInfo | None = None
-    detail: str | None = Field(default=None, max_length=1024)
+    detail: Reason | None = None
     updated_at: AwareDatetime
     last_outcome: Outcome | None = None
     progress: Progress | None = None
-    seq: NonNegativeInt | None = Field(default=None, le=2**63 - 1)
+    seq: StateSeq | None = None
 
 
 class LatencySummary(WireModel):
     """Latency percentiles in milliseconds over one telemetry window."""
 
-    p50: NonNegativeFloat
-    p95: NonNegativeFloat
-    p99: NonNegativeFloat
-    max: NonNegativeFloat
+    p50: LatencyMs
+    p95: LatencyMs
+    p99: LatencyMs
+    max: LatencyMs
 
 
 class ModelStats(WireModel):
     """Inference figures for one model version over one telemetry window."""
 
-    model_id: str = Field(max_length=128)
-    version: str = Field(max_length=64)
-    requests: NonNegativeInt
-    errors: NonNegativeInt = Field(description="model or runtime failures")
-    client_errors: NonNegativeInt = Field(default=0, description="rejected bad requests")
+    model_id: ModelName
+    version: VersionName
+    requests: WindowCount
+    errors: WindowCount = Field(description="model or runtime failures")
+    client_errors: WindowCount = Field(default=0, description="rejected bad requests")
     latency_ms: LatencySummary | None = None
-    throughput_rps: NonNegativeFloat = 0.0
+    throughput_rps: Throughput = 0.0
 
 
 class SystemStats(WireModel):
-    cpu_percent: NonNegativeFloat
-    process_cpu_percent: NonNegativeFloat
-    rss_bytes: NonNegativeInt
-    mem_used_bytes: NonNegativeInt
-    mem_total_bytes: NonNegativeInt
-    temperature_c: float | None = None
-    disk_free_bytes: NonNegativeInt
+    cpu_percent: Percent
+    process_cpu_percent: ProcessCpuPercent = Field(description="100 per fully used CPU")
+    rss_bytes: ByteCount
+    mem_used_bytes: ByteCount
+    mem_total_bytes: ByteCount
+    temperature_c: Celsius | None = None
+    disk_free_bytes: ByteCount
 
 
 class Telemetry(WireModel):
@@ -199,7 +220,7 @@ class Telemetry(WireModel):
     device_id: DeviceId
     window_start: AwareDatetime
     window_end: AwareDatetime
-    models: tuple[ModelStats, ...] = ()
+    models: tuple[ModelStats, ...] = Field(default=(), max_length=MAX_MODELS_PER_WINDOW)
     system: SystemStats
 
 
@@ -228,11 +249,11 @@ class Event(WireModel):
     device_id: DeviceId
     type: EventType
     at: AwareDatetime
-    model_id: str | None = Field(default=None, max_length=128)
-    version: str | None = Field(default=None, max_length=64)
-    serial: NonNegativeInt | None = None
-    reason: str | None = Field(default=None, max_length=2048)
-    figures: dict[str, float] = Field(default_factory=dict, max_length=64)
+    model_id: ModelName | None = None
+    version: VersionName | None = None
+    serial: SerialOrZero | None = None
+    reason: LongReason | None = None
+    figures: dict[FigureName, Figure] = Field(default_factory=dict, max_length=MAX_FIGURES)
 
 
 class ChunkRequest(WireModel):
@@ -240,7 +261,7 @@ class ChunkRequest(WireModel):
 
     device_id: DeviceId
     sha256: Sha256Hex
-    indices: tuple[NonNegativeInt, ...] = Field(max_length=65536)
+    indices: tuple[ChunkIndex, ...] = Field(max_length=DEFAULT_LIMITS.max_chunks)
 
 
 class CommandType(StrEnum):
@@ -253,5 +274,5 @@ class Command(WireModel):
     command_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     device_id: DeviceId
     type: CommandType
-    reason: str | None = Field(default=None, max_length=1024)
+    reason: Reason | None = None
     issued_at: AwareDatetime

@@ -27,8 +27,8 @@ from edgefleet.shared.errors import (
     ReplayError,
     SignatureError,
     UnknownKeyError,
-    WireFormatError,
     WrongDeviceError,
+    field_error,
 )
 from edgefleet.shared.manifest import Manifest, SignedManifest
 
@@ -164,7 +164,8 @@ def verify_manifest(
     Raises:
         UnknownKeyError: ``signed.key_id`` is not among ``trusted_keys``.
         SignatureError: the signature does not verify.
-        WireFormatError: the signed body is not a valid manifest.
+        InvalidFieldError: the signed body is not a valid manifest (a ``FieldBoundError``
+            when a field is out of its bound); both are ``WireFormatError``.
         WrongDeviceError: the manifest is for another device.
         ExpiredManifestError: ``expires_at`` is not after ``now``.
         ReplayError: ``serial`` is not above ``last_serial``.
@@ -185,7 +186,7 @@ def verify_manifest(
     try:
         manifest = Manifest.model_validate(signed.manifest)
     except ValidationError as e:
-        raise WireFormatError(f"signed manifest is malformed: {e}", kind="manifest") from e
+        raise field_error(e, kind="manifest", data=signed.manifest) from e
     if device_id is not None and manifest.device_id != device_id:
         raise WrongDeviceError(manifest.device_id, device_id)
     now = now or datetime.now(UTC)

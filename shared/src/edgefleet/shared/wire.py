@@ -8,17 +8,30 @@ Compatibility rule between wire versions: a peer reads every version in
 version that peer speaks, which is the version of the envelopes it sends. v2 only adds optional
 fields to ``state`` (``last_outcome``, ``progress``, ``seq``); every other body is the same in
 v1 and v2, so a v1 body parses as v2, and a v2 message without the new fields writes as v1.
+
+Nothing is parsed before it is bounded: size, nesting depth and integer length are checked on the
+raw bytes, then every field against its type (:mod:`edgefleet.shared.bounds`). Every refusal is
+a :class:`WireFormatError` naming what was wrong, and nothing else escapes a decoder.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from edgefleet.shared.errors import UnsupportedSchemaError, WireFormatError
+from edgefleet.shared.bounds import ChunkCount, ChunkIndex
+from edgefleet.shared.errors import (
+    MalformedPayloadError,
+    PayloadTooDeepError,
+    PayloadTooLargeError,
+    UnsupportedSchemaError,
+    WireFormatError,
+    field_error,
+)
 from edgefleet.shared.limits import DEFAULT_LIMITS
 from edgefleet.shared.manifest import SignedManifest
 from edgefleet.shared.messages import (
@@ -70,13 +83,69 @@ def encode(message: WireModel, *, version: int = SCHEMA_VERSION) -> bytes:
     return f'{{"v":{version},"kind":"{kind}","body":{body}}}'.encode()
 
 
-def _open_envelope(payload: bytes, max_bytes: int) -> tuple[int, str, Any]:
+# A JSON string, closing quote optional so an unterminated one ends the scan in linear time.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
+_OPENERS = frozenset(b"[{")
+
+
+def _openers(data: bytes) -> int:
+    return data.count(b"[") + data.count(b"{")
+
+
+def nesting_depth_exceeds(payload: bytes, limit: int) -> bool:
+    """Whether JSON ``payload`` nests arrays and objects deeper than ``limit``, without parsing.
+
+    Brackets inside strings do not count. Linear in ``len(payload)``; stops at the first level
+    past ``limit``. A payload with no more than ``limit`` opening brackets costs two counts.
+    """
+    if _openers(payload) <= limit:
+        return False
+    brackets = _JSON_STRING.sub(b"", payload).translate(None, _NOT_BRACKETS)
+    if _openers(brackets) <= limit:
+        return False
+    depth = 0
+    for byte in brackets:
+        depth += 1 if byte in _OPENERS else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def parse_json(payload: bytes, *, max_bytes: int, kind: str | None = None) -> Any:
+    """UTF-8 JSON ``payload`` as Python values, once it is known to be bounded.
+
+    Raises:
+        PayloadTooLargeError: longer than ``max_bytes``.
+        PayloadTooDeepError: nested deeper than the wire's depth limit.
+        MalformedPayloadError: not UTF-8, not JSON, or an integer literal too long.
+    """
+    limits = DEFAULT_LIMITS
     if len(payload) > max_bytes:
-        raise WireFormatError(f"payload of {len(payload)} bytes exceeds {max_bytes}")
+        raise PayloadTooLargeError(len(payload), max_bytes, kind=kind)
+    if nesting_depth_exceeds(payload, limits.max_json_depth):
+        raise PayloadTooDeepError(limits.max_json_depth, kind=kind)
+
+    def bounded_int(literal: str) -> int:
+        if len(literal) > limits.max_int_digits:
+            raise MalformedPayloadError(
+                f"integer literal of {len(literal)} digits (at most {limits.max_int_digits})",
+                kind=kind,
+            )
+        return int(literal)
+
     try:
-        envelope = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WireFormatError(f"payload is not JSON: {e}") from e
+        return json.loads(payload.decode("utf-8"), parse_int=bounded_int)
+    except UnicodeDecodeError as e:
+        raise MalformedPayloadError(f"not UTF-8 ({e.reason} at byte {e.start})", kind=kind) from e
+    except RecursionError as e:  # the depth check makes this unreachable; kept as a backstop
+        raise PayloadTooDeepError(limits.max_json_depth, kind=kind) from e
+    except ValueError as e:  # JSONDecodeError, and int() refusing a literal it cannot convert
+        raise MalformedPayloadError(f"not JSON ({e})", kind=kind) from e
+
+
+def _open_envelope(payload: bytes, max_bytes: int) -> tuple[int, str, Any]:
+    envelope = parse_json(payload, max_bytes=max_bytes)
     if not isinstance(envelope, dict) or set(envelope) != {"v", "kind", "body"}:
         raise WireFormatError("payload is not an envelope {v, kind, body}")
     version = envelope["v"]
@@ -115,7 +184,7 @@ def decode_versioned(
     try:
         return version, expected.model_validate(body)
     except ValidationError as e:
-        raise WireFormatError(f"invalid {kind} message: {e}", kind=kind) from e
+        raise field_error(e, kind=kind, data=body) from e
 
 
 def decode_any(payload: bytes, *, max_bytes: int | None = None) -> WireModel:
@@ -129,7 +198,7 @@ def decode_any(payload: bytes, *, max_bytes: int | None = None) -> WireModel:
     try:
         return KINDS[kind].model_validate(body)
     except ValidationError as e:
-        raise WireFormatError(f"invalid {kind} message: {e}", kind=kind) from e
+        raise field_error(e, kind=kind, data=body) from e
 
 
 # The chunk frame did not change in v2. Every device fetching an artifact reads the same chunk
@@ -137,15 +206,13 @@ def decode_any(payload: bytes, *, max_bytes: int | None = None) -> WireModel:
 CHUNK_FRAME_VERSION = 1
 
 
-class ChunkHeader(BaseModel):
+class ChunkHeader(WireModel):
     """Header of one binary chunk frame."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    v: int = CHUNK_FRAME_VERSION
+    v: int = CHUNK_FRAME_VERSION  # any integer: an unknown one is UnsupportedSchemaError
     sha256: Sha256Hex = Field(description="sha256 of the whole artifact")
-    index: int = Field(ge=0)
-    count: int = Field(ge=1)
+    index: ChunkIndex
+    count: ChunkCount
     chunk_sha256: Sha256Hex
 
 
@@ -164,7 +231,9 @@ def decode_chunk_frame(payload: bytes) -> tuple[ChunkHeader, bytes]:
     """Split a chunk frame. The chunk's hash is checked by the reassembler, not here.
 
     Raises:
-        WireFormatError: not a chunk frame, or a malformed header.
+        UnsupportedSchemaError: the header's version is not spoken here.
+        WireFormatError: not a chunk frame, or a malformed header (one of its subclasses
+            when the header is not bounded JSON or a field is invalid).
     """
     prefix = len(CHUNK_MAGIC) + _HEADER_LEN.size
     if len(payload) < prefix or not payload.startswith(CHUNK_MAGIC):
@@ -172,10 +241,11 @@ def decode_chunk_frame(payload: bytes) -> tuple[ChunkHeader, bytes]:
     (head_len,) = _HEADER_LEN.unpack_from(payload, len(CHUNK_MAGIC))
     if head_len > _MAX_HEADER or prefix + head_len > len(payload):
         raise WireFormatError(f"chunk frame header length {head_len} is invalid", kind="chunk")
+    raw = parse_json(payload[prefix : prefix + head_len], max_bytes=_MAX_HEADER, kind="chunk")
     try:
-        header = ChunkHeader.model_validate_json(payload[prefix : prefix + head_len])
+        header = ChunkHeader.model_validate(raw)
     except ValidationError as e:
-        raise WireFormatError(f"invalid chunk header: {e}", kind="chunk") from e
+        raise field_error(e, kind="chunk", data=raw) from e
     if header.v not in SUPPORTED_SCHEMA_VERSIONS:
         raise UnsupportedSchemaError(header.v, SUPPORTED_SCHEMA_VERSIONS)
     if header.index >= header.count:
