@@ -10,6 +10,7 @@ import math
 import threading
 from dataclasses import dataclass, field
 
+from edgefleet.agent import measured
 from edgefleet.shared.messages import LatencySummary, ModelStats
 
 _MIN_MS = 0.001
@@ -67,10 +68,10 @@ class LatencyHistogram:
         if self.count == 0:
             return None
         return LatencySummary(
-            p50=self.percentile(0.50),
-            p95=self.percentile(0.95),
-            p99=self.percentile(0.99),
-            max=self.max_ms,
+            p50=measured.latency_ms(self.percentile(0.50)),
+            p95=measured.latency_ms(self.percentile(0.95)),
+            p99=measured.latency_ms(self.percentile(0.99)),
+            max=measured.latency_ms(self.max_ms),
         )
 
 
@@ -154,7 +155,9 @@ class MetricsRegistry:
                 errors=stats.errors,
                 client_errors=stats.client_errors,
                 latency_ms=stats.latency.summary(),
-                throughput_rps=stats.requests / seconds if seconds > 0 else 0.0,
+                throughput_rps=measured.throughput(
+                    stats.requests / seconds if seconds > 0 else 0.0
+                ),
             )
             for (model_id, version), stats in window.items()
         ]

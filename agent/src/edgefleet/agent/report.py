@@ -10,6 +10,7 @@ import logging
 import threading
 from datetime import UTC, datetime
 
+from edgefleet.agent import measured
 from edgefleet.agent.fetch import Publisher
 from edgefleet.agent.sequence import StateSequence
 from edgefleet.shared.manifest import Manifest
@@ -56,7 +57,7 @@ class Reporter:
             version=manifest.version if manifest else None,
             serial=manifest.serial if manifest else None,
             reason=reason[:2048] if reason else None,
-            figures=dict(list((figures or {}).items())[:64]),
+            figures=measured.figures(figures),
         )
         level = logging.WARNING if kind in _BAD else logging.INFO
         log.log(level, "event %s %s", kind.value, reason or "")

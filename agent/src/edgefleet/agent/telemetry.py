@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psutil
 
+from edgefleet.agent import measured
 from edgefleet.shared.messages import SystemStats
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,11 @@ class SystemSampler:
     def sample(self) -> SystemStats:
         memory = psutil.virtual_memory()
         return SystemStats(
-            cpu_percent=psutil.cpu_percent(None),
-            process_cpu_percent=self._process.cpu_percent(None),
+            cpu_percent=measured.percent(psutil.cpu_percent(None)),
+            process_cpu_percent=measured.process_percent(self._process.cpu_percent(None)),
             rss_bytes=self._process.memory_info().rss,
             mem_used_bytes=memory.total - memory.available,
             mem_total_bytes=memory.total,
-            temperature_c=read_temperature(),
+            temperature_c=measured.celsius(read_temperature()),
             disk_free_bytes=psutil.disk_usage(str(self.data_dir)).free,
         )
