@@ -165,22 +165,25 @@ class ArtifactDownloader:
         started = time.monotonic()
         deadline = started + settings.fetch_timeout_s
         backoff = Backoff(settings.fetch_retry_min_s, settings.fetch_retry_max_s)
-        last_error: DownloadError | None = None
+        errors: dict[str, DownloadError] = {}  # the last failure of each source tried
         while not reassembler.is_complete():
             for source in sources:
+                if time.monotonic() > deadline:
+                    break  # out of time: a source not tried says nothing about why
                 fetcher = self.mqtt if source == "mqtt" else self.http
                 try:
                     fetcher.fetch(artifact, reassembler, deadline, self.stop, idle)
                     break
                 except DownloadError as e:
-                    last_error = e
+                    errors[source] = e
                     log.warning("%s download failed: %s", source, e)
             if reassembler.is_complete():
                 break
             if self.stop.is_set():
                 raise StoppingError(f"download of serial {manifest.serial} stopped")
             if time.monotonic() > deadline:
-                raise DownloadError(f"gave up after {settings.fetch_timeout_s}s: {last_error}")
+                why = "; ".join(f"{source}: {e}" for source, e in errors.items()) or "no source"
+                raise DownloadError(f"gave up after {settings.fetch_timeout_s}s: {why}")
             retry_at = time.monotonic() + backoff.next_delay()
             while time.monotonic() < retry_at and not self.stop.is_set():
                 idle()

@@ -630,6 +630,8 @@ FleetMachine.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+
+
 def test_desired_states_are_renewed_with_a_new_serial_for_the_same_artifact() -> None:
     machine = FleetMachine()
     try:

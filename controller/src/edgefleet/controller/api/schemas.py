@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from edgefleet.controller.registry.db import aware
 from edgefleet.controller.rollouts.gates import GatePolicy
+
+# SQLite hands datetimes back naive (they are stored in UTC): every time the API shows says so.
+UtcDatetime = Annotated[datetime, AfterValidator(aware)]
 
 
 class DevicePublic(BaseModel):
@@ -25,7 +29,7 @@ class DevicePublic(BaseModel):
     labels: dict[str, str]
     active: dict[str, Any] | None
     previous: dict[str, Any] | None
-    last_seen: datetime
+    last_seen: UtcDatetime
     last_telemetry: dict[str, Any] | None = None
     wire_version: int = Field(default=1, description="wire version the device speaks")
     last_outcome: dict[str, Any] | None = Field(
@@ -34,8 +38,8 @@ class DevicePublic(BaseModel):
     progress: dict[str, Any] | None = Field(
         default=None, description="the manifest the device is working on, if any"
     )
-    online_since: datetime | None = None
-    offline_since: datetime | None = None
+    online_since: UtcDatetime | None = None
+    offline_since: UtcDatetime | None = None
 
 
 class EventPublic(BaseModel):
@@ -44,7 +48,7 @@ class EventPublic(BaseModel):
     event_id: str
     device_id: str
     type: str
-    at: datetime
+    at: UtcDatetime
     model_id: str | None
     version: str | None
     serial: int | None
@@ -56,7 +60,7 @@ class TelemetryPoint(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     device_id: str
-    window_end: datetime
+    window_end: UtcDatetime
     model_id: str
     version: str
     requests: int
@@ -92,14 +96,14 @@ class RolloutDevicePublic(BaseModel):
     target: str | None
     serial: int | None
     reason: str | None
-    sent_at: datetime | None
-    deadline_at: datetime | None = Field(
+    sent_at: UtcDatetime | None
+    deadline_at: UtcDatetime | None = Field(
         default=None, description="install deadline of the issued manifest"
     )
     offline_at_start: bool = Field(
         default=False, description="offline when its wave started: pending, not counted"
     )
-    converged_at: datetime | None
+    converged_at: UtcDatetime | None
 
 
 class RolloutPublic(BaseModel):
@@ -116,13 +120,13 @@ class RolloutPublic(BaseModel):
     current_wave: int
     reason: str | None
     gate: dict[str, Any] | None
-    created_at: datetime
-    updated_at: datetime
-    wave_started_at: datetime | None = None
-    wave_deadline_at: datetime | None = Field(
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+    wave_started_at: UtcDatetime | None = None
+    wave_deadline_at: UtcDatetime | None = Field(
         default=None, description="when the running wave must be ready or it breaches"
     )
-    finished_at: datetime | None = None
+    finished_at: UtcDatetime | None = None
     devices: list[RolloutDevicePublic]
     counts: dict[str, int] = Field(default_factory=dict)
 
@@ -139,7 +143,7 @@ class ArtifactPublic(BaseModel):
 class VersionPublic(BaseModel):
     model: str
     version: str
-    created_at: datetime
+    created_at: UtcDatetime
     summary: dict[str, Any]
     artifacts: list[ArtifactPublic]
 
@@ -147,7 +151,7 @@ class VersionPublic(BaseModel):
 class ModelPublic(BaseModel):
     name: str
     versions: list[str]
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class Health(BaseModel):

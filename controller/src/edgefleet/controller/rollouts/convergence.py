@@ -39,6 +39,7 @@ class Issued:
     sent_at: datetime | None
     deadline_at: datetime | None
     offline_at_start: bool = False
+    deadline_cap: datetime | None = None  # the wave's own deadline, for devices it waits on
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,13 +92,22 @@ def effective_deadline(
     """When an issued manifest must have converged.
 
     A device that was offline when it was sent its manifest gets the full install timeout from
-    when it came back; any other device's deadline runs from the send, online or not.
+    when it came back; any other device's deadline runs from the manifest's publication (or,
+    if the broker never took it, its issue), online or not, and ends no later than the
+    deadline of the wave that waits on it.
     """
-    if issued.deadline_at is None:
-        return None
-    if issued.offline_at_start and reported.online and reported.online_since is not None:
-        return max(issued.deadline_at, reported.online_since + install_timeout)
-    return issued.deadline_at
+    deadline = issued.deadline_at
+    if deadline is None:  # the broker never took it: its time runs from the issue all the same
+        if issued.sent_at is None:
+            return None
+        deadline = issued.sent_at + install_timeout
+    if issued.offline_at_start:
+        if reported.online and reported.online_since is not None:
+            return max(deadline, reported.online_since + install_timeout)
+        return deadline
+    if issued.deadline_cap is not None:  # never later than the wave that waits on it
+        return min(deadline, issued.deadline_cap)
+    return deadline
 
 
 def derive_target(
@@ -193,7 +203,10 @@ def describe_report(reported: Reported, serial: int | None) -> str:
         parts.append("never reported")
     else:
         running = f" serial {reported.active_serial}" if reported.active_serial else ""
-        parts.append(f"last reported {reported.status}{running}")
+        if reported.status == "offline":  # the broker's last will, not the device, said that
+            parts.append(f"running{running or ' no model'}")
+        else:
+            parts.append(f"last reported {reported.status}{running}")
     if not reported.online:
         since = reported.offline_since or reported.last_seen
         parts.append(f"offline since {since:%Y-%m-%d %H:%M:%S} UTC" if since else "offline")

@@ -219,14 +219,20 @@ class RolloutEngine:
         devices: dict[str, DeviceRow],
         policy: GatePolicy,
         now: datetime,
+        *,
+        wave: int | None = None,
+        wave_deadline: datetime | None = None,
     ) -> None:
+        """Derive each target's state; the current ``wave``'s devices time out no later than
+        ``wave_deadline``, so the wave never expires on a device that has not."""
         timeout = timedelta(seconds=policy.install_timeout_s)
         for target in targets:
             if target.state not in DERIVED:
                 continue
             device = devices.get(target.device_id)
             report = facts.reported(device, now, self.offline_after)
-            derived = derive_target(facts.issued(target), report, timeout, now)
+            cap = wave_deadline if target.wave == wave else None
+            derived = derive_target(facts.issued(target, cap), report, timeout, now)
             before = target.state
             if facts.apply(target, derived, now) and derived.state != before:
                 log.info(
@@ -285,13 +291,14 @@ class RolloutEngine:
                     rollout.id, wave + 1, waves, len(planned),
                     timedelta(seconds=policy.install_timeout_s + policy.soak_s),
                 )  # fmt: skip
-        self._derive(scope, devices, policy, now)
-        failed = sum(1 for d in scope if d.state in FAILURES)
-        failures = check_failures(policy, failed, len(scope))
+        started = aware(rollout.wave_started_at) if rollout.wave_started_at else now
+        install = timedelta(seconds=policy.install_timeout_s)
+        self._derive(scope, devices, policy, now, wave=wave, wave_deadline=started + install)
+        failed = [d for d in scope if d.state in FAILURES]
+        failures = check_failures(policy, len(failed), len(scope), _examples(failed))
         if not failures.passed:
             self._breach(rollout, policy, GateResult(False, (failures,)), now)
             return
-        started = aware(rollout.wave_started_at) if rollout.wave_started_at else now
         progress = wave_progress(
             [WaveTarget(TargetState(t.state), t.offline_at_start) for t in scope if t.wave == wave],
             min_converged=policy.min_converged,
@@ -464,7 +471,9 @@ class RolloutEngine:
             target.state, target.reason = TargetState.CANCELLED, "device no longer registered"
             return
         if not previous:  # it ran nothing before: there is nothing to send it back to
-            target.reason = "no previous version to roll back to: it keeps what it runs"
+            note = "no previous version to roll back to: it keeps what it runs"
+            if note not in (why or ""):
+                target.reason = _join(why, note)
             return
         active = device.active or {}
         settled = (TargetState.ACTIVE, TargetState.FAILED, TargetState.ROLLED_BACK)
@@ -568,6 +577,11 @@ def _current_desired(*columns: Any) -> Any:
             RolloutDeviceRow.serial == DeviceRow.last_serial_issued,
         )
     )
+
+
+def _examples(failed: list[RolloutDeviceRow], most: int = 3) -> list[str]:
+    """``"pi-3 timed_out: timed out after 15m: ..."`` for the first few failed devices."""
+    return [f"{t.device_id} {t.state}: {(t.reason or 'no reason')[:200]}" for t in failed[:most]]
 
 
 def _join(first: str | None, second: str) -> str:

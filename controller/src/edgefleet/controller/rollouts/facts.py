@@ -76,7 +76,7 @@ def reported(row: DeviceRow | None, now: datetime, offline_after: timedelta) -> 
     )
 
 
-def issued(row: RolloutDeviceRow) -> Issued:
+def issued(row: RolloutDeviceRow, deadline_cap: datetime | None = None) -> Issued:
     return Issued(
         state=TargetState(row.state),
         serial=row.serial,
@@ -84,6 +84,7 @@ def issued(row: RolloutDeviceRow) -> Issued:
         sent_at=_maybe(row.sent_at),
         deadline_at=_maybe(row.deadline_at),
         offline_at_start=bool(row.offline_at_start),
+        deadline_cap=deadline_cap,
     )
 
 

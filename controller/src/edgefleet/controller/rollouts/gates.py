@@ -132,15 +132,17 @@ class GateResult:
         }
 
 
-def check_failures(policy: GatePolicy, failed: int, devices: int) -> GateCheck:
+def check_failures(
+    policy: GatePolicy, failed: int, devices: int, examples: Sequence[str] = ()
+) -> GateCheck:
+    """Failed devices against the budget; ``examples`` (a few failed devices and why) are
+    named in the detail, so the rollout's reason says what went wrong."""
     allowed = failures_allowed(policy.max_failures, devices)
-    return GateCheck(
-        "failures",
-        float(failed),
-        float(allowed),
-        failed <= allowed,
-        f"{failed} of {devices} devices failed (allowed {allowed})",
-    )
+    detail = f"{failed} of {devices} devices failed (allowed {allowed})"
+    if examples and failed > allowed:
+        more = f"; and {failed - len(examples)} more" if failed > len(examples) else ""
+        detail += ": " + "; ".join(examples) + more
+    return GateCheck("failures", float(failed), float(allowed), failed <= allowed, detail)
 
 
 def evaluate_gates(
