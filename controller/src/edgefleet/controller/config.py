@@ -75,6 +75,34 @@ class Settings(BaseSettings):
         default=120.0, gt=0, description="no message for this long counts a device offline"
     )
 
+    # --- untrusted devices: rate limits, dead letters, chunk authorisation (issue 11) -------
+    device_telemetry_rate: float = Field(
+        default=5.0, gt=0, description="telemetry messages per second and device; more dropped"
+    )
+    device_telemetry_burst: int = Field(
+        default=20, ge=1, description="telemetry a device sends at once"
+    )
+    device_chunk_request_rate: float = Field(
+        default=20.0, gt=0, description="chunk requests per second and device; more dropped"
+    )
+    device_chunk_request_burst: int = Field(default=100, ge=1)
+    rate_limited_devices: int = Field(
+        default=100_000, ge=1, description="devices whose rate buckets are kept (idle ones go)"
+    )
+    dead_letters_keep: int = Field(
+        default=10_000, ge=1, description="dead letters kept, the most recently received"
+    )
+    ingest_retry_initial_s: float = Field(
+        default=0.5, gt=0, description="first wait before writing again to a database that failed"
+    )
+    ingest_retry_max_s: float = Field(default=30.0, gt=0, description="longest such wait")
+    chunk_issued_ttl_s: float = Field(
+        default=5.0, gt=0, description="how long who-was-issued-what answers are cached"
+    )
+    chunk_unchecked_max: int = Field(
+        default=10_000, ge=1, description="chunk requests waiting for that answer, at most"
+    )
+
     # --- telemetry history and dashboard (issue 6) ------------------------------------------
     telemetry_raw_retention_s: float = Field(
         default=24 * 3600.0, gt=0, description="raw telemetry windows kept this long"

@@ -1,5 +1,6 @@
-"""Prometheus exposition: a collector that reads the fleet, rollouts and ingest counters at
-scrape time, and the ingest rate meter it reports.
+"""Prometheus exposition: a collector that reads the fleet, rollouts, ingest and chunk-server
+counters (drops, dead letters and refusals by reason) at scrape time, and the ingest rate meter
+it reports.
 
 Concurrency: ``collect`` runs on the server's worker thread per scrape (one short read-only
 session); ``IngestRateMeter.run`` is the asyncio task ``ingest-rate`` sampling counters each second.
@@ -191,11 +192,14 @@ class FleetCollector(Collector):
             ("malformed", c.malformed, "Messages dropped as malformed"),
             ("oversize", c.oversize, "Messages dropped as larger than the wire limit"),
             ("spoofed", c.spoofed, "Messages dropped for claiming another device"),
-            ("telemetry_dropped", c.telemetry_dropped, "Oldest telemetry dropped: queue full"),
+            ("telemetry_dropped", c.telemetry_dropped, "Telemetry dropped: queue full or rate"),
             ("written", c.written, "Messages written to the database"),
-            ("batches", c.batches, "Write transactions"),
+            ("batches", c.batches, "Batches written (a transaction each, unless refused)"),
+            ("write_retries", c.write_retries, "Batches written again: database unavailable"),
+            ("transactions", c.transactions, "Write transactions, isolating refused ones too"),
         ):
             yield CounterMetricFamily(f"edgefleet_ingest_{name}", doc, value=value)
+        yield from self._refusals()
         written_rate, received_rate = self.service.ingest_rate.rates()
         yield GaugeMetricFamily(
             "edgefleet_ingest_backlog", "Messages queued, not yet written", value=ingest.backlog
@@ -210,6 +214,44 @@ class FleetCollector(Collector):
         connected = bool(bridge is not None and bridge.connected.is_set())
         yield GaugeMetricFamily(
             "edgefleet_broker_connected", "1 when connected to the broker", value=float(connected)
+        )
+
+    def _refusals(self) -> Iterator[Metric]:
+        """What was not written or served, by reason: drops, dead letters, chunk refusals."""
+        ingest = self.service.ingest
+        if ingest is None:
+            return
+        c = ingest.counters
+        dropped = CounterMetricFamily(
+            "edgefleet_ingest_dropped",
+            "Device messages dropped before writing, by reason",
+            labels=["reason"],
+        )
+        for reason, count in sorted(c.dropped.items()):
+            dropped.add_metric([reason], count)
+        dead = CounterMetricFamily(
+            "edgefleet_ingest_dead_letters",
+            "Device messages the database refused even alone, dead-lettered, by kind and error",
+            labels=["kind", "reason"],
+        )
+        for (kind, reason), count in sorted(c.dead_lettered.items()):
+            dead.add_metric([kind, reason], count)
+        yield from (dropped, dead)
+        chunks = self.service.chunks
+        if chunks is None:
+            return
+        refused = CounterMetricFamily(
+            "edgefleet_chunk_requests_refused",
+            "Chunk requests not served, by reason",
+            labels=["reason"],
+        )
+        for reason, count in sorted(chunks.refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
+        yield CounterMetricFamily(
+            "edgefleet_chunk_indices_dropped",
+            "Requested chunk indices beyond their artifact's chunk count",
+            value=chunks.indices_dropped,
         )
 
 

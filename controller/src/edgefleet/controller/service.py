@@ -20,7 +20,7 @@ from edgefleet.controller.metrics import IngestRateMeter
 from edgefleet.controller.mqtt.bridge import BridgeOptions, MqttBridge
 from edgefleet.controller.mqtt.embedded import EmbeddedBroker
 from edgefleet.controller.publish.artifact_urls import ArtifactUrlSigner
-from edgefleet.controller.publish.chunk_server import ChunkServer
+from edgefleet.controller.publish.chunk_server import ChunkServer, IssuedArtifacts
 from edgefleet.controller.publish.manifests import ManifestSigner
 from edgefleet.controller.registry.db import create_engine_for, create_schema, session_factory
 from edgefleet.controller.registry.service import ModelRegistry
@@ -180,6 +180,8 @@ class ControllerService:
             chunk_size=settings.chunk_size,
             coalesce_s=settings.chunk_coalesce_s,
             gather_s=settings.chunk_gather_s,
+            issued=IssuedArtifacts(self.sessions, ttl_s=settings.chunk_issued_ttl_s),
+            max_unchecked=settings.chunk_unchecked_max,
         )
         self.ingest = FleetIngest(
             self.sessions,
@@ -188,6 +190,14 @@ class ControllerService:
             batch_size=settings.ingest_batch,
             telemetry_queue=settings.ingest_queue,
             flush_s=settings.ingest_flush_s,
+            telemetry_rate=settings.device_telemetry_rate,
+            telemetry_burst=settings.device_telemetry_burst,
+            chunk_request_rate=settings.device_chunk_request_rate,
+            chunk_request_burst=settings.device_chunk_request_burst,
+            rate_limited_devices=settings.rate_limited_devices,
+            dead_letters_keep=settings.dead_letters_keep,
+            retry_initial_s=settings.ingest_retry_initial_s,
+            retry_max_s=settings.ingest_retry_max_s,
         )
         self.rollouts = RolloutEngine(
             self.sessions,

@@ -128,7 +128,7 @@ def render_fleet(service: ControllerService, session: Session) -> str:
             f"{num(counters.oversize if counters else 0)}",
         ),
     ]
-    parts = [f'<div class="stats">{"".join(stats)}</div>']
+    parts = [f'<div class="stats">{"".join(stats)}</div>', _refusals(service)]
     parts.append(_versions(online))
     rollout_html = "".join(rollout_summary(r) for r in rollouts) or (
         '<p class="empty">no rollout in flight</p>'
@@ -159,6 +159,29 @@ def render_fleet(service: ControllerService, session: Session) -> str:
         )
     )
     return "".join(parts)
+
+
+def _refusals(service: ControllerService) -> str:
+    """One line: what ingest dropped, dead-lettered and refused since start, by reason."""
+    ingest, chunks = service.ingest, service.chunks
+    if ingest is None:
+        return ""
+    counters = ingest.counters
+
+    def by_reason(counts: dict[str, int]) -> str:
+        return " · ".join(f"{e(reason)} {num(n)}" for reason, n in sorted(counts.items()))
+
+    dead = {f"{kind} {error}": n for (kind, error), n in counters.dead_lettered.items()}
+    refused = dict(chunks.refused) if chunks is not None else {}
+    groups = [
+        ("dropped", by_reason(counters.dropped)),
+        ("dead-lettered", by_reason(dead)),
+        ("chunk requests refused", by_reason(refused)),
+    ]
+    text = "; ".join(f"{label}: {counts}" for label, counts in groups if counts)
+    line = f"dropped / dead-lettered: {text or 'none'}"
+    # In a full-width row of its own (the page is a grid of cards; ``stats`` rows span it).
+    return f'<div class="stats"><p class="muted ingest-refusals">{line}</p></div>'
 
 
 def _versions(online: list[DeviceRow]) -> str:

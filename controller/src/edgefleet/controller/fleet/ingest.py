@@ -1,22 +1,35 @@
-"""Ingest of device messages: validate, queue, and write to the database in batches.
+"""Ingest of device messages: validate, rate-limit, queue, and write to the database in batches.
 
 Concurrency: ``submit`` is called from the MQTT task and only enqueues. The asyncio task
-``fleet-ingest`` drains the queues and writes each batch in one transaction on a worker thread.
-State, hello and events are never dropped; telemetry sits in a bounded queue that drops its
-oldest entries when ingest falls behind, and counts what it dropped.
+``fleet-ingest`` drains the queues and writes each batch on a worker thread, one transaction per
+batch. State, hello and events are never dropped; telemetry sits in a bounded queue that drops its
+oldest entries when ingest falls behind, and each device's telemetry and chunk requests beyond its
+rate are dropped; every drop is counted by reason.
+
+A batch the database refuses is written in halves until each refused message is alone; that
+message is dead-lettered (``fleet.deadletters``) and the rest lands, so one device's message that
+cannot be stored never holds up another's. A database that is unavailable (locked, connection
+lost) refuses nothing: the batch is written again, from where it stopped, after a capped, jittered
+backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+import random
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from edgefleet.controller.fleet import writer
+from edgefleet.controller.fleet import deadletters, writer
+from edgefleet.controller.fleet.deadletters import DeadLetter
+from edgefleet.controller.fleet.writer import BatchWrite, TransientWriteError
 from edgefleet.shared import (
     ChunkRequest,
     DeviceState,
@@ -42,18 +55,92 @@ _MODEL_FOR: dict[DeviceChannel, type[WireModel]] = {
 }
 
 
+_CHANNEL_OF: dict[type[WireModel], DeviceChannel] = {m: c for c, m in _MODEL_FOR.items()}
+
+
+class DropReason(StrEnum):
+    """Why a device message was not written (the ``reason`` label of the drop counter)."""
+
+    OVERSIZE = "oversize"
+    MALFORMED = "malformed"
+    SPOOFED = "spoofed"
+    TELEMETRY_QUEUE_FULL = "telemetry_queue_full"
+    TELEMETRY_RATE_LIMITED = "telemetry_rate_limited"
+    CHUNK_REQUEST_RATE_LIMITED = "chunk_request_rate_limited"
+
+
 @dataclass
 class IngestCounters:
     received: dict[str, int] = field(default_factory=dict)
     malformed: int = 0
     oversize: int = 0
     spoofed: int = 0
-    telemetry_dropped: int = 0
+    telemetry_dropped: int = 0  # queue full or over the device's rate
     written: int = 0
     batches: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)  # by DropReason
+    dead_lettered: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, error type)
+    write_retries: int = 0  # batches written again after the database was unavailable
+    transactions: int = 0  # write transactions, including those isolating refused messages
 
     def count(self, kind: str) -> None:
         self.received[kind] = self.received.get(kind, 0) + 1
+
+    def drop(self, reason: DropReason) -> None:
+        self.dropped[reason.value] = self.dropped.get(reason.value, 0) + 1
+        if reason is DropReason.OVERSIZE:
+            self.oversize += 1
+        elif reason is DropReason.MALFORMED:
+            self.malformed += 1
+        elif reason is DropReason.SPOOFED:
+            self.spoofed += 1
+        elif reason in {DropReason.TELEMETRY_QUEUE_FULL, DropReason.TELEMETRY_RATE_LIMITED}:
+            self.telemetry_dropped += 1
+
+    def dead_letter(self, kind: str, error_type: str) -> None:
+        key = (kind, error_type)
+        self.dead_lettered[key] = self.dead_lettered.get(key, 0) + 1
+
+
+class DeviceRateLimiter:
+    """A token bucket per device: ``rate`` messages per second on average, ``burst`` at once.
+
+    Memory is bounded: buckets are kept least recently used first; one idle long enough to have
+    refilled is forgotten (a fresh bucket is the same), and beyond ``max_devices`` the least
+    recently used goes.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        max_devices: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.max_devices = max_devices
+        self.clock = clock
+        self._refill_s = self.burst / rate
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, at
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def allow(self, device_id: str) -> bool:
+        """Take a token of ``device_id``'s bucket; False when it has none left."""
+        now = self.clock()
+        tokens, at = self._buckets.pop(device_id, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        allowed = tokens >= 1.0
+        self._buckets[device_id] = (tokens - 1.0 if allowed else tokens, now)
+        while self._buckets:
+            oldest, (_, used_at) = next(iter(self._buckets.items()))
+            if len(self._buckets) <= self.max_devices and now - used_at < self._refill_s:
+                break
+            del self._buckets[oldest]
+        return allowed
 
 
 class FleetIngest:
@@ -68,15 +155,33 @@ class FleetIngest:
         batch_size: int = 500,
         telemetry_queue: int = 50_000,
         flush_s: float = 0.2,
+        telemetry_rate: float = 5.0,
+        telemetry_burst: int = 20,
+        chunk_request_rate: float = 20.0,
+        chunk_request_burst: int = 100,
+        rate_limited_devices: int = 100_000,
+        dead_letters_keep: int = 10_000,
+        retry_initial_s: float = 0.5,
+        retry_max_s: float = 30.0,
     ) -> None:
         self.sessions = sessions
         self.topics = topics
         self.on_fetch = on_fetch
         self.batch_size = batch_size
         self.flush_s = flush_s
+        self.dead_letters_keep = dead_letters_keep
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
         self.counters = IngestCounters()
+        self.telemetry_limit = DeviceRateLimiter(
+            telemetry_rate, telemetry_burst, max_devices=rate_limited_devices
+        )
+        self.chunk_request_limit = DeviceRateLimiter(
+            chunk_request_rate, chunk_request_burst, max_devices=rate_limited_devices
+        )
         self._priority: deque[WireModel] = deque()
         self._telemetry: deque[Telemetry] = deque(maxlen=telemetry_queue)
+        self._writing = 0  # messages of the batch being written, retries included
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -84,10 +189,11 @@ class FleetIngest:
         self.wire_versions: dict[str, int] = {}  # one entry per device that said hello
 
     def submit(self, topic: str, payload: bytes) -> None:
-        """Validate one message and queue it; malformed or spoofed ones are logged and dropped."""
+        """Validate one message and queue it; malformed, spoofed or over-rate ones are logged
+        (over-rate ones only counted) and dropped."""
         if len(payload) > DEFAULT_LIMITS.max_message_bytes:
-            self.counters.oversize += 1
-            log.warning("dropped oversize message (%d bytes) on %s", len(payload), topic)
+            self.counters.drop(DropReason.OVERSIZE)
+            log.warning("dropped oversize message (%d bytes) on %s", len(payload), topic[:300])
             return
         try:
             parsed = self.topics.parse_device_topic(topic)
@@ -96,23 +202,29 @@ class FleetIngest:
                 return  # our own desired/commands topics are not ingested
             version, message = decode_versioned(payload, model)
         except (WireFormatError, InvalidTopicError) as e:
-            self.counters.malformed += 1
-            log.warning("dropped malformed message on %s: %s", topic, str(e)[:300])
+            self.counters.drop(DropReason.MALFORMED)
+            log.warning("dropped malformed message on %s: %s", topic[:300], str(e)[:300])
             return
         claimed = getattr(message, "device_id", parsed.device_id)
         if claimed != parsed.device_id:
-            self.counters.spoofed += 1
+            self.counters.drop(DropReason.SPOOFED)
             log.warning("dropped message on %s claiming device %s", topic, claimed)
             return
         self.counters.count(parsed.channel.value)
         if isinstance(message, Hello | DeviceState):  # what it speaks, so we write that to it
             self.wire_versions[parsed.device_id] = version
         if isinstance(message, ChunkRequest):
+            if not self.chunk_request_limit.allow(parsed.device_id):
+                self.counters.drop(DropReason.CHUNK_REQUEST_RATE_LIMITED)
+                return
             self.on_fetch(message)
             return
         if isinstance(message, Telemetry):
+            if not self.telemetry_limit.allow(parsed.device_id):
+                self.counters.drop(DropReason.TELEMETRY_RATE_LIMITED)
+                return
             if len(self._telemetry) == self._telemetry.maxlen:
-                self.counters.telemetry_dropped += 1
+                self.counters.drop(DropReason.TELEMETRY_QUEUE_FULL)
             self._telemetry.append(message)
         else:
             self._priority.append(message)
@@ -121,10 +233,10 @@ class FleetIngest:
 
     @property
     def backlog(self) -> int:
-        return len(self._priority) + len(self._telemetry)
+        return len(self._priority) + len(self._telemetry) + self._writing
 
     async def drained(self, timeout: float = 10.0) -> None:
-        """Wait until everything queued so far has been written."""
+        """Wait until everything queued so far has been written (or dead-lettered)."""
         await asyncio.wait_for(self._idle.wait(), timeout)
 
     def _take_batch(self) -> list[WireModel]:
@@ -142,22 +254,78 @@ class FleetIngest:
             self._wakeup.clear()
             await asyncio.sleep(self.flush_s if self.backlog < self.batch_size else 0)
             while batch := self._take_batch():
-                try:
-                    await asyncio.to_thread(self._write, batch)
-                except Exception:
-                    log.exception("writing a batch of %d messages failed; retrying", len(batch))
-                    for message in reversed(batch):
-                        if not isinstance(message, Telemetry):
-                            self._priority.appendleft(message)
-                    await asyncio.sleep(1.0)
-                    continue
-                self.counters.written += len(batch)
-                self.counters.batches += 1
+                await self._store(batch)
                 for callback in self.after_batch:
                     callback()
             if not self.backlog:
                 self._idle.set()
 
-    def _write(self, batch: list[WireModel]) -> None:
-        with self.sessions.begin() as session:
-            writer.write_batch(session, batch, versions=self.wire_versions)
+    async def _store(self, batch: list[WireModel]) -> None:
+        """Write ``batch`` until every message is stored or dead-lettered, waiting out (with
+        capped, jittered backoff) a database that is unavailable."""
+        write = BatchWrite(batch)
+        attempt = 0
+        self._writing = len(batch)
+        try:
+            while True:
+                transactions = write.transactions
+                try:
+                    await asyncio.to_thread(self._advance, write)
+                    break
+                except TransientWriteError as e:
+                    self.counters.write_retries += 1
+                    delay = min(self.retry_max_s, self.retry_initial_s * 2 ** min(attempt, 30))
+                    delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+                    attempt += 1
+                    log.warning(
+                        "%s; writing %d messages again in %.1f s (attempt %d)",
+                        e, e.pending, delay, attempt,
+                    )  # fmt: skip
+                    await asyncio.sleep(delay)
+                finally:
+                    self.counters.transactions += write.transactions - transactions
+        finally:
+            self._writing = 0
+        self.counters.written += write.written
+        self.counters.batches += 1
+        for refused in write.refused:
+            kind = _CHANNEL_OF[type(refused.message)].value
+            self.counters.dead_letter(kind, type(refused.error).__name__)
+
+    def _advance(self, write: BatchWrite) -> None:
+        """Write what is pending, then dead-letter what was refused (worker thread).
+
+        Raises:
+            TransientWriteError: the database is unavailable; call again to resume.
+        """
+        write.advance(self.sessions, self.wire_versions)
+        if not write.refused:
+            return
+        now = datetime.now(UTC)
+        letters = [self._dead_letter(r, now) for r in write.refused]
+        first = letters[0]  # one line per batch, however many a device sends
+        log.error(
+            "dead-lettered %d message(s) the database refused, the first a %s of device %s: "
+            "%s: %s",
+            len(letters), first.kind, first.device_id, first.error_type, first.error[:300],
+        )  # fmt: skip
+        try:
+            with self.sessions.begin() as session:
+                deadletters.record(session, letters, keep=self.dead_letters_keep)
+        except Exception as e:
+            if writer.is_transient(e):
+                raise TransientWriteError(e, pending=len(letters)) from e
+            log.exception("could not store %d dead letters; counted only", len(letters))
+
+    def _dead_letter(self, refused: writer.RefusedMessage, now: datetime) -> DeadLetter:
+        message = refused.message
+        channel = _CHANNEL_OF[type(message)]
+        device_id = str(getattr(message, "device_id", ""))
+        return DeadLetter.of(
+            message,
+            refused.error,
+            device_id=device_id,
+            kind=channel.value,
+            topic=self.topics.device(device_id, channel),
+            received_at=now,
+        )

@@ -1,4 +1,5 @@
-"""Fleet tables: devices, their events and telemetry points, on the registry's ``Base``."""
+"""Fleet tables: devices, their events and telemetry points, and the device messages the
+database refused (dead letters), on the registry's ``Base``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -114,3 +116,25 @@ class SystemSampleRow(Base):
     mem_total_bytes: Mapped[int] = mapped_column(BigInteger)
     temperature_c: Mapped[float | None] = mapped_column(Float, nullable=True)
     disk_free_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class DeadLetterRow(Base):
+    """A device message the database refused, kept for the operator (bounded, see
+    ``fleet.deadletters``); repeats of the same device, kind and error only count up."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (
+        UniqueConstraint("device_id", "kind", "error_type"),
+        Index("ix_dead_letters_received_at", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # the device channel: hello, state, events...
+    topic: Mapped[str] = mapped_column(String(256))
+    error_type: Mapped[str] = mapped_column(String(128))
+    error: Mapped[str] = mapped_column(Text)  # truncated
+    payload: Mapped[str] = mapped_column(Text)  # an excerpt of the message as JSON
+    count: Mapped[int] = mapped_column(BigInteger, default=1)
+    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

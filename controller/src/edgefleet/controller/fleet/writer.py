@@ -1,20 +1,27 @@
 """Applying device messages to the database: upserts of devices, events and telemetry.
 
-Synchronous; called with one open transaction per batch. Redelivered messages change nothing
-(events are keyed by their id; state is idempotent, and a state older than the one stored, by
-its ``seq``, is dropped). This module records what devices report; the rollout engine derives
-every rollout-device state from it and is the only writer of those.
+Synchronous; :class:`BatchWrite` gives each batch one transaction, and a batch the database
+refuses is halved, each half in a transaction of its own, until what it refuses is one message
+alone; a transient failure of the database (locked, connection lost) stops it where it is, to be
+resumed. Redelivered messages change nothing (events are keyed by their id; state is idempotent,
+and a state older than the one stored, by its ``seq``, is dropped). This module records what
+devices report; the rollout engine derives every rollout-device state from it and is the only
+writer of those.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
-from sqlalchemy.orm import Session, defer
+from sqlalchemy import exc as db_errors
+from sqlalchemy.orm import Session, defer, sessionmaker
 
+from edgefleet.controller.errors import ControllerError
 from edgefleet.controller.fleet.tables import (
     DeviceRow,
     EventRow,
@@ -50,6 +57,95 @@ V1_OUTCOME_OF_EVENT = {
     EventType.VALIDATION_FAILED: OutcomeResult.VALIDATION_FAILED,
     EventType.ERROR: OutcomeResult.IO_ERROR,  # a v1 agent gives up on a local error
 }
+
+
+# PostgreSQL's "program limit exceeded" (an index row too large, say) is an OperationalError
+# that the values of a message cause: writing it again fails again.
+_POSTGRES_VALUE_LIMITS = "54"
+
+
+class TransientWriteError(ControllerError):
+    """The database could not take a write for now (locked, connection lost, shutting down);
+    nothing is wrong with the messages, so they are written again later, unchanged."""
+
+    def __init__(self, error: BaseException, *, pending: int) -> None:
+        super().__init__(f"database unavailable ({type(error).__name__}: {str(error)[:300]})")
+        self.error = error
+        self.pending = pending
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether a failed write says the database is unavailable rather than that a message
+    cannot be stored: a lost connection, a pool timeout, or an ``OperationalError`` (SQLite
+    locked or its disk gone; PostgreSQL connection, resources, lock timeout, cancel, deadlock),
+    except PostgreSQL's program limits, which the values cause."""
+    if isinstance(error, db_errors.DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, db_errors.DisconnectionError | db_errors.TimeoutError):
+        return True
+    if isinstance(error, db_errors.OperationalError):
+        sqlstate = getattr(error.orig, "sqlstate", None) or ""
+        return not sqlstate.startswith(_POSTGRES_VALUE_LIMITS)
+    return False
+
+
+@dataclass(frozen=True)
+class RefusedMessage:
+    """A message the database refused when written alone, and why."""
+
+    message: WireModel
+    error: Exception
+
+
+@dataclass
+class BatchWrite:
+    """One batch on its way into the database.
+
+    :meth:`advance` writes what is pending, a piece per transaction: the whole batch first, and a
+    piece the database refuses is split in halves (order kept) until a refused piece is a single
+    message, which goes to ``refused``. One bad message among n costs about 2·log2(n) extra
+    transactions, and never blocks the others.
+    """
+
+    batch: list[WireModel]
+    pending: deque[list[WireModel]] = field(default_factory=deque)
+    refused: list[RefusedMessage] = field(default_factory=list)
+    written: int = 0
+    transactions: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch:
+            self.pending.append(list(self.batch))
+
+    @property
+    def remaining(self) -> int:
+        return sum(len(piece) for piece in self.pending)
+
+    def advance(self, sessions: sessionmaker[Session], versions: Mapping[str, int]) -> None:
+        """Write every pending piece; what was written or refused stays done.
+
+        Raises:
+            TransientWriteError: the database is unavailable; the piece that failed and those
+                after it are still pending, to be resumed by calling this again.
+        """
+        while self.pending:
+            piece = self.pending[0]
+            self.transactions += 1
+            try:
+                with sessions.begin() as session:
+                    write_batch(session, piece, versions=versions)
+            except Exception as e:  # the messages' (isolated below) or the database's (resumed)
+                if is_transient(e):
+                    raise TransientWriteError(e, pending=self.remaining) from e
+                self.pending.popleft()
+                if len(piece) == 1:
+                    self.refused.append(RefusedMessage(piece[0], e))
+                else:
+                    middle = len(piece) // 2
+                    self.pending.extendleft((piece[middle:], piece[:middle]))
+                continue
+            self.pending.popleft()
+            self.written += len(piece)
 
 
 def _device(session: Session, cache: dict[str, DeviceRow], device_id: str) -> DeviceRow:
@@ -108,24 +204,12 @@ def _table(mapped: type[DeviceRow | TelemetryRow | SystemSampleRow]) -> Table:
 
 
 def _write_telemetry(session: Session, batch: list[Telemetry], now: datetime) -> None:
-    """Insert the points and samples in bulk, then update each device once."""
+    """Insert the points and samples in bulk, then update each device's last-seen once."""
     session.flush()  # the ORM changes of the batch's other messages go first
     latest = {t.device_id: t for t in batch}
-    known = {
-        device_id: (status, active, online, since)
-        for device_id, status, active, online, since in session.execute(
-            select(
-                DeviceRow.id,
-                DeviceRow.status,
-                DeviceRow.active,
-                DeviceRow.online,
-                DeviceRow.online_since,
-            ).where(DeviceRow.id.in_(latest))
-        )
-    }
-    for device_id in latest.keys() - known.keys():  # telemetry before any hello
+    known = set(session.scalars(select(DeviceRow.id).where(DeviceRow.id.in_(latest))))
+    for device_id in latest.keys() - known:  # telemetry before any hello
         session.add(DeviceRow(id=device_id))
-        known[device_id] = ("unknown", None, False, None)
     session.flush()
     points: list[dict[str, Any]] = []
     samples: list[dict[str, Any]] = []
@@ -135,21 +219,13 @@ def _write_telemetry(session: Session, batch: list[Telemetry], now: datetime) ->
     if points:
         connection.execute(insert(_table(TelemetryRow)), points)
     connection.execute(insert(_table(SystemSampleRow)), samples)
-    updates = []
-    for device_id, telemetry in latest.items():
-        status, active, online, since = known[device_id]
-        if status in {"offline", "unknown"}:
-            status = "serving" if active else "idle"
-        updates.append(
-            {
-                "device": device_id,
-                "status": status,
-                "online": True,
-                "online_since": since if online and since is not None else now,
-                "last_seen": now,
-                "last_telemetry": telemetry.model_dump(mode="json"),
-            }
-        )
+    # Telemetry says when a device was last heard of, never that it is online: ingest writes a
+    # batch's states before its telemetry, so a window sent just before the device's last will
+    # can land after it. Only a hello or a state brings a device (back) online.
+    updates = [
+        {"device": device_id, "last_seen": now, "last_telemetry": t.model_dump(mode="json")}
+        for device_id, t in latest.items()
+    ]
     devices = _table(DeviceRow)
     connection.execute(update(devices).where(devices.c.id == bindparam("device")), updates)
 
