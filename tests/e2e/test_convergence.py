@@ -18,6 +18,7 @@ import pytest
 from edgefleet.shared import DeviceState, SignedManifest, WireFormatError, decode
 from support.mqtt import MqttProbe, Received, wait_until
 from support.tcp_proxy import TcpProxy
+from support.tmpfs import small_tmpfs
 
 pytestmark = pytest.mark.slow
 
@@ -295,26 +296,16 @@ def test_partition_mid_download_times_out_then_the_fleet_converges_late(fleet):
 @pytest.fixture
 def small_disk(fleet) -> Iterator[Path]:
     """A 4 MiB tmpfs as one agent's data dir (``agent-disk-1`` under the fleet's root)."""
-    mountpoint = fleet.root / "agent-disk-1"
-    mountpoint.mkdir()
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip() or mount.returncode}")
-    try:
-        yield mountpoint
-    finally:
-        agent = fleet.agents.get("disk-1")
-        if agent is not None:
-            try:  # nothing may hold the mount when it goes
-                agent.terminate()
-            except subprocess.TimeoutExpired:
-                agent.kill()
-        subprocess.run(["umount", str(mountpoint)], check=False)
+    with small_tmpfs(fleet.root / "agent-disk-1", "4m") as mountpoint:
+        try:
+            yield mountpoint
+        finally:
+            agent = fleet.agents.get("disk-1")
+            if agent is not None:
+                try:  # nothing may hold the mount when it goes
+                    agent.terminate()
+                except subprocess.TimeoutExpired:
+                    agent.kill()
 
 
 def test_disk_full_mid_download_is_retried_until_space_returns(fleet, small_disk: Path):

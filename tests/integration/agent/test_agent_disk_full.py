@@ -12,7 +12,6 @@ import errno
 import json
 import os
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from edgefleet.shared import EventType, OutcomeResult
 from support import agent_models
 from support.agent_harness import DEVICE, x_batch
 from support.mqtt import wait_until
+from support.tmpfs import small_tmpfs
 
 GOLDEN = [x_batch(1, seed=i) for i in range(2)]
 FAST_RETRY = {"io_retry_min_s": 0.05, "io_retry_max_s": 0.2}
@@ -31,22 +31,8 @@ FAST_RETRY = {"io_retry_min_s": 0.05, "io_retry_max_s": 0.2}
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs, unmounted after the test (request it before ``start_agent``, so the
     agents stop first)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        reason = result.stderr.strip() or f"exit code {result.returncode}"
-        pytest.skip(f"cannot mount a tmpfs at {mount}: {reason}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "2m") as mount:
         yield mount
-    finally:
-        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill_disk(mount: Path, leave: int = 0) -> Path:
