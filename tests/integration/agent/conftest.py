@@ -123,7 +123,10 @@ def retained(mosquitto: MosquittoBroker, topics: Topics) -> RetainedReader:
         while time.monotonic() < deadline:
             with MqttProbe(broker.host, broker.port) as probe:
                 probe.subscribe(topics.state(DEVICE))
-                item = probe.wait_for(lambda r: r.retain, timeout=5)
+                try:
+                    item = probe.wait_for(lambda r: r.retain, timeout=5)
+                except TimeoutError:  # nothing retained yet: the agent has not connected
+                    continue
             state = decode(item.payload, DeviceState)
             if where(state):
                 return state
