@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,3 +33,20 @@ def small_tmpfs(mountpoint: Path, size: str) -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(mountpoint)], check=False).returncode != 0:
             subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def fill_up(directory: Path) -> Path:
+    """Write a ballast file into ``directory`` until its filesystem has no byte left."""
+    ballast = directory / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        size = 1 << 20
+        while size:
+            try:
+                if os.write(fd, b"\0" * size) < size:
+                    size //= 2
+            except OSError:
+                size //= 2
+    finally:
+        os.close(fd)
+    return ballast

@@ -17,6 +17,7 @@ from edgefleet.agent.errors import StorageError
 from edgefleet.agent.fetch import HttpRangeFetcher, _runs
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.shared import ArtifactRef, DownloadError, HashMismatchError, Reassembler
+from support.tmpfs import fill_up, small_tmpfs
 
 DATA = bytes(range(256)) * 10
 CHUNK = 100
@@ -119,18 +120,17 @@ def test_unreachable_server_is_a_download_error(tmp_path, settings):
         )
 
 
-def test_a_chunk_that_cannot_be_written_is_a_storage_error(tmp_path, settings, monkeypatch):
+def test_a_chunk_that_cannot_be_written_is_a_storage_error(tmp_path, settings):
     server, thread = serve(DATA, True)
     try:
         ref = artifact(f"http://127.0.0.1:{server.server_address[1]}/a")
-        target = reassembler(tmp_path, ref)
-
-        def disk_full(index: int, data: bytes) -> bool:
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        monkeypatch.setattr(target, "accept", disk_full)
-        with pytest.raises(StorageError, match=r"storing chunk 0 in .*No space left") as raised:
-            HttpRangeFetcher(settings).fetch(ref, target, time.monotonic() + 10, threading.Event())
+        with small_tmpfs(tmp_path / "disk", "256k") as disk:
+            target = reassembler(disk, ref)
+            fill_up(disk)  # the disk fills up once the download has begun
+            with pytest.raises(StorageError, match=r"storing chunk 0 in .*") as raised:
+                HttpRangeFetcher(settings).fetch(
+                    ref, target, time.monotonic() + 10, threading.Event()
+                )
         assert raised.value.errno == errno.ENOSPC  # not mistaken for a failing server
     finally:
         server.shutdown()

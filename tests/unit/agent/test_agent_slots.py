@@ -3,7 +3,6 @@ last outcome, renewal, and writes that fail without changing anything."""
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
@@ -21,11 +20,13 @@ from edgefleet.shared import (
     verify_manifest,
 )
 from support.samples import make_manifest
+from support.tmpfs import fill_up, small_tmpfs
 
 KEY = generate_signing_key()
 
 
-def install(store: SlotStore, tmp_path, serial: int, data: bytes):
+def downloaded(store: SlotStore, serial: int, data: bytes):
+    """A verified manifest for ``data`` and its finished download in the store."""
     manifest = make_manifest(
         serial=serial, data=data, created_at=datetime.now(UTC) - timedelta(minutes=1)
     )
@@ -33,7 +34,11 @@ def install(store: SlotStore, tmp_path, serial: int, data: bytes):
     verified = verify_manifest(signed, KEY.public_key(), device_id="pi-001")
     download = store.downloads_dir / manifest.artifact.sha256
     download.write_bytes(data)
-    return store.install(verified, signed, download)
+    return verified, signed, download
+
+
+def install(store: SlotStore, tmp_path, serial: int, data: bytes):
+    return store.install(*downloaded(store, serial, data))
 
 
 def test_install_rotates_and_collects_garbage(tmp_path):
@@ -140,29 +145,28 @@ def test_renew_replaces_the_active_manifest_only(tmp_path):
         )
 
 
-def test_a_failed_write_changes_nothing(tmp_path, monkeypatch):
-    store = SlotStore(tmp_path)
-    install(store, tmp_path, 1, b"a" * 50)
-    install(store, tmp_path, 2, b"b" * 50)
-    on_disk = (tmp_path / "slots.json").read_bytes()
-
-    def disk_full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr("edgefleet.agent.slots.write_atomic", disk_full)
-    with pytest.raises(OSError, match="No space"):
-        store.roll_back(outcome(2, OutcomeResult.REFUSED))
-    assert (store.active.info.serial, store.previous.info.serial) == (2, 1)
-    assert store.last_outcome is None
-    with pytest.raises(OSError, match="No space"):
-        install(store, tmp_path, 3, b"c" * 50)
-    assert store.active.info.serial == 2
-    # the artifact moved into place stays there for the next attempt
-    assert (store.artifacts_dir / hashlib.sha256(b"c" * 50).hexdigest()).exists()
-    # an outcome holds in memory (this run reports it) even when it cannot be saved
-    assert not store.record_outcome(4, "f" * 64, outcome(4, OutcomeResult.IO_ERROR))
-    assert (store.last_serial, store.last_outcome.result) == (4, "io_error")
-    assert (tmp_path / "slots.json").read_bytes() == on_disk
+def test_a_failed_write_changes_nothing(tmp_path):
+    with small_tmpfs(tmp_path / "disk", "1m") as disk:
+        store = SlotStore(disk, durable=False)
+        install(store, disk, 1, b"a" * 50)
+        install(store, disk, 2, b"b" * 50)
+        on_disk = (disk / "slots.json").read_bytes()
+        third = downloaded(store, 3, b"c" * 50)  # its download finished before the disk filled
+        fill_up(disk)
+        with pytest.raises(OSError, match="No space"):
+            store.roll_back(outcome(2, OutcomeResult.REFUSED))
+        assert (store.active.info.serial, store.previous.info.serial) == (2, 1)
+        assert store.last_outcome is None
+        with pytest.raises(OSError, match="No space"):
+            store.install(*third)
+        assert store.active.info.serial == 2
+        # the artifact moved into place stays there for the next attempt
+        assert (store.artifacts_dir / hashlib.sha256(b"c" * 50).hexdigest()).exists()
+        # an outcome holds in memory (this run reports it) even when it cannot be saved
+        assert not store.record_outcome(4, "f" * 64, outcome(4, OutcomeResult.IO_ERROR))
+        assert (store.last_serial, store.last_outcome.result) == (4, "io_error")
+        assert (disk / "slots.json").read_bytes() == on_disk
+        assert SlotStore(disk).active.info.serial == 2  # what a restart would find
 
 
 def test_a_download_in_progress_is_not_collected(tmp_path):
