@@ -138,8 +138,8 @@ def test_a_chunk_that_cannot_be_written_is_a_storage_error(tmp_path, settings):
         thread.join(5)
 
 
-def test_idle_runs_while_a_long_response_is_read(tmp_path, settings, monkeypatch):
-    monkeypatch.setattr("edgefleet.agent.fetch.IDLE_EVERY_S", 0.0)
+def test_idle_runs_while_a_long_response_is_read(tmp_path, settings):
+    settings = settings.model_copy(update={"idle_every_s": 1e-6})
     server, thread = serve(DATA, True)
     try:
         ref = artifact(f"http://127.0.0.1:{server.server_address[1]}/a")

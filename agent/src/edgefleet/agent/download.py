@@ -17,7 +17,7 @@ from pathlib import Path
 
 from edgefleet.agent.backoff import Backoff
 from edgefleet.agent.errors import StoppingError, StorageError
-from edgefleet.agent.fetch import IDLE_EVERY_S, HttpRangeFetcher, MqttChunkFetcher
+from edgefleet.agent.fetch import HttpRangeFetcher, MqttChunkFetcher
 from edgefleet.agent.report import Reporter
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.shared.chunks import Reassembler
@@ -187,7 +187,9 @@ class ArtifactDownloader:
             retry_at = time.monotonic() + backoff.next_delay()
             while time.monotonic() < retry_at and not self.stop.is_set():
                 idle()
-                self.stop.wait(min(IDLE_EVERY_S, max(0.0, retry_at - time.monotonic())))
+                self.stop.wait(
+                    min(self.settings.idle_every_s, max(0.0, retry_at - time.monotonic()))
+                )
         try:
             path = reassembler.finalize()
         except OSError as e:

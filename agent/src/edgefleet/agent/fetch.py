@@ -34,7 +34,6 @@ from edgefleet.shared.topics import Topics
 from edgefleet.shared.wire import decode_chunk_frame, encode
 
 log = logging.getLogger(__name__)
-IDLE_EVERY_S = 0.2  # how often a download lets the updater look at commands and health
 
 
 class Publisher(Protocol):
@@ -139,7 +138,7 @@ class MqttChunkFetcher:
             outstanding: set[int] = set()
             last_progress = last_idle = time.monotonic()
             while not reassembler.is_complete():
-                if time.monotonic() - last_idle >= IDLE_EVERY_S:
+                if time.monotonic() - last_idle >= self.settings.idle_every_s:
                     idle()
                     last_idle = time.monotonic()
                 if stop.is_set():
@@ -232,7 +231,7 @@ class HttpRangeFetcher:
                     length = min(artifact.chunk_size, artifact.size - index * artifact.chunk_size)
                     if bad.accept(reassembler, index, _read_exact(resp, length, url)):
                         self.last.received += 1
-                    if time.monotonic() - last_idle >= IDLE_EVERY_S:
+                    if time.monotonic() - last_idle >= self.settings.idle_every_s:
                         idle()  # a long response must not hold commands or a newer manifest
                         last_idle = time.monotonic()
                         if stop.is_set() or time.monotonic() > deadline:

@@ -67,6 +67,12 @@ class AgentSettings(BaseSettings):
         default="mqtt", description="artifact source tried first when both are offered"
     )
     fetch_window_chunks: PositiveInt = Field(default=16, description="chunks requested at once")
+    idle_every_s: float = Field(
+        default=0.2,
+        gt=0.0,
+        le=10.0,
+        description="how often a download or a wait lets the updater act on commands and health",
+    )
     chunk_timeout_s: PositiveFloat = Field(
         default=10.0, description="re-request missing chunks after this long without progress"
     )

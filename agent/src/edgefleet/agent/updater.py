@@ -32,7 +32,7 @@ from edgefleet.agent.errors import (
     UnsupportedArtifactError,
     ValidationFailedError,
 )
-from edgefleet.agent.fetch import IDLE_EVERY_S, MqttChunkFetcher
+from edgefleet.agent.fetch import MqttChunkFetcher
 from edgefleet.agent.intake import Ignored, Refused, read_desired
 from edgefleet.agent.io_retry import LocalIoError, LocalIoRetry
 from edgefleet.agent.keeper import SlotKeeper, check_runnable
@@ -355,7 +355,7 @@ class Updater:
             if remaining <= 0:
                 self.progress.resume()  # the next attempt starts
                 return
-            if self.stop_event.wait(min(IDLE_EVERY_S, remaining)):
+            if self.stop_event.wait(min(self.settings.idle_every_s, remaining)):
                 raise StoppingError("the agent is stopping")
 
     def _fetch_and_install(
