@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from edgefleet.shared import DeviceState, SignedManifest, decode_versioned
+from edgefleet.shared import DeviceState, SignedCommand, SignedManifest, decode_versioned
 from support.agent_harness import write_toml
 from support.mosquitto import free_port
 from support.mqtt import MqttProbe, Received, wait_until
@@ -194,6 +194,22 @@ def test_old_agent_is_rolled_out_to_and_commanded_in_v1(fleet, old_release):
         rows = _rows(fleet.controller.get(f"/api/rollouts/{second}"))
         assert "rolled back" in rows[OLD]["reason"], rows[OLD]
         assert rows[NEW]["state"] == "active"
+
+        # The new agent gets the command signed, in v2, with a serial: and obeys it.
+        response = fleet.controller.api(
+            "POST", f"/api/devices/{NEW}/rollback", json={"reason": "signed"}
+        )
+        assert response.status_code == 202, response.text
+        wait_until(lambda: _active_version(fleet, NEW) == "1", timeout=30)
+        signed = _on(probe, topics.commands(NEW))
+        assert [(_version(i), json.loads(i.payload)["kind"]) for i in signed] == [
+            (2, "signed_command")
+        ]
+        body = decode_versioned(signed[0].payload, SignedCommand)[1].command
+        assert body["serial"] > max(
+            decode_versioned(i.payload, SignedManifest)[1].manifest["serial"]
+            for i in _on(probe, topics.desired(NEW))
+        )
     assert old.alive, old.log()[-3000:]
 
 

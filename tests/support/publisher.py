@@ -40,6 +40,7 @@ from edgefleet.shared import (
     encode,
     encode_chunk_frame,
     runtime_for_target,
+    sign_command,
     sign_manifest,
 )
 from support.agent_models import BuiltModel
@@ -63,6 +64,8 @@ class TestPublisher:
     def __init__(self, host: str, port: int, topics: Topics, key: Ed25519PrivateKey) -> None:
         self.topics = topics
         self.key = key
+        self._command_serial = 0
+        self.last_command_payload = b""
         self.artifacts: dict[str, bytes] = {}
         self.chunk_sizes: dict[str, int] = {}
         self.served: dict[str, bytes] = {}  # what is actually sent (tampering tests)
@@ -250,18 +253,36 @@ class TestPublisher:
         ).wait_for_publish(10)
 
     def command_rollback(
-        self, device_id: str, reason: str = "test", command_id: uuid.UUID | None = None
+        self,
+        device_id: str,
+        reason: str = "test",
+        command_id: uuid.UUID | None = None,
+        *,
+        serial: int | None = None,
+        key: Ed25519PrivateKey | None = None,
+        signed: bool = True,
+        expires_in: timedelta = timedelta(minutes=10),
     ) -> Command:
+        """Publish a rollback command: signed (wire v2) with the next serial unless told
+        otherwise. Returns the command as sent."""
+        if serial is None:
+            self._command_serial += 1
+            serial = self._command_serial
+        now = datetime.now(UTC)
         command = Command(
             command_id=command_id or uuid.uuid4(),
             device_id=device_id,
             type=CommandType.ROLLBACK,
             reason=reason,
-            issued_at=datetime.now(UTC),
+            issued_at=now,
+            serial=serial if signed else None,
+            expires_at=now + expires_in if signed else None,
         )
-        self.client.publish(
-            self.topics.commands(device_id), encode(command), qos=1
-        ).wait_for_publish(10)
+        payload = (
+            encode(sign_command(command, key or self.key)) if signed else encode(command, version=1)
+        )
+        self.last_command_payload = payload
+        self.client.publish(self.topics.commands(device_id), payload, qos=1).wait_for_publish(10)
         return command
 
     def publish_raw(self, topic: str, payload: bytes, *, retain: bool = False) -> None:

@@ -32,6 +32,7 @@ from edgefleet.shared import (
     TensorData,
     TensorSpec,
     WireModel,
+    sign_command,
     sign_manifest,
 )
 
@@ -146,6 +147,17 @@ def sample_messages(key: Ed25519PrivateKey) -> list[WireModel]:
         ChunkRequest(device_id="pi-001", sha256=SHA_A, indices=(0, 5, 7)),
         Command(device_id="pi-001", type=CommandType.ROLLBACK, reason="gate", issued_at=NOW),
         sign_manifest(make_manifest(), key),
+        sign_command(
+            Command(
+                device_id="pi-001",
+                type=CommandType.ROLLBACK,
+                reason="operator",
+                issued_at=NOW,
+                serial=3,
+                expires_at=NOW + timedelta(minutes=10),
+            ),
+            key,
+        ),
     ]
 
 

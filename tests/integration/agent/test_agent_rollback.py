@@ -86,8 +86,10 @@ def test_rollback_command_is_idempotent(models, publisher, watcher, start_agent,
     assert "commanded by the controller: operator" in outcome.reason
     watcher.wait_event(EventType.COMMAND_DONE)
     assert agent.current_model.info.serial == 1
-    publisher.command_rollback(DEVICE, command_id=command.command_id)  # redelivery
-    # a fresh command proves the redelivery was consumed first (one queue, in order)
+    publisher.publish_raw(publisher.topics.commands(DEVICE), publisher.last_command_payload)
+    replay = watcher.wait_event(EventType.COMMAND_REFUSED)  # a redelivery is a replay
+    assert "ReplayError" in replay.reason
+    assert str(command.serial) in replay.reason
     publisher.command_rollback(DEVICE, reason="again")
     wait_until(lambda: len([e for e in watcher.events() if e.type == EventType.COMMAND_DONE]) == 2)
     done = [e for e in watcher.events() if e.type == EventType.COMMAND_DONE]

@@ -1,17 +1,21 @@
 import base64
 import json
 import stat
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgefleet.shared import (
+    Command,
+    CommandType,
     ExpiredManifestError,
     IntegrityError,
+    InvalidFieldError,
     ReplayError,
     SignatureError,
+    SignedCommand,
     SignedManifest,
     UnknownKeyError,
     VerifiedManifest,
@@ -26,9 +30,12 @@ from edgefleet.shared import (
     load_public_key,
     save_private_key,
     save_public_key,
+    sign_command,
     sign_manifest,
+    verify_command,
     verify_manifest,
 )
+from edgefleet.shared.signing import COMMAND_SIGNING_CONTEXT
 from support.samples import NOW, make_manifest
 
 KEY = generate_signing_key()
@@ -190,3 +197,101 @@ def test_non_canonical_base64_signature_is_refused():
     assert base64.b64decode(twin) == base64.b64decode(sig)
     with pytest.raises(SignatureError):
         verify_manifest(signed.model_copy(update={"signature_b64": twin}), PUB, now=SOON)
+
+
+# --- signed commands (wire v2) ------------------------------------------------------------
+
+
+def _command(**changes) -> Command:
+    now = datetime.now(UTC)
+    fields = {
+        "device_id": "pi-001",
+        "type": CommandType.ROLLBACK,
+        "reason": "operator",
+        "issued_at": now,
+        "serial": 5,
+        "expires_at": now + timedelta(minutes=10),
+    }
+    return Command(**{**fields, **changes})
+
+
+def test_a_signed_command_verifies_once_and_survives_the_wire():
+    key = generate_signing_key()
+    signed = sign_command(_command(), key)
+    over_the_wire = decode(encode(signed), SignedCommand)
+    verified = verify_command(over_the_wire, key.public_key(), device_id="pi-001", last_serial=4)
+    assert (verified.serial, verified.command.reason) == (5, "operator")
+    with pytest.raises(ReplayError, match="command serial 5 is not above last accepted serial 5"):
+        verify_command(over_the_wire, key.public_key(), device_id="pi-001", last_serial=5)
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"device_id": "pi-002"}, WrongDeviceError, "command is for device 'pi-002'"),
+        ({"expires_at": datetime(2020, 1, 1, tzinfo=UTC)}, ExpiredManifestError, "command expired"),
+        ({"serial": 3}, ReplayError, "command serial 3 is not above"),
+    ],
+)
+def test_commands_for_another_device_expired_or_old_are_refused(changes, error, message):
+    key = generate_signing_key()
+    signed = sign_command(_command(**changes), key)
+    with pytest.raises(error, match=message):
+        verify_command(signed, key.public_key(), device_id="pi-001", last_serial=4)
+
+
+def test_a_command_signed_by_another_key_or_tampered_is_refused():
+    key, other = generate_signing_key(), generate_signing_key()
+    with pytest.raises(UnknownKeyError, match="command signed by unknown key"):
+        verify_command(
+            sign_command(_command(), other), key.public_key(), device_id="pi-001", last_serial=0
+        )
+    signed = sign_command(_command(), key)
+    forged = signed.model_copy(update={"command": {**signed.command, "serial": 10**6}})
+    with pytest.raises(SignatureError, match="command signature does not verify"):
+        verify_command(forged, key.public_key(), device_id="pi-001", last_serial=0)
+
+
+def test_command_and_manifest_signatures_do_not_verify_as_each_other():
+    """Commands are signed under their own context: no manifest signature verifies as a
+    command (and a command's as a manifest) even over the same canonical JSON."""
+    key = generate_signing_key()
+    signed = sign_command(_command(), key)
+    as_manifest = SignedManifest(
+        manifest=signed.command, key_id=signed.key_id, signature_b64=signed.signature_b64
+    )
+    with pytest.raises(SignatureError):
+        verify_manifest(as_manifest, key.public_key())
+    body = _command().model_dump(mode="json")
+    plain = base64.b64encode(key.sign(canonical_json(body))).decode()
+    as_command = SignedCommand(command=body, key_id=key_id(key.public_key()), signature_b64=plain)
+    with pytest.raises(SignatureError):
+        verify_command(as_command, key.public_key(), device_id="pi-001", last_serial=0)
+
+
+def test_a_signed_command_needs_a_serial_and_an_expiry():
+    key = generate_signing_key()
+    with pytest.raises(ValueError, match="needs a serial"):
+        sign_command(_command(serial=None), key)
+    body = _command(expires_at=None).model_dump(mode="json")
+    signature = key.sign(COMMAND_SIGNING_CONTEXT + canonical_json(body))
+    unsigned_expiry = SignedCommand(
+        command=body,
+        key_id=key_id(key.public_key()),
+        signature_b64=base64.b64encode(signature).decode(),
+    )
+    with pytest.raises(InvalidFieldError, match="expires_at"):
+        verify_command(unsigned_expiry, key.public_key(), device_id="pi-001", last_serial=0)
+
+
+def test_v1_has_no_signed_commands_and_drops_the_v2_command_fields():
+    key = generate_signing_key()
+    with pytest.raises(ValueError, match="does not exist in wire v1"):
+        encode(sign_command(_command(), key), version=1)
+    v1 = json.loads(encode(_command(), version=1))
+    assert v1["kind"] == "command"
+    assert "serial" not in v1["body"]
+    assert "expires_at" not in v1["body"]
+    v2_kind_in_v1 = json.dumps({"v": 1, "kind": "signed_command", "body": {}}).encode()
+    with pytest.raises(WireFormatError, match="unknown message kind 'signed_command' in wire v1"):
+        decode(v2_kind_in_v1, SignedCommand)

@@ -112,5 +112,6 @@ _BAD = {
     EventType.VALIDATION_FAILED,
     EventType.ROLLED_BACK,
     EventType.SLOT_FALLBACK,
+    EventType.COMMAND_REFUSED,
     EventType.ERROR,
 }

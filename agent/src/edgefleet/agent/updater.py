@@ -23,6 +23,7 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edgefleet.agent.commands import CommandGate, CommandRefusal
 from edgefleet.agent.download import ArtifactDownloader, holds_artifact
 from edgefleet.agent.errors import (
     ModelLoadError,
@@ -47,7 +48,6 @@ from edgefleet.agent.swap import ActiveModel
 from edgefleet.shared.errors import DownloadError, IntegrityError, WireFormatError
 from edgefleet.shared.manifest import Manifest, SignedManifest
 from edgefleet.shared.messages import (
-    Command,
     CommandType,
     DeviceStatus,
     EventType,
@@ -99,7 +99,12 @@ class Updater:
         self.status = DeviceStatus.STARTING
         self.detail: str | None = None
         self._updating_to: Manifest | None = None
-        self._seen_commands: deque[str] = deque(maxlen=256)
+        self.commands = CommandGate(
+            settings.data_dir / "command-serial",
+            controller_key,
+            settings.device_id,
+            durable=settings.durable_writes,
+        )
         self._deferred: deque[tuple[WorkKind, bytes]] = deque()
         self._thread: threading.Thread | None = None
 
@@ -406,23 +411,22 @@ class Updater:
             self._set_status(DeviceStatus.UPDATING, f"rolled back: {reason}")
 
     def handle_command(self, payload: bytes) -> None:
-        """Process one command once (redeliveries of the same ``command_id`` change nothing)."""
-        try:
-            command = decode(payload, Command)
-        except WireFormatError as e:
-            log.warning("dropping a malformed command: %s", e)
+        """Obey one command if it is signed, for this device, unexpired and not a replay
+        (see :class:`CommandGate`); otherwise say why in a ``command_refused`` event."""
+        admitted = self.commands.admit(payload)
+        if isinstance(admitted, CommandRefusal):
+            log.warning("refusing a command: %s", admitted.reason)
+            self.reporter.event(
+                EventType.COMMAND_REFUSED,
+                reason=admitted.reason,
+                figures={"last_command_serial": float(self.commands.last_serial)},
+            )
             return
-        if command.device_id != self.settings.device_id:
-            log.warning("dropping a command for %s", command.device_id)
-            return
-        command_id = str(command.command_id)
-        if command_id in self._seen_commands:
-            return
-        self._seen_commands.append(command_id)
+        command = admitted.command
         if command.type == CommandType.ROLLBACK:
             done = self.roll_back(f"commanded by the controller: {command.reason or 'no reason'}")
             self.reporter.event(
                 EventType.COMMAND_DONE,
-                reason=f"rollback {command_id} {'done' if done else 'not possible'}",
-                figures={"ok": 1.0 if done else 0.0},
+                reason=f"rollback {command.command_id} {'done' if done else 'not possible'}",
+                figures={"ok": 1.0 if done else 0.0, "command_serial": float(admitted.serial)},
             )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -21,6 +21,7 @@ from edgefleet.controller.mqtt.bridge import BridgeOptions, MqttBridge
 from edgefleet.controller.mqtt.embedded import EmbeddedBroker
 from edgefleet.controller.publish.artifact_urls import ArtifactUrlSigner
 from edgefleet.controller.publish.chunk_server import ChunkServer, IssuedArtifacts
+from edgefleet.controller.publish.commands import command_payload, next_command_serial
 from edgefleet.controller.publish.manifests import ManifestSigner
 from edgefleet.controller.registry.db import create_engine_for, create_schema, session_factory
 from edgefleet.controller.registry.service import ModelRegistry
@@ -37,7 +38,6 @@ from edgefleet.shared import (
     Command,
     DeviceChannel,
     Topics,
-    encode,
     load_private_key,
 )
 
@@ -234,9 +234,27 @@ class ControllerService:
         await self.bridge.publish(topic, payload, qos=1, retain=retain)
 
     async def send_command(self, command: Command, *, wire_version: int = SCHEMA_VERSION) -> None:
-        """Publish a command in the wire version the device speaks."""
-        payload = encode(command, version=wire_version)
+        """Publish a command in the wire version the device speaks: signed, with the device's
+        next serial, from v2 on (see :mod:`edgefleet.controller.publish.commands`).
+
+        Raises:
+            CommandDeviceMissingError: a v2 command for a device that is not registered.
+        """
+        serial = None
+        if wire_version >= 2:
+            serial = await asyncio.to_thread(self._next_command_serial, command.device_id)
+        payload = command_payload(
+            command,
+            wire_version=wire_version,
+            key=self.signing_key,
+            serial=serial,
+            now=datetime.now(UTC),
+        )
         await self._publish(self.topics.commands(command.device_id), payload, False)
+
+    def _next_command_serial(self, device_id: str) -> int:
+        with self.sessions() as session:
+            return next_command_serial(session, device_id)
 
     async def stop(self) -> None:
         if self.bridge is not None:

@@ -144,42 +144,44 @@ class IntegrityError(EdgefleetError):
 
 
 class SignatureError(IntegrityError):
-    """The manifest signature does not verify with the pinned key."""
+    """The manifest (or command) signature does not verify with the pinned key."""
+
+
+class UnsignedError(IntegrityError):
+    """A message that must be signed (a command, wire v2) arrived without a signature."""
 
 
 class UnknownKeyError(IntegrityError):
-    """The manifest was signed by a key this side does not trust."""
+    """The manifest (or command) was signed by a key this side does not trust."""
 
-    def __init__(self, key_id: str) -> None:
-        super().__init__(f"manifest signed by unknown key {key_id!r}")
+    def __init__(self, key_id: str, *, what: str = "manifest") -> None:
+        super().__init__(f"{what} signed by unknown key {key_id!r}")
         self.key_id = key_id
 
 
 class ExpiredManifestError(IntegrityError):
-    """The manifest's expiry lies in the past (freeze attack or a stale retained message)."""
+    """The manifest's (or command's) expiry lies in the past (freeze attack, stale message)."""
 
-    def __init__(self, expires_at: str, now: str) -> None:
-        super().__init__(f"manifest expired at {expires_at} (now {now})")
+    def __init__(self, expires_at: str, now: str, *, what: str = "manifest") -> None:
+        super().__init__(f"{what} expired at {expires_at} (now {now})")
         self.expires_at = expires_at
         self.now = now
 
 
 class ReplayError(IntegrityError):
-    """The manifest's serial is not above the last accepted one (rollback or replay)."""
+    """The serial is not above the last accepted one (rollback or replay)."""
 
-    def __init__(self, serial: int, last_serial: int) -> None:
-        super().__init__(
-            f"manifest serial {serial} is not above last accepted serial {last_serial}"
-        )
+    def __init__(self, serial: int, last_serial: int, *, what: str = "manifest") -> None:
+        super().__init__(f"{what} serial {serial} is not above last accepted serial {last_serial}")
         self.serial = serial
         self.last_serial = last_serial
 
 
 class WrongDeviceError(IntegrityError):
-    """The manifest is addressed to another device."""
+    """The manifest (or command) is addressed to another device."""
 
-    def __init__(self, manifest_device: str, this_device: str) -> None:
-        super().__init__(f"manifest is for device {manifest_device!r}, not {this_device!r}")
+    def __init__(self, manifest_device: str, this_device: str, *, what: str = "manifest") -> None:
+        super().__init__(f"{what} is for device {manifest_device!r}, not {this_device!r}")
         self.manifest_device = manifest_device
         self.this_device = this_device
 

@@ -9,7 +9,7 @@ import uuid
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from edgefleet.shared.bounds import (
     MAX_FIGURES,
@@ -239,6 +239,7 @@ class EventType(StrEnum):
     ROLLED_BACK = "rolled_back"
     SLOT_FALLBACK = "slot_fallback"
     COMMAND_DONE = "command_done"
+    COMMAND_REFUSED = "command_refused"  # wire v2: unsigned, wrongly signed, expired, replayed
     ERROR = "error"
 
 
@@ -269,10 +270,29 @@ class CommandType(StrEnum):
 
 
 class Command(WireModel):
-    """An imperative order from the controller. Idempotent by ``command_id``."""
+    """An imperative order from the controller. Idempotent by ``command_id``.
+
+    Wire v2 sends every command signed (:class:`SignedCommand`), with a ``serial`` above the
+    last one the device accepted (replays are refused) and an ``expires_at``; a v1 command has
+    neither and travels unsigned, for agents one release behind.
+    """
 
     command_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     device_id: DeviceId
     type: CommandType
     reason: Reason | None = None
     issued_at: AwareDatetime
+    serial: Serial | None = None
+    expires_at: AwareDatetime | None = None
+
+
+class SignedCommand(WireModel):
+    """A command as signed JSON plus its Ed25519 signature (wire v2).
+
+    ``command`` stays raw JSON until the signature over its canonical form has been checked;
+    only :func:`edgefleet.shared.signing.verify_command` turns it into a :class:`Command`.
+    """
+
+    command: dict[str, JsonValue]
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$")
+    signature_b64: str = Field(max_length=128)

@@ -1,7 +1,8 @@
-"""Ed25519 manifest signing and verification, canonical JSON, and key files.
+"""Ed25519 manifest and command signing and verification, canonical JSON, and key files.
 
-``verify_manifest`` is the only way to obtain a :class:`VerifiedManifest`; code that installs a
-model accepts nothing else, so skipping verification is a type error rather than a bug.
+``verify_manifest`` is the only way to obtain a :class:`VerifiedManifest` (and
+``verify_command`` a :class:`VerifiedCommand`); code that installs a model or obeys a command
+accepts nothing else, so skipping verification is a type error rather than a bug.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import ValidationError
 
 from edgefleet.shared.errors import (
     ExpiredManifestError,
+    InvalidFieldError,
     ReplayError,
     SignatureError,
     UnknownKeyError,
@@ -31,6 +33,7 @@ from edgefleet.shared.errors import (
     field_error,
 )
 from edgefleet.shared.manifest import Manifest, SignedManifest
+from edgefleet.shared.messages import Command, SignedCommand
 
 
 def canonical_json(value: Any) -> bytes:
@@ -118,6 +121,32 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     return key
 
 
+TrustedKeys = Mapping[str, Ed25519PublicKey] | Ed25519PublicKey
+
+# Commands are signed over this prefix and their canonical JSON, so no signature made for one
+# kind of message verifies as another (manifests keep their v1 form: canonical JSON alone).
+COMMAND_SIGNING_CONTEXT = b"edgefleet-command-v2\n"
+
+
+def _check_signature(
+    message: bytes, signer: str, signature_b64: str, trusted_keys: TrustedKeys, what: str
+) -> None:
+    """Raises: UnknownKeyError, SignatureError."""
+    if isinstance(trusted_keys, Ed25519PublicKey):
+        trusted_keys = {key_id(trusted_keys): trusted_keys}
+    public_key = trusted_keys.get(signer)
+    if public_key is None:
+        raise UnknownKeyError(signer, what=what)
+    try:
+        signature = base64.b64decode(signature_b64, validate=True)
+        if base64.b64encode(signature).decode("ascii") != signature_b64:
+            # Unused low bits in the last base64 digit would let two strings carry one signature.
+            raise ValueError("signature is not canonical base64")
+        public_key.verify(signature, message)
+    except (InvalidSignature, binascii.Error, ValueError) as e:
+        raise SignatureError(f"{what} signature does not verify with key {signer}") from e
+
+
 def sign_manifest(manifest: Manifest, private_key: Ed25519PrivateKey) -> SignedManifest:
     """Sign the canonical JSON of ``manifest``."""
     body = manifest.model_dump(mode="json")
@@ -150,7 +179,7 @@ _VERIFIED = object()
 
 def verify_manifest(
     signed: SignedManifest,
-    trusted_keys: Mapping[str, Ed25519PublicKey] | Ed25519PublicKey,
+    trusted_keys: TrustedKeys,
     *,
     device_id: str | None = None,
     last_serial: int | None = None,
@@ -170,19 +199,13 @@ def verify_manifest(
         ExpiredManifestError: ``expires_at`` is not after ``now``.
         ReplayError: ``serial`` is not above ``last_serial``.
     """
-    if isinstance(trusted_keys, Ed25519PublicKey):
-        trusted_keys = {key_id(trusted_keys): trusted_keys}
-    public_key = trusted_keys.get(signed.key_id)
-    if public_key is None:
-        raise UnknownKeyError(signed.key_id)
-    try:
-        signature = base64.b64decode(signed.signature_b64, validate=True)
-        if base64.b64encode(signature).decode("ascii") != signed.signature_b64:
-            # Unused low bits in the last base64 digit would let two strings carry one signature.
-            raise ValueError("signature is not canonical base64")
-        public_key.verify(signature, canonical_json(signed.manifest))
-    except (InvalidSignature, binascii.Error, ValueError) as e:
-        raise SignatureError(f"manifest signature does not verify with key {signed.key_id}") from e
+    _check_signature(
+        canonical_json(signed.manifest),
+        signed.key_id,
+        signed.signature_b64,
+        trusted_keys,
+        "manifest",
+    )
     try:
         manifest = Manifest.model_validate(signed.manifest)
     except ValidationError as e:
@@ -195,3 +218,82 @@ def verify_manifest(
     if last_serial is not None and manifest.serial <= last_serial:
         raise ReplayError(manifest.serial, last_serial)
     return VerifiedManifest(manifest=manifest, key_id=signed.key_id, _token=_VERIFIED)
+
+
+def sign_command(command: Command, private_key: Ed25519PrivateKey) -> SignedCommand:
+    """Sign a wire-v2 command (it must carry a ``serial`` and an ``expires_at``).
+
+    Raises:
+        ValueError: the command has no serial or no expiry.
+    """
+    if command.serial is None or command.expires_at is None:
+        raise ValueError("a signed command needs a serial and an expires_at")
+    body = command.model_dump(mode="json")
+    signature = private_key.sign(COMMAND_SIGNING_CONTEXT + canonical_json(body))
+    return SignedCommand(
+        command=body,
+        key_id=key_id(private_key.public_key()),
+        signature_b64=base64.b64encode(signature).decode("ascii"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedCommand:
+    """A command whose signature, target, expiry and serial were all checked.
+
+    Built only by :func:`verify_command`; ``serial`` is the checked one (never None).
+    """
+
+    command: Command
+    serial: int
+    key_id: str
+    _token: object
+
+    def __post_init__(self) -> None:
+        if self._token is not _VERIFIED:
+            raise TypeError("VerifiedCommand is only created by verify_command()")
+
+
+def verify_command(
+    signed: SignedCommand,
+    trusted_keys: TrustedKeys,
+    *,
+    device_id: str,
+    last_serial: int,
+    now: datetime | None = None,
+) -> VerifiedCommand:
+    """Check a signed command in the order of trust, as :func:`verify_manifest` does.
+
+    Order: known key -> signature over the context and the canonical JSON -> schema (a serial
+    and an expiry are required) -> target device -> expiry -> serial above ``last_serial``.
+
+    Raises:
+        UnknownKeyError, SignatureError: not signed by a trusted key.
+        InvalidFieldError: the signed body is not a valid v2 command (``WireFormatError``).
+        WrongDeviceError: the command is for another device.
+        ExpiredManifestError: ``expires_at`` is not after ``now``.
+        ReplayError: ``serial`` is not above ``last_serial``.
+    """
+    message = COMMAND_SIGNING_CONTEXT + canonical_json(signed.command)
+    _check_signature(message, signed.key_id, signed.signature_b64, trusted_keys, "command")
+    try:
+        command = Command.model_validate(signed.command)
+    except ValidationError as e:
+        raise field_error(e, kind="command", data=signed.command) from e
+    if command.serial is None or command.expires_at is None:
+        raise InvalidFieldError(
+            kind="command",
+            field="serial" if command.serial is None else "expires_at",
+            reason="a signed command needs a serial and an expires_at",
+            code="missing",
+        )
+    if command.device_id != device_id:
+        raise WrongDeviceError(command.device_id, device_id, what="command")
+    now = now or datetime.now(UTC)
+    if command.expires_at <= now:
+        raise ExpiredManifestError(command.expires_at.isoformat(), now.isoformat(), what="command")
+    if command.serial <= last_serial:
+        raise ReplayError(command.serial, last_serial, what="command")
+    return VerifiedCommand(
+        command=command, serial=command.serial, key_id=signed.key_id, _token=_VERIFIED
+    )

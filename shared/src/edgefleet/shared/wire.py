@@ -6,8 +6,10 @@ travel as a binary frame (magic, header length, JSON header, raw bytes) so they 
 Compatibility rule between wire versions: a peer reads every version in
 ``SUPPORTED_SCHEMA_VERSIONS`` (the current one and the one before) and writes to each peer the
 version that peer speaks, which is the version of the envelopes it sends. v2 only adds optional
-fields to ``state`` (``last_outcome``, ``progress``, ``seq``); every other body is the same in
-v1 and v2, so a v1 body parses as v2, and a v2 message without the new fields writes as v1.
+fields to ``state`` (``last_outcome``, ``progress``, ``seq``) and to ``command`` (``serial``,
+``expires_at``), and the ``signed_command`` kind: a v2 device obeys only signed commands, a v1
+device (one release behind) gets the unsigned v1 command it knows. Every other body is the same
+in v1 and v2, so a v1 body parses as v2, and a v2 message without the new fields writes as v1.
 
 Nothing is parsed before it is bounded: size, nesting depth and integer length are checked on the
 raw bytes, then every field against its type (:mod:`edgefleet.shared.bounds`). Every refusal is
@@ -40,6 +42,7 @@ from edgefleet.shared.messages import (
     DeviceState,
     Event,
     Hello,
+    SignedCommand,
     Telemetry,
     WireModel,
 )
@@ -50,6 +53,7 @@ SUPPORTED_SCHEMA_VERSIONS = (1, 2)
 # Fields a v1 reader does not know, per message type: left out when writing v1.
 _NEW_IN_V2: dict[type[WireModel], frozenset[str]] = {
     DeviceState: frozenset({"last_outcome", "progress", "seq"}),
+    Command: frozenset({"serial", "expires_at"}),
 }
 
 KINDS: dict[str, type[WireModel]] = {
@@ -60,7 +64,9 @@ KINDS: dict[str, type[WireModel]] = {
     "fetch": ChunkRequest,
     "command": Command,
     "manifest": SignedManifest,
+    "signed_command": SignedCommand,  # wire v2 only
 }
+_KINDS_FROM_V2 = frozenset({"signed_command"})
 _KIND_OF: dict[type[WireModel], str] = {model: kind for kind, model in KINDS.items()}
 
 M = TypeVar("M", bound=WireModel)
@@ -78,6 +84,8 @@ def encode(message: WireModel, *, version: int = SCHEMA_VERSION) -> bytes:
         raise TypeError(f"{type(message).__name__} is not a wire message")
     if version not in SUPPORTED_SCHEMA_VERSIONS:
         raise ValueError(f"cannot write wire version {version}: {list(SUPPORTED_SCHEMA_VERSIONS)}")
+    if version < 2 and kind in _KINDS_FROM_V2:
+        raise ValueError(f"a {kind!r} message does not exist in wire v{version}")
     exclude = _NEW_IN_V2.get(type(message)) if version < 2 else None
     body = message.model_dump_json(exclude=set(exclude) if exclude else None)
     return f'{{"v":{version},"kind":"{kind}","body":{body}}}'.encode()
@@ -152,9 +160,18 @@ def _open_envelope(payload: bytes, max_bytes: int) -> tuple[int, str, Any]:
     if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
         raise UnsupportedSchemaError(version, SUPPORTED_SCHEMA_VERSIONS)
     kind = envelope["kind"]
-    if not isinstance(kind, str) or kind not in KINDS:
-        raise WireFormatError(f"unknown message kind {kind!r}")
+    if not isinstance(kind, str) or kind not in KINDS or (version < 2 and kind in _KINDS_FROM_V2):
+        raise WireFormatError(f"unknown message kind {kind!r} in wire v{version}")
     return version, kind, envelope["body"]
+
+
+def envelope_kind(payload: bytes, *, max_bytes: int | None = None) -> str:
+    """The kind of a bounded, well-formed envelope, without validating its body.
+
+    Raises:
+        UnsupportedSchemaError, WireFormatError: as :func:`decode`.
+    """
+    return _open_envelope(payload, max_bytes or DEFAULT_LIMITS.max_message_bytes)[1]
 
 
 def decode(payload: bytes, expected: type[M], *, max_bytes: int | None = None) -> M:
