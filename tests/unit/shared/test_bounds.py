@@ -95,6 +95,14 @@ def _dict(count):
 
 # (kind, field path, a value past the bound, the value at the bound)
 BOUNDS = [
+    # Timestamps lie in 2000..2200 (UTC); 9999-12-31T23:59-01:00 has no UTC form at all.
+    ("hello", "started_at", "1999-12-31T23:59:59Z", "2000-01-01T00:00:00Z"),
+    ("event", "at", "2200-01-01T00:00:01Z", "2200-01-01T00:00:00Z"),
+    ("event", "at", "9999-12-31T23:59:59-01:00", "2199-12-31T23:00:00-01:00"),
+    ("state", "updated_at", "0001-01-01T00:00:00+01:00", "2000-01-01T01:00:00+01:00"),
+    ("state", "last_outcome.at", "2200-01-02T00:00:00Z", "2100-01-01T00:00:00Z"),
+    ("telemetry", "window_end", "3000-01-01T00:00:00Z", "2026-01-01T00:00:00Z"),
+    ("command", "issued_at", "9999-12-31T23:59:59Z", "2026-01-01T00:00:00Z"),
     ("hello", "agent_version", "v" * 65, "v" * 64),
     ("hello", "hardware.arch", "a" * 33, "a" * 32),
     ("hello", "hardware.os", "o" * 129, "o" * 128),

@@ -236,7 +236,15 @@ class FleetCollector(Collector):
         )
         for (kind, reason), count in sorted(c.dead_lettered.items()):
             dead.add_metric([kind, reason], count)
-        yield from (dropped, dead)
+        clamped = CounterMetricFamily(
+            "edgefleet_ingest_clamped_timestamps",
+            "Device timestamps ahead of the controller's clock by more than the allowed skew, "
+            "set to the time received, by kind and field",
+            labels=["kind", "field"],
+        )
+        for (kind, name), count in sorted(c.clamped.items()):
+            clamped.add_metric([kind, name], count)
+        yield from (dropped, dead, clamped)
         chunks = self.service.chunks
         if chunks is None:
             return

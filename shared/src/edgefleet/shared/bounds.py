@@ -7,9 +7,10 @@ check. Ranges are what the stores hold, narrowed to what is physically sane.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, AwareDatetime, Field
 from pydantic_core import PydanticCustomError
 
 from edgefleet.shared.limits import DEFAULT_LIMITS
@@ -82,6 +83,28 @@ FigureName = Annotated[Text, Field(max_length=64)]
 ErrorText = Annotated[Text, Field(max_length=512)]
 Reason = Annotated[Text, Field(max_length=1024)]
 LongReason = Annotated[Text, Field(max_length=2048)]
+
+# --- timestamps: in an era every store, page and clock conversion handles -------------------
+
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+# How far ahead of the receiver's clock a device's timestamp may be before it counts as skewed
+# (see :mod:`edgefleet.shared.clock`): NTP-less boards drift, but not by more than minutes.
+DEFAULT_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def _in_era(value: datetime) -> datetime:
+    # Compared before any conversion: 9999-12-31T23:59-01:00 has no UTC datetime to convert to.
+    if not EARLIEST <= value <= LATEST:
+        raise PydanticCustomError(
+            "timestamp_range",
+            "Timestamp should lie between {earliest} and {latest}",
+            {"earliest": EARLIEST.isoformat(), "latest": LATEST.isoformat()},
+        )
+    return value.astimezone(UTC)
+
+
+Timestamp = Annotated[AwareDatetime, AfterValidator(_in_era)]  # normalized to UTC
 
 # --- collections -----------------------------------------------------------------------------
 

@@ -77,7 +77,7 @@ class FieldBoundError(InvalidFieldError):
 _BOUND_CODES = frozenset({
     "greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number",
     "too_short", "too_long", "string_too_short", "string_too_long", "int_parsing_size",
-    "string_unstorable",
+    "string_unstorable", "timestamp_range",
 })  # fmt: skip
 
 

@@ -8,7 +8,6 @@ import math
 from typing import Literal
 
 from pydantic import (
-    AwareDatetime,
     Field,
     JsonValue,
     NonNegativeFloat,
@@ -17,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from edgefleet.shared.bounds import LatencyMs, Serial, TensorDim, WindowCount
+from edgefleet.shared.bounds import LatencyMs, Serial, TensorDim, Timestamp, WindowCount
 from edgefleet.shared.limits import DEFAULT_LIMITS
 from edgefleet.shared.messages import WireModel
 from edgefleet.shared.topics import DeviceId, Sha256Hex
@@ -166,8 +165,8 @@ class Manifest(WireModel):
     golden: GoldenSet | None = None
     latency_budget_ms: LatencyMs = Field(gt=0.0)
     health: HealthPolicy = HealthPolicy()
-    created_at: AwareDatetime
-    expires_at: AwareDatetime
+    created_at: Timestamp
+    expires_at: Timestamp
 
     @field_validator("model_id", "version")
     @classmethod

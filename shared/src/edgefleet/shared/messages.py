@@ -9,7 +9,7 @@ import uuid
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from edgefleet.shared.bounds import (
     MAX_FIGURES,
@@ -39,6 +39,7 @@ from edgefleet.shared.bounds import (
     StateSeq,
     TargetName,
     Throughput,
+    Timestamp,
     VersionName,
     WindowCount,
 )
@@ -78,7 +79,7 @@ class Hello(WireModel):
     runtimes: tuple[RuntimeInfo, ...] = Field(default=(), max_length=MAX_RUNTIMES)
     accelerators: tuple[AcceleratorName, ...] = Field(default=(), max_length=MAX_RUNTIMES)
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=MAX_LABELS)
-    started_at: AwareDatetime
+    started_at: Timestamp
 
 
 class DeviceStatus(StrEnum):
@@ -122,7 +123,7 @@ class Outcome(WireModel):
     sha256: Sha256Hex
     result: OutcomeResult
     reason: Reason | None = None
-    at: AwareDatetime
+    at: Timestamp
     from_serial: Serial | None = None
     to_serial: Serial | None = None
 
@@ -177,7 +178,7 @@ class DeviceState(WireModel):
     last_serial: SerialOrZero = 0
     updating_to: SlotInfo | None = None
     detail: Reason | None = None
-    updated_at: AwareDatetime
+    updated_at: Timestamp
     last_outcome: Outcome | None = None
     progress: Progress | None = None
     seq: StateSeq | None = None
@@ -218,8 +219,8 @@ class Telemetry(WireModel):
     """Published every telemetry interval with QoS 0."""
 
     device_id: DeviceId
-    window_start: AwareDatetime
-    window_end: AwareDatetime
+    window_start: Timestamp
+    window_end: Timestamp
     models: tuple[ModelStats, ...] = Field(default=(), max_length=MAX_MODELS_PER_WINDOW)
     system: SystemStats
 
@@ -249,7 +250,7 @@ class Event(WireModel):
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     device_id: DeviceId
     type: EventType
-    at: AwareDatetime
+    at: Timestamp
     model_id: ModelName | None = None
     version: VersionName | None = None
     serial: SerialOrZero | None = None
@@ -281,9 +282,9 @@ class Command(WireModel):
     device_id: DeviceId
     type: CommandType
     reason: Reason | None = None
-    issued_at: AwareDatetime
+    issued_at: Timestamp
     serial: Serial | None = None
-    expires_at: AwareDatetime | None = None
+    expires_at: Timestamp | None = None
 
 
 class SignedCommand(WireModel):

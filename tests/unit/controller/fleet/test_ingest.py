@@ -243,3 +243,39 @@ def test_rate_buckets_refill_and_forget_idle_devices() -> None:
     now[0] += 2.0  # a full refill later every bucket is as good as new: all forgotten
     limiter.allow("e")
     assert len(limiter) == 1
+
+
+def test_future_timestamps_are_clamped_to_arrival_and_counted(database) -> None:
+    engine, _ = database
+    ingest = new_ingest(database)
+    year_3000 = datetime(2199, 1, 1, tzinfo=UTC)  # inside the wire's era, far ahead of now
+    fast = device_telemetry("fast", 1.0).model_copy(
+        update={"window_start": year_3000, "window_end": year_3000}
+    )
+    late_event = event_of("fast").model_copy(update={"at": year_3000})
+    before = datetime.now(UTC)
+
+    async def scenario() -> None:
+        ingest.submit(TOPICS.telemetry("fast"), encode(fast))
+        ingest.submit(TOPICS.events("fast"), encode(late_event))
+        for topic, payload in messages_of("honest"):
+            ingest.submit(topic, payload)
+        await ingest.drained(timeout=20)
+
+    run_ingest(ingest, scenario)
+    after = datetime.now(UTC)
+
+    def utc(value: datetime) -> datetime:  # SQLite hands back naive UTC
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    with Session(engine) as session:
+        row = session.scalars(select(TelemetryRow).where(TelemetryRow.device_id == "fast")).one()
+        assert before <= utc(row.window_end) <= after
+        event = session.scalars(select(EventRow).where(EventRow.device_id == "fast")).one()
+        assert before <= utc(event.at) <= after
+    assert ingest.counters.clamped == {
+        ("telemetry", "window_start"): 1,
+        ("telemetry", "window_end"): 1,
+        ("events", "at"): 1,
+    }
+    assert count(engine, TelemetryRow, device_id="honest") == 1  # untouched, and not counted

@@ -173,10 +173,12 @@ def _refusals(service: ControllerService) -> str:
 
     dead = {f"{kind} {error}": n for (kind, error), n in counters.dead_lettered.items()}
     refused = dict(chunks.refused) if chunks is not None else {}
+    clamped = {f"{kind} {name}": n for (kind, name), n in counters.clamped.items()}
     groups = [
         ("dropped", by_reason(counters.dropped)),
         ("dead-lettered", by_reason(dead)),
         ("chunk requests refused", by_reason(refused)),
+        ("future timestamps clamped", by_reason(clamped)),
     ]
     text = "; ".join(f"{label}: {counts}" for label, counts in groups if counts)
     line = f"dropped / dead-lettered: {text or 'none'}"

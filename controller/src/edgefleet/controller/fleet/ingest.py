@@ -2,9 +2,11 @@
 
 Concurrency: ``submit`` is called from the MQTT task and only enqueues. The asyncio task
 ``fleet-ingest`` drains the queues and writes each batch on a worker thread, one transaction per
-batch. State, hello and events are never dropped; telemetry sits in a bounded queue that drops its
-oldest entries when ingest falls behind, and each device's telemetry and chunk requests beyond its
-rate are dropped; every drop is counted by reason.
+batch. Timestamps more than ``clock_skew`` ahead of the controller's clock are set to its "now"
+and counted by field (``edgefleet.shared.clock``). State, hello and events are never dropped;
+telemetry sits in a bounded queue that drops its oldest entries when ingest falls behind, and
+each device's telemetry and chunk requests beyond its rate are dropped; every drop is counted by
+reason.
 
 A batch the database refuses is written in halves until each refused message is alone; that
 message is dead-lettered (``fleet.deadletters``) and the rest lands, so one device's message that
@@ -22,7 +24,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -40,6 +42,8 @@ from edgefleet.shared import (
     WireModel,
     decode_versioned,
 )
+from edgefleet.shared.bounds import DEFAULT_CLOCK_SKEW
+from edgefleet.shared.clock import clamp_future
 from edgefleet.shared.errors import InvalidTopicError
 from edgefleet.shared.limits import DEFAULT_LIMITS
 from edgefleet.shared.topics import DeviceChannel, Topics
@@ -80,6 +84,7 @@ class IngestCounters:
     batches: int = 0
     dropped: dict[str, int] = field(default_factory=dict)  # by DropReason
     dead_lettered: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, error type)
+    clamped: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, field): future
     write_retries: int = 0  # batches written again after the database was unavailable
     transactions: int = 0  # write transactions, including those isolating refused messages
 
@@ -96,6 +101,11 @@ class IngestCounters:
             self.spoofed += 1
         elif reason in {DropReason.TELEMETRY_QUEUE_FULL, DropReason.TELEMETRY_RATE_LIMITED}:
             self.telemetry_dropped += 1
+
+    def clamp(self, kind: str, fields: list[str]) -> None:
+        for name in fields:
+            key = (kind, name)
+            self.clamped[key] = self.clamped.get(key, 0) + 1
 
     def dead_letter(self, kind: str, error_type: str) -> None:
         key = (kind, error_type)
@@ -163,8 +173,10 @@ class FleetIngest:
         dead_letters_keep: int = 10_000,
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
+        clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
     ) -> None:
         self.sessions = sessions
+        self.clock_skew = clock_skew
         self.topics = topics
         self.on_fetch = on_fetch
         self.batch_size = batch_size
@@ -211,6 +223,10 @@ class FleetIngest:
             log.warning("dropped message on %s claiming device %s", topic, claimed)
             return
         self.counters.count(parsed.channel.value)
+        message, clamped = clamp_future(message, datetime.now(UTC), self.clock_skew)
+        if clamped:  # a fast clock: dated "now", counted, not dropped (the rest is real)
+            self.counters.clamp(parsed.channel.value, clamped)
+            log.debug("clamped future %s of %s from %s", clamped, parsed.channel, claimed)
         if isinstance(message, Hello | DeviceState):  # what it speaks, so we write that to it
             self.wire_versions[parsed.device_id] = version
         if isinstance(message, ChunkRequest):
