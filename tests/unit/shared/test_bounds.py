@@ -44,6 +44,7 @@ from edgefleet.shared.wire import (
     nesting_depth_exceeds,
 )
 from support.samples import NOW, SHA_A, make_manifest, sample_messages
+from support.wire_fuzz import json_values, mutated
 
 KEY = generate_signing_key()
 SAMPLES = {kind: m for m in sample_messages(KEY) for kind, t in KINDS.items() if type(m) is t}
@@ -449,50 +450,9 @@ def test_chunk_header_is_bounded_before_parsing(head, error):
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=40)
-    | st.sampled_from(["", "pi-001", SHA_A, NOW.isoformat(), "onnxruntime", "edgetpu", "\x00"])
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda children: (
-        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5)
-    ),
-    max_leaves=30,
-)
-
-
-def _paths(value, prefix=()):
-    yield prefix
-    if isinstance(value, dict):
-        for key, child in value.items():
-            yield from _paths(child, (*prefix, key))
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            yield from _paths(child, (*prefix, index))
-
-
-def _replace(value, path, new):
-    if not path:
-        return new
-    value = copy.deepcopy(value)
-    node = value
-    for part in path[:-1]:
-        node = node[part]
-    node[path[-1]] = new
-    return value
-
-
-@st.composite
-def mutated_bodies(draw, kind):
+def mutated_bodies(kind):
     """A valid body of ``kind`` with one node (or the whole body) replaced by any JSON value."""
-    base = BASES[kind] if isinstance(kind, str) else kind
-    path = draw(st.sampled_from(list(_paths(base))))
-    return _replace(base, path, draw(json_values))
+    return mutated(BASES[kind] if isinstance(kind, str) else kind)
 
 
 def _only_wire_errors(call, payload):
