@@ -138,3 +138,27 @@ def test_the_last_accepted_serial_survives_a_restart(
     refused = watcher.wait_event(EventType.COMMAND_REFUSED)
     assert "ReplayError" in refused.reason
     assert refused.figures["last_command_serial"] == 7.0
+
+
+def test_a_hostile_command_during_a_download_is_refused_and_the_download_finishes(
+    models, publisher, watcher, start_agent, topics
+):
+    agent = start_agent()
+    serve(publisher, watcher, models.onnx_a, 1)
+    publisher.chunk_limit = publisher.frames_sent + 1  # the next download waits after 1 chunk
+    manifest = publisher.manifest(
+        models.onnx_b, device_id=DEVICE, serial=2, golden_inputs=GOLDEN, version="v2"
+    )
+    publisher.publish_desired(DEVICE, publisher.sign(manifest))
+    watcher.wait_event(EventType.DOWNLOAD_STARTED, where=lambda e: e.serial == 2)
+    raw = topics.commands(DEVICE)
+    publisher.publish_raw(raw, b"[" * 200_000 + b"]" * 200_000)  # nested past any parser
+    publisher.publish_raw(raw, b'{"v":2,"kind":"signed_command","body":' + b"9" * 5000 + b"}")
+    deep = watcher.wait_event(EventType.COMMAND_REFUSED)
+    assert "PayloadTooDeepError" in deep.reason
+    watcher.wait_event(EventType.COMMAND_REFUSED, where=lambda e: len(refusals(watcher)) == 2)
+    assert "MalformedPayloadError" in refusals(watcher)[1].reason
+    assert agent.updater.status == "updating"
+    publisher.chunk_limit = None
+    watcher.wait_event(EventType.SWAPPED, where=lambda e: e.serial == 2)
+    assert agent.current_model.info.serial == 2
