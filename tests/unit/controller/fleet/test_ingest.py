@@ -279,3 +279,37 @@ def test_future_timestamps_are_clamped_to_arrival_and_counted(database) -> None:
         ("events", "at"): 1,
     }
     assert count(engine, TelemetryRow, device_id="honest") == 1  # untouched, and not counted
+
+
+def test_a_device_flooding_states_and_events_costs_bounded_memory_and_its_newest_state_lands(
+    database,
+) -> None:
+    engine, _ = database
+    ingest = new_ingest(database, event_rate=5.0, event_burst=20, status_rate=5.0, status_burst=10)
+    held: list[int] = []
+
+    async def scenario() -> None:
+        for n in range(1, 1001):
+            state = device_state("flood", active=slot("1", n)).model_copy(update={"seq": n})
+            ingest.submit(TOPICS.state("flood"), encode(state))
+            ingest.submit(TOPICS.events("flood"), encode(event_of("flood")))
+            held.append(len(ingest._held))
+        for topic, payload in messages_of("calm"):
+            ingest.submit(topic, payload)
+        await ingest.drained(timeout=20)
+
+    run_ingest(ingest, scenario)
+
+    assert max(held) == 1  # one state waits for the flooding device, however many it sends
+    with Session(engine) as session:
+        flood = session.get(DeviceRow, "flood")
+        assert flood.state_seq == 1000  # the newest state was written
+        assert flood.reported_last_serial == 1000
+        assert session.get(DeviceRow, "calm") is not None
+    counters = ingest.counters
+    assert count(engine, EventRow, device_id="calm") == 1
+    assert 20 <= count(engine, EventRow, device_id="flood") <= 30
+    assert counters.dropped["events_rate_limited"] == 1000 - count(
+        engine, EventRow, device_id="flood"
+    )
+    assert 980 <= counters.dropped["superseded"] <= 990

@@ -3,10 +3,12 @@
 Concurrency: ``submit`` is called from the MQTT task and only enqueues. The asyncio task
 ``fleet-ingest`` drains the queues and writes each batch on a worker thread, one transaction per
 batch. Timestamps more than ``clock_skew`` ahead of the controller's clock are set to its "now"
-and counted by field (``edgefleet.shared.clock``). State, hello and events are never dropped;
-telemetry sits in a bounded queue that drops its oldest entries when ingest falls behind, and
-each device's telemetry and chunk requests beyond its rate are dropped; every drop is counted by
-reason.
+and counted by field (``edgefleet.shared.clock``). Every device has a rate for each kind of
+message, so what one device sends costs bounded memory and work: its telemetry, events and chunk
+requests beyond their rates are dropped; its hellos and states beyond theirs wait, one per device
+and kind, the newest replacing the one waiting, so the newest is always written. Telemetry also
+sits in a bounded queue that drops its oldest entries when ingest falls behind. Every drop is
+counted by reason.
 
 A batch the database refuses is written in halves until each refused message is alone; that
 message is dead-lettered (``fleet.deadletters``) and the rest lands, so one device's message that
@@ -18,6 +20,7 @@ backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -71,6 +74,10 @@ class DropReason(StrEnum):
     TELEMETRY_QUEUE_FULL = "telemetry_queue_full"
     TELEMETRY_RATE_LIMITED = "telemetry_rate_limited"
     CHUNK_REQUEST_RATE_LIMITED = "chunk_request_rate_limited"
+    EVENTS_RATE_LIMITED = "events_rate_limited"
+    # A hello or state over the device's rate replaced by a newer one before it was written
+    # (the newest is always written: at most one per device and kind waits).
+    SUPERSEDED = "superseded"
 
 
 @dataclass
@@ -169,6 +176,10 @@ class FleetIngest:
         telemetry_burst: int = 20,
         chunk_request_rate: float = 20.0,
         chunk_request_burst: int = 100,
+        event_rate: float = 20.0,
+        event_burst: int = 200,
+        status_rate: float = 5.0,
+        status_burst: int = 50,
         rate_limited_devices: int = 100_000,
         dead_letters_keep: int = 10_000,
         retry_initial_s: float = 0.5,
@@ -177,6 +188,7 @@ class FleetIngest:
     ) -> None:
         self.sessions = sessions
         self.clock_skew = clock_skew
+        self.held_check_s = 0.5
         self.topics = topics
         self.on_fetch = on_fetch
         self.batch_size = batch_size
@@ -191,6 +203,14 @@ class FleetIngest:
         self.chunk_request_limit = DeviceRateLimiter(
             chunk_request_rate, chunk_request_burst, max_devices=rate_limited_devices
         )
+        self.event_limit = DeviceRateLimiter(
+            event_rate, event_burst, max_devices=rate_limited_devices
+        )
+        # hello and state together: over the rate, the newest waits (one per device and kind)
+        self.status_limit = DeviceRateLimiter(
+            status_rate, status_burst, max_devices=rate_limited_devices
+        )
+        self._held: OrderedDict[tuple[str, str], Hello | DeviceState] = OrderedDict()
         self._priority: deque[WireModel] = deque()
         self._telemetry: deque[Telemetry] = deque(maxlen=telemetry_queue)
         self._writing = 0  # messages of the batch being written, retries included
@@ -242,14 +262,31 @@ class FleetIngest:
             if len(self._telemetry) == self._telemetry.maxlen:
                 self.counters.drop(DropReason.TELEMETRY_QUEUE_FULL)
             self._telemetry.append(message)
-        else:
+        elif isinstance(message, Event):
+            if not self.event_limit.allow(parsed.device_id):
+                self.counters.drop(DropReason.EVENTS_RATE_LIMITED)
+                return
             self._priority.append(message)
+        elif isinstance(message, Hello | DeviceState):
+            key = (parsed.device_id, parsed.channel.value)
+            if key in self._held or not self.status_limit.allow(parsed.device_id):
+                if self._held.pop(key, None) is not None:
+                    self.counters.drop(DropReason.SUPERSEDED)
+                self._held[key] = message  # written once the device's rate allows
+            else:
+                self._priority.append(message)
         self._idle.clear()
         self._wakeup.set()
 
+    def _release_held(self) -> None:
+        """Queue the held hellos and states whose device's rate allows one again."""
+        for key in list(self._held):
+            if self.status_limit.allow(key[0]):
+                self._priority.append(self._held.pop(key))
+
     @property
     def backlog(self) -> int:
-        return len(self._priority) + len(self._telemetry) + self._writing
+        return len(self._priority) + len(self._telemetry) + len(self._held) + self._writing
 
     async def drained(self, timeout: float = 10.0) -> None:
         """Wait until everything queued so far has been written (or dead-lettered)."""
@@ -266,9 +303,14 @@ class FleetIngest:
     async def run(self) -> None:
         """Drain the queues forever, one transaction per batch."""
         while True:
-            await self._wakeup.wait()
+            if self._held:  # held hellos and states go out as their devices' rates refill
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), self.held_check_s)
+            else:
+                await self._wakeup.wait()
             self._wakeup.clear()
             await asyncio.sleep(self.flush_s if self.backlog < self.batch_size else 0)
+            self._release_held()
             while batch := self._take_batch():
                 await self._store(batch)
                 for callback in self.after_batch:
