@@ -150,10 +150,35 @@ class HealthPolicy(WireModel):
     )
 
 
-class Manifest(WireModel):
-    """Desired state of one device. Signed by the controller; verified by the agent."""
+class LatencyPolicy(WireModel):
+    """How the device judges a candidate's warm latency (manifest schema 2), in this order: the
+    operator's budget for the device's class (also in ``latency_budget_ms``) if one is set, else
+    a ratio to the active model's warm latency measured on the same device, else it accepts and
+    reports what it measured. Nothing measured on the controller host is a budget: its figure
+    travels only as a reference, labelled with the host."""
 
-    schema_version: Literal[1] = 1
+    budget_ms: LatencyMs | None = Field(default=None, gt=0.0, description="operator's budget")
+    max_ratio_to_active: float | None = Field(
+        default=3.0, gt=1.0, le=1000.0, description="candidate / active warm latency, same device"
+    )
+    floor_ms: LatencyMs = Field(
+        default=5.0, description="a candidate this fast passes whatever the ratio says"
+    )
+    reference_p95_ms: LatencyMs | None = Field(default=None, description="the controller's p95")
+    reference_host: str | None = Field(default=None, max_length=256)
+
+
+class Manifest(WireModel):
+    """Desired state of one device. Signed by the controller; verified by the agent.
+
+    Schema 1 (wire v1 devices) carries the golden pairs inline and judges latency against
+    ``latency_budget_ms`` alone. Schema 2 (wire v2) carries ``golden_ref``, the golden set as a
+    content-addressed file fetched and verified like the artifact, so a manifest's size does not
+    depend on the model's inputs, and ``latency``; in both, ``latency_budget_ms`` is the
+    operator's budget for the device's class or, without one, ``MAX_LATENCY_MS`` (no budget).
+    """
+
+    schema_version: Literal[1, 2] = 1
     device_id: DeviceId
     model_id: str = Field(min_length=1, max_length=128)
     version: str = Field(min_length=1, max_length=64)
@@ -163,7 +188,9 @@ class Manifest(WireModel):
     artifact: ArtifactRef
     signature: IOSignature
     golden: GoldenSet | None = None
+    golden_ref: ArtifactRef | None = None
     latency_budget_ms: LatencyMs = Field(gt=0.0)
+    latency: LatencyPolicy | None = None
     health: HealthPolicy = HealthPolicy()
     created_at: Timestamp
     expires_at: Timestamp
@@ -181,6 +208,10 @@ class Manifest(WireModel):
             raise ValueError(f"target {self.target} runs on {runtime_for_target(self.target)}")
         if self.expires_at <= self.created_at:
             raise ValueError("expires_at must be after created_at")
+        if self.schema_version == 1 and (self.golden_ref is not None or self.latency is not None):
+            raise ValueError("golden_ref and latency belong to manifest schema 2")
+        if self.schema_version == 2 and self.golden is not None:
+            raise ValueError("manifest schema 2 carries golden pairs as golden_ref, not inline")
         return self
 
 

@@ -109,6 +109,7 @@ class OutcomeResult(StrEnum):
     VALIDATION_FAILED = "validation_failed"  # loaded, but golden pairs or latency failed
     DOWNLOAD_FAILED = "download_failed"  # the agent's own download retries are exhausted
     IO_ERROR = "io_error"  # local I/O (disk full, permissions) retried until its limit
+    TOO_SLOW = "too_slow"  # valid, but slower on this device than its latency policy allows
     ROLLED_BACK = "rolled_back"  # the device left ``from_serial`` for ``to_serial``
 
 
@@ -163,10 +164,21 @@ class Progress(WireModel):
         return min(100.0, 100.0 * self.done_bytes / self.total_bytes)
 
 
+class DesiredError(WireModel):
+    """A desired-state payload the device dropped before it could read a serial from it:
+    oversize, not JSON, not a signed manifest (wire v2). ``payload_sha256`` names the bytes."""
+
+    payload_sha256: Sha256Hex
+    size: ByteCount
+    reason: Reason
+    at: Timestamp
+
+
 class DeviceState(WireModel):
     """Retained per-device state. The last will publishes ``status=offline``.
 
-    Wire v2 adds ``last_outcome``, ``progress`` and ``seq``; a v1 state has none of them.
+    Wire v2 adds ``last_outcome``, ``progress``, ``seq`` and ``desired_error``; a v1 state has
+    none of them.
     ``seq`` increases with every state the agent publishes, across restarts, so a receiver can
     drop a state delivered after a newer one.
     """
@@ -182,6 +194,7 @@ class DeviceState(WireModel):
     last_outcome: Outcome | None = None
     progress: Progress | None = None
     seq: StateSeq | None = None
+    desired_error: DesiredError | None = None
 
 
 class LatencySummary(WireModel):

@@ -5,11 +5,13 @@ travel as a binary frame (magic, header length, JSON header, raw bytes) so they 
 
 Compatibility rule between wire versions: a peer reads every version in
 ``SUPPORTED_SCHEMA_VERSIONS`` (the current one and the one before) and writes to each peer the
-version that peer speaks, which is the version of the envelopes it sends. v2 only adds optional
-fields to ``state`` (``last_outcome``, ``progress``, ``seq``) and to ``command`` (``serial``,
-``expires_at``), and the ``signed_command`` kind: a v2 device obeys only signed commands, a v1
-device (one release behind) gets the unsigned v1 command it knows. Every other body is the same
-in v1 and v2, so a v1 body parses as v2, and a v2 message without the new fields writes as v1.
+version that peer speaks, which is the version of the envelopes it sends. v2 adds optional
+fields to ``state`` (``last_outcome``, ``progress``, ``seq``, ``desired_error``) and to
+``command`` (``serial``, ``expires_at``), the ``signed_command`` kind (a v2 device obeys only
+signed commands; a v1 device, one release behind, gets the unsigned v1 command it knows) and
+manifest schema 2 (golden pairs as a fetched file, a latency policy; v1 devices get schema 1).
+Every other body is the same in v1 and v2, so a v1 body parses as v2, and a v2 message without
+the new fields writes as v1.
 
 Nothing is parsed before it is bounded: size, nesting depth and integer length are checked on the
 raw bytes, then every field against its type (:mod:`edgefleet.shared.bounds`). Every refusal is
@@ -52,7 +54,7 @@ SCHEMA_VERSION = 2
 SUPPORTED_SCHEMA_VERSIONS = (1, 2)
 # Fields a v1 reader does not know, per message type: left out when writing v1.
 _NEW_IN_V2: dict[type[WireModel], frozenset[str]] = {
-    DeviceState: frozenset({"last_outcome", "progress", "seq"}),
+    DeviceState: frozenset({"last_outcome", "progress", "seq", "desired_error"}),
     Command: frozenset({"serial", "expires_at"}),
 }
 
