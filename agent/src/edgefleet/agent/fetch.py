@@ -8,18 +8,16 @@ cannot be written (disk full) is a :class:`StorageError`, never mistaken for a n
 
 from __future__ import annotations
 
-import http.client
 import logging
 import queue
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from edgefleet.agent.errors import StorageError
+from edgefleet.agent.http_transfer import Failed, Finished, HttpTransfer, Requested
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.shared.chunks import Reassembler
 from edgefleet.shared.errors import (
@@ -112,6 +110,21 @@ class MqttChunkFetcher:
         self.last.requested.extend(indices)
         self.session.publish(self.topics.fetch(self.settings.device_id), encode(request), qos=1)
 
+    def _subscribe(
+        self, topic: str, until: float, stop: threading.Event, idle: Callable[[], None]
+    ) -> None:
+        """Subscribe and wait until ``until`` at most for the SUBACK (so requested frames are
+        not missed), in slices of ``idle_every_s`` with ``idle`` between them: a slow or
+        absent broker does not hold commands. Without the SUBACK the download goes on; lost
+        frames are requested again after ``chunk_timeout_s``."""
+        while not stop.is_set():
+            asked = time.monotonic()
+            slice_s = min(self.settings.idle_every_s, max(0.0, until - asked))
+            if self.session.subscribe(topic, 1, timeout=slice_s) or time.monotonic() >= until:
+                return
+            idle()
+            stop.wait(asked + slice_s - time.monotonic())  # offline: subscribe() returned at once
+
     def fetch(
         self,
         artifact: ArtifactRef,
@@ -120,7 +133,7 @@ class MqttChunkFetcher:
         stop: threading.Event,
         idle: Callable[[], None] = lambda: None,
     ) -> None:
-        """Fill ``reassembler`` from MQTT chunk frames.
+        """Fill ``reassembler`` from MQTT chunk frames, calling ``idle`` every ``idle_every_s``.
 
         Raises:
             DownloadError: no progress before ``deadline``, or the agent is stopping.
@@ -133,8 +146,13 @@ class MqttChunkFetcher:
         bad = BadChunkCounter(self.settings.max_bad_chunks)
         while not self._frames.empty():  # frames of an earlier download
             self._frames.get_nowait()
-        self.session.subscribe(artifact.mqtt_topic, 1, timeout=self.settings.chunk_timeout_s)
         try:
+            self._subscribe(
+                artifact.mqtt_topic,
+                min(deadline, time.monotonic() + self.settings.chunk_timeout_s),
+                stop,
+                idle,
+            )
             outstanding: set[int] = set()
             last_progress = last_idle = time.monotonic()
             while not reassembler.is_complete():
@@ -157,12 +175,16 @@ class MqttChunkFetcher:
                     if wanted:
                         self._request(artifact, wanted)
                         outstanding.update(wanted)
+                wait = last_idle + self.settings.idle_every_s - time.monotonic()
                 try:
-                    payload = self._frames.get(timeout=0.2)
+                    payload = self._frames.get(timeout=min(0.2, max(0.0, wait)))
                 except queue.Empty:
                     continue
                 if payload == _RECONNECTED:
-                    self.session.subscribe(artifact.mqtt_topic, 1, timeout=1.0)
+                    self._subscribe(
+                        artifact.mqtt_topic, min(deadline, time.monotonic() + 1.0), stop, idle
+                    )
+                    last_idle = time.monotonic()
                     outstanding.clear()
                     continue
                 try:
@@ -182,7 +204,13 @@ class MqttChunkFetcher:
 
 
 class HttpRangeFetcher:
-    """Fetches missing chunk runs with HTTP Range requests (``bytes=a-b``)."""
+    """Fetches missing chunk runs with HTTP Range requests (``bytes=a-b``).
+
+    The transport runs on a worker thread (:class:`HttpTransfer`); this side checks and
+    stores chunks, calls ``idle`` every ``idle_every_s`` whatever the source does, and gives
+    up at the download's deadline or when no whole chunk came for ``http_timeout_s``, both
+    measured in wall-clock time: a source dripping bytes is cut off, not waited for.
+    """
 
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
@@ -196,10 +224,14 @@ class HttpRangeFetcher:
         stop: threading.Event,
         idle: Callable[[], None] = lambda: None,
     ) -> None:
-        """Fill ``reassembler`` over HTTP, calling ``idle`` between requests and while reading.
+        """Fill ``reassembler`` over HTTP, calling ``idle`` at least every ``idle_every_s``.
+
+        Nothing is left behind: when this returns or raises, the worker thread has ended
+        and its sockets are closed (one still connecting ends within ``http_timeout_s``).
 
         Raises:
-            DownloadError: the server failed, timed out or the agent is stopping.
+            DownloadError: the server failed or was too slow (no whole chunk for
+                ``http_timeout_s``), the deadline passed, or the agent is stopping.
             HashMismatchError: too many chunks failed their signed hash.
             StorageError: a chunk could not be written.
         """
@@ -207,52 +239,69 @@ class HttpRangeFetcher:
         if url is None or not url.startswith(("http://", "https://")):
             raise DownloadError("the manifest offers no HTTP source")
         self.last = FetchStats()
-        bad = BadChunkCounter(self.settings.max_bad_chunks)
-        last_idle = time.monotonic()
-        for first, last in _runs(reassembler.missing()):
-            idle()
-            last_idle = time.monotonic()
-            if stop.is_set() or time.monotonic() > deadline:
-                raise DownloadError("HTTP download stopped before it completed")
-            start = first * artifact.chunk_size
-            end = min(artifact.size, (last + 1) * artifact.chunk_size) - 1
-            request = urllib.request.Request(url, headers={"Range": f"bytes={start}-{end}"})  # noqa: S310 - scheme checked above
-            self.last.requested.extend(range(first, last + 1))
-            try:
-                resp = urllib.request.urlopen(request, timeout=self.settings.http_timeout_s)  # noqa: S310
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
-                raise DownloadError(f"HTTP download from {url} failed: {e}") from e
-            with resp:
-                if resp.status == 200:  # the server ignored Range: skip to our offset
-                    _read_exact(resp, start, url)
-                elif resp.status != 206:
-                    raise DownloadError(f"HTTP {resp.status} for {url}")
-                for index in range(first, last + 1):
-                    length = min(artifact.chunk_size, artifact.size - index * artifact.chunk_size)
-                    if bad.accept(reassembler, index, _read_exact(resp, length, url)):
-                        self.last.received += 1
-                    if time.monotonic() - last_idle >= self.settings.idle_every_s:
-                        idle()  # a long response must not hold commands or a newer manifest
-                        last_idle = time.monotonic()
-                        if stop.is_set() or time.monotonic() > deadline:
-                            raise DownloadError("HTTP download stopped before it completed")
+        runs = _runs(reassembler.missing())
+        if not runs:
+            return
+        transfer = HttpTransfer(
+            url,
+            runs,
+            size=artifact.size,
+            chunk_size=artifact.chunk_size,
+            socket_timeout_s=self.settings.http_timeout_s,
+            thread_name=f"edgefleet-agent-fetch-http-{self.settings.device_id}",
+        ).start()
+        try:
+            self._receive(transfer, artifact, reassembler, deadline, stop, idle)
+        finally:
+            transfer.close()
+
+    def _receive(
+        self,
+        transfer: HttpTransfer,
+        artifact: ArtifactRef,
+        reassembler: Reassembler,
+        deadline: float,
+        stop: threading.Event,
+        idle: Callable[[], None],
+    ) -> None:
+        settings, url = self.settings, transfer.url
+        bad = BadChunkCounter(settings.max_bad_chunks)
+        last_chunk = next_idle = time.monotonic()  # idle once now, as the download opens
+        while True:
+            now = time.monotonic()
+            if now >= next_idle:
+                idle()  # commands, health and newer manifests, whatever the source does
+                now = time.monotonic()
+                next_idle = now + settings.idle_every_s
+            if stop.is_set():
+                raise DownloadError("the agent is stopping")
+            if now >= deadline:
+                raise DownloadError(
+                    f"HTTP download from {url} cut off at the download deadline "
+                    f"(fetch_timeout_s), {len(reassembler.missing())} of "
+                    f"{artifact.chunk_count} chunks missing"
+                )
+            if now - last_chunk >= settings.http_timeout_s:
+                raise DownloadError(
+                    f"HTTP source {url} too slow: no whole chunk of {artifact.chunk_size} "
+                    f"bytes in {settings.http_timeout_s:g}s (http_timeout_s)"
+                )
+            item = transfer.next(
+                min(next_idle, deadline, last_chunk + settings.http_timeout_s) - now
+            )
+            if item is None:
+                continue
+            if isinstance(item, Failed):
+                raise item.error
+            if isinstance(item, Finished):
+                break
+            if isinstance(item, Requested):
+                self.last.requested.extend(range(item.first, item.last + 1))
+                continue
+            last_chunk = time.monotonic()
+            if bad.accept(reassembler, item.index, item.data):
+                self.last.received += 1
         self.last.bad_chunks = bad.count
-
-
-def _read_exact(resp: object, length: int, url: str) -> bytes:
-    """Read exactly ``length`` body bytes.
-
-    Raises:
-        DownloadError: the connection failed or the body ended early.
-    """
-    read = getattr(resp, "read")  # noqa: B009 - http.client.HTTPResponse, typed loosely
-    try:
-        data: bytes = read(length)
-    except (http.client.HTTPException, OSError) as e:  # includes socket timeouts
-        raise DownloadError(f"HTTP download from {url} failed: {e}") from e
-    if len(data) != length:
-        raise DownloadError(f"HTTP body ended after {len(data)} of {length} bytes")
-    return data
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:

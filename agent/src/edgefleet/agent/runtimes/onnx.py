@@ -1,4 +1,8 @@
-"""onnxruntime (CPU) behind the :class:`ModelRuntime` interface."""
+"""onnxruntime (CPU) behind the :class:`ModelRuntime` interface.
+
+Every model is checked by :func:`check_self_contained` before onnxruntime opens it: external
+data is refused by the agent itself, whichever onnxruntime version is installed.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from edgefleet.agent.errors import InferenceError, ModelLoadError, UnsupportedArtifactError
+from edgefleet.agent.onnx_external import check_self_contained
 from edgefleet.agent.runtimes import Array
 
 
@@ -15,6 +20,17 @@ class OnnxRuntimeModel:
     runtime_name = "onnxruntime"
 
     def __init__(self, path: Path, *, threads: int = 1) -> None:
+        """Load the model at ``path`` after checking it reads nothing from outside itself.
+
+        Raises:
+            ExternalDataError, MalformedOnnxError: the model names external data, or is not
+                a well-formed ONNX file (both ModelLoadError: refused before onnxruntime
+                opens it).
+            UnsupportedArtifactError: onnxruntime is not installed.
+            ModelLoadError: onnxruntime cannot load it.
+            OSError: the file could not be read.
+        """
+        check_self_contained(path)  # whatever onnxruntime's own external-data rules
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -23,6 +39,8 @@ class OnnxRuntimeModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 4  # failures surface as exceptions
+        # The file is parsed as the ONNX protobuf just checked, never as an ORT flatbuffer.
+        options.add_session_config_entry("session.load_model_format", "ONNX")
         try:
             self._session = ort.InferenceSession(
                 str(path), options, providers=["CPUExecutionProvider"]
