@@ -8,12 +8,17 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 
 from support.fleet import ControllerProcess, register_tiny_model
 from support.mqtt import wait_until
+from support.tools import require_tool
+
+SHOTS_FOR_LEAD = Path("/tmp/edgefleet-screenshots")
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +66,7 @@ def test_state_changing_routes_need_the_token(embedded):
         ({"model": "nope", "version": "1"}, 404, "no model"),
         ({"model": "tiny", "version": "1", "selector": "site"}, 422, "bad selector term"),
         ({"model": "tiny", "version": "1", "waves": "0%"}, 422, "bad wave"),
-        ({"model": "tiny", "version": "1", "selector": "site=nowhere"}, 422, "matches no known"),
+        ({"model": "tiny", "version": "1", "selector": "site=nowhere"}, 404, "matches no known"),
         ({"model": "tiny", "version": "1", "policy": {"max_failures": "x"}}, 422, "max failures"),
         ({"model": "tiny", "version": "1", "policy": {"on_breach": "panic"}}, 422, "on_breach"),
     ],
@@ -229,20 +234,127 @@ def test_rollout_on_postgresql(tmp_path, database_url, own_broker):
 
 
 def test_reads_need_the_token_when_the_api_leaves_loopback(tmp_path, model_template):
+    """Bound beyond loopback: reads need the token or a session from the login form, whose
+    cookie is derived from the token, Secure, and dies with the token; only the configured
+    Host names are served; the token never reaches the log."""
     data = tmp_path / "controller"
     shutil.copytree(model_template, data)
+    token = f"open-{uuid.uuid4().hex}"
     controller = ControllerProcess(
         data, broker_url=None, topic_root="edgefleet-open/v1",
-        extra_env={"EDGEFLEET_HTTP_HOST": "0.0.0.0"},  # test traffic still goes to 127.0.0.1
+        extra_env={
+            "EDGEFLEET_HTTP_HOST": "0.0.0.0",  # test traffic still goes to 127.0.0.1
+            "EDGEFLEET_HTTP_ALLOWED_HOSTS": "controller.test, *.fleet.test",
+            "EDGEFLEET_API_TOKEN": token,
+        },
     )  # fmt: skip
+    controller.token = token
     controller.start()
     try:
         for path in ("/api/devices", "/api/rollouts", "/dashboard", "/metrics"):
-            assert httpx.get(controller.url + path, timeout=10).status_code == 401, path
+            refused = httpx.get(controller.url + path, timeout=10)
+            assert refused.status_code == 401, path
+            assert "/login" in refused.json()["detail"]
             assert controller.api("GET", path).status_code == 200, path
-        browser = httpx.Client(base_url=controller.url, timeout=10, follow_redirects=True)
-        assert browser.get("/login", params={"token": "nope"}).status_code == 403
-        assert browser.get("/login", params={"token": controller.token}).status_code == 200
-        assert browser.get("/dashboard").status_code == 200  # the cookie carries the token
+        for host in ("controller.test", f"controller.test:{controller.port}", "eu.fleet.test"):
+            assert controller.api("GET", "/api/devices", headers={"Host": host}).status_code == 200
+        for host in ("evil.test", "fleet.test", "controller.test.evil.test"):
+            misdirected = controller.api("GET", "/api/devices", headers={"Host": host})
+            assert misdirected.status_code == 421, host
+            assert misdirected.json()["error"] == "HostNotAllowedError"
+
+        login = f"{controller.url}/login"
+        in_url = httpx.get(login, params={"token": token}, timeout=10)
+        assert in_url.status_code == 200
+        assert "set-cookie" not in in_url.headers
+        assert httpx.post(login, data={"token": "nope"}, timeout=10).status_code == 403
+        signed_in = httpx.post(login, data={"token": token}, timeout=10)
+        assert signed_in.status_code == 303
+        assert signed_in.headers["location"] == "/dashboard"
+        cookie = signed_in.headers["set-cookie"]
+        name, _, rest = cookie.partition("=")
+        value = rest.split(";")[0]
+        assert name == "edgefleet_session"
+        assert token not in value
+        flags = {part.strip().lower() for part in cookie.split(";")[1:]}
+        assert {"httponly", "samesite=strict", "secure"} <= flags
+        # Browsers send a Secure cookie over HTTPS only (a TLS proxy here); httpx neither, so
+        # the test sends it as such a browser would.
+        session = {"Cookie": f"edgefleet_session={value}"}
+        assert httpx.get(controller.url + "/dashboard", headers=session).status_code == 200
+        fragment = httpx.get(controller.url + "/dashboard/rollouts?fragment=1", headers=session)
+        assert fragment.status_code == 200
+        for forged in (token, value[:-1] + ("0" if value[-1] != "0" else "1"), "1." + "0" * 64):
+            bad = httpx.get(
+                controller.url + "/dashboard", headers={"Cookie": f"edgefleet_session={forged}"}
+            )
+            assert bad.status_code == 401, forged
+        # A session is no bearer token: it does not change state.
+        write = httpx.post(controller.url + "/api/rollouts", json={}, headers=session, timeout=10)
+        assert write.status_code == 401
+
+        log = controller.log()
+        assert token not in log
+        assert "GET /login?token=[redacted]" in log
+
+        # A new token ends every session.
+        controller.stop()
+        controller.token = controller.env["EDGEFLEET_API_TOKEN"] = f"rotated-{uuid.uuid4().hex}"
+        controller.start()
+        assert httpx.get(controller.url + "/dashboard", headers=session).status_code == 401
+        assert controller.api("GET", "/dashboard").status_code == 200
+    finally:
+        controller.stop()
+
+
+def test_a_browser_signs_in_with_the_form_when_the_api_leaves_loopback(tmp_path, model_template):
+    """Real headless Chromium: the dashboard answers 401, the form signs in, the dashboard
+    loads with the session cookie (Chromium keeps Secure cookies on http://localhost)."""
+    chromium = require_tool("chromium", "apt-get install chromium")
+    from playwright.sync_api import sync_playwright
+
+    data = tmp_path / "controller"
+    shutil.copytree(model_template, data)
+    token = f"browser-{uuid.uuid4().hex}"
+    controller = ControllerProcess(
+        data, broker_url=None, topic_root="edgefleet-browser/v1",
+        extra_env={"EDGEFLEET_HTTP_HOST": "0.0.0.0", "EDGEFLEET_API_TOKEN": token},
+    )  # fmt: skip
+    controller.token = token
+    controller.start()
+    base = f"http://localhost:{controller.port}"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=chromium, args=["--no-sandbox", "--disable-gpu"]
+            )
+            try:
+                page = browser.new_page(viewport={"width": 900, "height": 600})
+                denied = page.goto(f"{base}/dashboard")
+                assert denied is not None
+                assert denied.status == 401
+                assert "/login" in page.inner_text("body")
+                page.goto(f"{base}/login")
+                page.fill("#token", "not-the-token")
+                page.click("button[type=submit]")
+                assert "Wrong API token." in page.inner_text("[role=alert]")
+                page.fill("#token", token)
+                SHOTS_FOR_LEAD.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(SHOTS_FOR_LEAD / "login-form.png"))
+                page.click("button[type=submit]")
+                page.wait_for_url(f"{base}/dashboard")
+                page.wait_for_selector("#live")
+                assert page.title().startswith("Fleet")
+                (cookie,) = page.context.cookies()
+                assert cookie["name"] == "edgefleet_session"
+                assert token not in cookie["value"]
+                assert cookie["secure"] is True
+                assert cookie["httpOnly"] is True
+                assert cookie["sameSite"] == "Strict"
+                # The page's own live refresh goes through with the session too.
+                page.wait_for_function("Number(document.body.dataset.refreshes || 0) >= 1")
+            finally:
+                browser.close()
+        assert token not in controller.log()
     finally:
         controller.stop()

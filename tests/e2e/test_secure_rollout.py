@@ -18,10 +18,12 @@ pytestmark = pytest.mark.slow
 edgefleet = run_edgefleet
 
 
-def test_enrolled_agents_take_a_rollout_over_tls_under_the_acl(tmp_path):
+def test_enrolled_agents_take_a_rollout_over_tls_under_the_acl(tmp_path, monkeypatch):
     data = tmp_path / "controller"
     root = f"edgefleet-e2e/{uuid.uuid4().hex[:8]}/v1"
     broker = broker_from_cli(data, tmp_path / "broker")
+    # The broker the admin password may go to, as an operator configures it.
+    monkeypatch.setenv("EDGEFLEET_BROKER_ADMIN_URL", broker.plain_url)
     broker.start()
     agents: list[subprocess.Popen[bytes]] = []
     controller = None

@@ -27,10 +27,12 @@ edgefleet = run_edgefleet
 
 
 @pytest.fixture
-def cli_broker(tmp_path):
+def cli_broker(tmp_path, monkeypatch):
     data = tmp_path / "controller"
     paths = SecurityPaths(data)
     broker = broker_from_cli(data, tmp_path / "broker")
+    # As an operator configures it: the admin password goes only to the broker named here.
+    monkeypatch.setenv("EDGEFLEET_BROKER_ADMIN_URL", broker.plain_url)
     broker.start()
     yield broker, paths
     broker.kill()
@@ -113,14 +115,13 @@ def test_enroll_defaults_the_broker_url_to_the_certificate_name(cli_broker, tmp_
     assert settings.topic_root == "edgefleet/v1"
 
 
-def test_enroll_fails_cleanly_when_the_broker_cannot_be_reached(cli_broker, tmp_path):
+def test_enroll_fails_cleanly_when_the_broker_cannot_be_reached(cli_broker, tmp_path, monkeypatch):
     _, paths = cli_broker
     out = tmp_path / "bundle"
+    monkeypatch.setenv("EDGEFLEET_BROKER_ADMIN_URL", f"mqtt://127.0.0.1:{free_port()}")
     result = runner.invoke(
-        app,
-        ["device", "enroll", "pi-9", "--out", str(out), "--data-dir", str(paths.data_dir),
-         "--admin-url", f"mqtt://127.0.0.1:{free_port()}"],
-    )  # fmt: skip
+        app, ["device", "enroll", "pi-9", "--out", str(out), "--data-dir", str(paths.data_dir)]
+    )
     assert result.exit_code == 1
     assert "broker" in result.output
     assert not (out / "agent.toml").exists()

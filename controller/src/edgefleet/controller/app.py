@@ -8,8 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from edgefleet.controller import __version__
+from edgefleet.controller.api.access_log import install_access_log_redaction
 from edgefleet.controller.api.deps import ReaderDep
 from edgefleet.controller.api.errors import install_error_handlers
+from edgefleet.controller.api.guard import ApiGuard
+from edgefleet.controller.api.openapi import install_openapi
 from edgefleet.controller.api.routes import (
     artifacts,
     devices,
@@ -22,14 +25,21 @@ from edgefleet.controller.api.routes import (
 )
 from edgefleet.controller.config import Settings
 from edgefleet.controller.dashboard import install_dashboard
+from edgefleet.controller.http_hosts import served_hosts
 from edgefleet.controller.service import ControllerService
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """An app whose lifespan starts and stops one :class:`ControllerService`."""
+    """An app whose lifespan starts and stops one :class:`ControllerService`, behind the
+    :class:`ApiGuard` (Host names, token before body, body size).
+
+    Raises:
+        HostNameError: an entry of ``http_allowed_hosts`` or ``public_url`` is malformed.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        install_access_log_redaction()  # after the server set up its logging
         service = ControllerService(settings)
         app.state.service = service
         await service.start()
@@ -46,4 +56,17 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(artifacts.router)
     app.include_router(login.router)
     install_dashboard(app, dependencies=[ReaderDep])
+
+    def current_token() -> str | None:
+        service: ControllerService | None = getattr(app.state, "service", None)
+        return service.api_token if service is not None else None
+
+    app.add_middleware(
+        ApiGuard,
+        hosts=served_hosts(settings.http_host, settings.http_allowed_hosts, settings.public_url),
+        max_body_bytes=settings.http_max_body_bytes,
+        token=current_token,
+        open_paths=["/login"],
+    )
+    install_openapi(app)
     return app

@@ -3,16 +3,21 @@ TOML file named by ``EDGEFLEET_CONFIG``)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from edgefleet.controller.http_hosts import parse_host
 
 CONFIG_FILE_ENV = "EDGEFLEET_CONFIG"
 
@@ -38,6 +43,11 @@ class Settings(BaseSettings):
         default=None,
         description="mqtt://host:port or mqtts://host:port; unset starts an embedded broker",
     )
+    broker_admin_url: str | None = Field(
+        default=None,
+        description="where `edgefleet device` sends the broker admin password (dynamic security), "
+        "e.g. the broker's loopback plain listener mqtt://127.0.0.1:1883; broker_url when unset",
+    )
     broker_username: str | None = None
     broker_password: SecretStr | None = None
     broker_ca_file: Path | None = Field(default=None, description="CA that signed the broker")
@@ -55,6 +65,18 @@ class Settings(BaseSettings):
     )
     api_token: SecretStr | None = Field(
         default=None, description="bearer token for state-changing calls; generated when unset"
+    )
+    http_max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="larger request bodies get 413 unread"
+    )
+    http_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names the API serves besides the loopback ones (127.0.0.1, localhost, "
+        "::1), the bind address and public_url's host; 'name' (any port), 'name:port' or "
+        "'*.domain'. Env: comma-separated or a JSON list",
+    )
+    session_ttl_s: float = Field(
+        default=12 * 3600.0, gt=0, description="how long a dashboard login lasts"
     )
     signing_key_path: Path | None = Field(
         default=None, description="Ed25519 signing key; <data_dir>/keys/signing.key when unset"
@@ -118,6 +140,23 @@ class Settings(BaseSettings):
         default=120.0, ge=0, description="rollups stay this far behind now for late windows"
     )
     dashboard_refresh_s: float = Field(default=2.0, gt=0, description="dashboard poll interval")
+
+    @field_validator("http_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("http_allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            parse_host(entry, pattern=True)  # HostNameError is a ValueError: a clear message
+        return value
 
     @property
     def key_path(self) -> Path:

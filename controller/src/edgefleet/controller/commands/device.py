@@ -1,7 +1,8 @@
 """``edgefleet device``: broker identities (dynamic security) and agent bundles.
 
 ``init-broker`` writes the plugin's first config and the admin credentials; ``controller-identity``
-creates the controller's broker login; ``enroll`` / ``revoke`` manage devices.
+creates the controller's broker login; ``enroll`` / ``revoke`` manage devices. The admin password
+goes only to the broker the controller's settings name (see :mod:`..security.admin_url`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from edgefleet.controller.config import Settings, get_settings
+from edgefleet.controller.private_files import ensure_private_dir
+from edgefleet.controller.security.admin_url import TRUST_FLAG, admin_url_for
 from edgefleet.controller.security.broker_config import (
     PRODUCTION,
     find_dynsec_plugin,
@@ -32,9 +36,7 @@ from edgefleet.controller.security.identities import (
     groups_for,
 )
 from edgefleet.controller.security.paths import (
-    BROKER_ADMIN_URL_ENV,
     BROKER_PUBLIC_URL_ENV,
-    DEFAULT_BROKER_ADMIN_URL,
     SecurityPaths,
     default_paths,
     default_topic_root,
@@ -52,9 +54,19 @@ DataDirOption = Annotated[
     Path | None, typer.Option("--data-dir", help="controller data dir (default: settings)")
 ]
 AdminUrlOption = Annotated[
-    str,
+    str | None,
     typer.Option(
-        "--admin-url", envvar=BROKER_ADMIN_URL_ENV, help="broker URL for the dynamic-security admin"
+        "--admin-url",
+        help="broker URL for the dynamic-security admin (default: the settings' broker_admin_url, "
+        "else broker_url); plain mqtt:// only to loopback",
+    ),
+]
+TrustAdminUrlOption = Annotated[
+    bool,
+    typer.Option(
+        TRUST_FLAG,
+        help="send the admin password to --admin-url although the controller's settings do not "
+        "name that broker",
     ),
 ]
 TopicRootOption = Annotated[
@@ -68,11 +80,40 @@ def _fail(err: Exception) -> typer.Exit:
     return typer.Exit(code=1)
 
 
-def _admin(paths: SecurityPaths, admin_url: str) -> DynsecAdmin:
+def _private_paths(data_dir: Path | None) -> SecurityPaths:
+    """The security paths, with the data dir made private (0700) if this command creates it."""
+    paths = default_paths(data_dir)
+    try:
+        ensure_private_dir(paths.data_dir)
+    except OSError as e:
+        raise _fail(e) from None
+    return paths
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    return get_settings(data_dir=data_dir) if data_dir is not None else get_settings()
+
+
+def _admin(paths: SecurityPaths, requested: str | None, *, trust: bool) -> DynsecAdmin:
+    """An admin client for the configured broker (or ``requested``, under the rules of
+    :func:`admin_url_for`), checked before the password file is even read.
+
+    Raises:
+        AdminUrlRefusedError: the URL is not one the admin password may go to.
+        CredentialsFileError: no admin credentials (``init-broker`` writes them).
+    """
+    settings = _settings(paths.data_dir)
+    url = admin_url_for(
+        requested,
+        configured_admin=settings.broker_admin_url,
+        configured_broker=settings.broker_url,
+        trust_unconfigured=trust,
+    )
+    ca = settings.broker_ca_file or (paths.ca_cert if paths.ca_cert.exists() else None)
     endpoint = BrokerEndpoint(
-        admin_url,
+        url,
         credentials=BrokerCredentials.load(paths.admin_credentials),
-        ca_file=paths.ca_cert if admin_url.startswith("mqtts://") else None,
+        ca_file=ca if url.startswith("mqtts://") else None,
     )
     return DynsecAdmin(endpoint)
 
@@ -101,7 +142,7 @@ def init_broker(
     Copy it to where mosquitto.conf's plugin_opt_config_file points, owned by the broker user,
     before the broker's first start. The admin password stays in <data_dir>/broker/admin.json.
     """
-    paths = default_paths(data_dir)
+    paths = _private_paths(data_dir)
     target = dynsec_file or paths.dynsec_bootstrap
     try:
         if paths.admin_credentials.exists():
@@ -124,13 +165,14 @@ def init_broker(
 @device_app.command("controller-identity")
 def controller_identity(
     topic_root: TopicRootOption = None,
-    admin_url: AdminUrlOption = DEFAULT_BROKER_ADMIN_URL,
+    admin_url: AdminUrlOption = None,
+    trust_admin_url: TrustAdminUrlOption = False,
     data_dir: DataDirOption = None,
 ) -> None:
     """Create (or re-key) the controller's broker identity and the fleet's roles."""
-    paths = default_paths(data_dir)
+    paths = _private_paths(data_dir)
     try:
-        with _admin(paths, admin_url) as admin:
+        with _admin(paths, admin_url, trust=trust_admin_url) as admin:
             credentials = BrokerIdentities(
                 admin, Topics(topic_root or default_topic_root())
             ).setup_controller()
@@ -170,11 +212,12 @@ def enroll(
     ] = False,
     force: Annotated[bool, typer.Option(help="overwrite an existing bundle")] = False,
     topic_root: TopicRootOption = None,
-    admin_url: AdminUrlOption = DEFAULT_BROKER_ADMIN_URL,
+    admin_url: AdminUrlOption = None,
+    trust_admin_url: TrustAdminUrlOption = False,
     data_dir: DataDirOption = None,
 ) -> None:
     """Create DEVICE_ID's broker identity and write its agent bundle (secrets 0600)."""
-    paths = default_paths(data_dir)
+    paths = _private_paths(data_dir)
     out_dir = out or paths.bundle_dir(device_id)
     try:
         topics = Topics(topic_root or default_topic_root())
@@ -184,7 +227,7 @@ def enroll(
         url = broker_url or _default_broker_url(paths)
         ca = load_ca(paths.ca_cert, paths.ca_key) if client_cert else None
         ensure_signing_key(paths.signing_key, paths.signing_pub)
-        with _admin(paths, admin_url) as admin:
+        with _admin(paths, admin_url, trust=trust_admin_url) as admin:
             identities = BrokerIdentities(admin, topics)
             add = identities.reenroll_device if reenroll else identities.add_device
             identity = add(device_id, groups)
@@ -217,13 +260,14 @@ def enroll(
 def revoke(
     device_id: Annotated[str, typer.Argument(help="the device's id")],
     topic_root: TopicRootOption = None,
-    admin_url: AdminUrlOption = DEFAULT_BROKER_ADMIN_URL,
+    admin_url: AdminUrlOption = None,
+    trust_admin_url: TrustAdminUrlOption = False,
     data_dir: DataDirOption = None,
 ) -> None:
     """Delete DEVICE_ID's broker identity: its sessions drop and it can no longer connect."""
     paths = default_paths(data_dir)
     try:
-        with _admin(paths, admin_url) as admin:
+        with _admin(paths, admin_url, trust=trust_admin_url) as admin:
             BrokerIdentities(admin, Topics(topic_root or default_topic_root())).revoke_device(
                 device_id
             )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -88,7 +89,10 @@ def rollouts_page(
 
 @router.get("/dashboard/rollouts/{rollout_id}", response_class=HTMLResponse)
 def rollout_page(
-    rollout_id: int, service: ServiceDep, session: SessionDep, fragment: Fragment = False
+    rollout_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)],
+    service: ServiceDep,
+    session: SessionDep,
+    fragment: Fragment = False,
 ) -> HTMLResponse:
     rollout = session.get(RolloutRow, rollout_id)
     if rollout is None:

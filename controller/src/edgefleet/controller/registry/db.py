@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from edgefleet.controller.errors import ControllerError
+from edgefleet.controller.private_files import prepare_sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +56,25 @@ def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def create_engine_for(url: str, **kwargs: Any) -> Engine:
-    """An engine for any SQLAlchemy URL; SQLite gets WAL, foreign keys and its directory created."""
+    """An engine for any SQLAlchemy URL; SQLite gets WAL, foreign keys, and its directory (0700)
+    and file (0600) created private whatever the umask (its -wal/-shm/-journal files take the
+    database file's mode)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        database = parsed.database
+        if database and _is_sqlite_file(database, parsed.query):
+            prepare_sqlite_file(Path(database))
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _enable_sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def _is_sqlite_file(database: str, query: Any) -> bool:
+    # Not in-memory databases, nor "file:" URIs (uri=true), whose options SQLite interprets.
+    if database == ":memory:" or database.startswith("file:"):
+        return False
+    return str(query.get("uri", "")).lower() not in {"true", "1"}
 
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")

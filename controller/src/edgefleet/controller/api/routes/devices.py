@@ -6,17 +6,32 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
 from sqlalchemy import select
 
 from edgefleet.controller.api.deps import ServiceDep, SessionDep, TokenDep
-from edgefleet.controller.api.schemas import DevicePublic, EventPublic, RolloutAction
+from edgefleet.controller.api.errors import device_not_found
+from edgefleet.controller.api.openapi import OPEN_ON_LOOPBACK, error_responses
+from edgefleet.controller.api.schemas import (
+    DeviceIdPath,
+    DevicePublic,
+    EventPublic,
+    RolloutAction,
+    Selector,
+)
 from edgefleet.controller.fleet.tables import DeviceRow, EventRow
 from edgefleet.controller.rollouts.facts import device_online
 from edgefleet.controller.rollouts.planner import matching_devices
 from edgefleet.shared import Command, CommandType
 
-router = APIRouter(prefix="/api/devices", tags=["devices"])
+router = APIRouter(
+    prefix="/api/devices", tags=["devices"], responses=error_responses(400, 401, 403, 422)
+)
+
+
+class CommandAccepted(BaseModel):
+    command_id: str
 
 
 def to_public(row: DeviceRow, offline_after_s: float, now: datetime) -> DevicePublic:
@@ -26,11 +41,9 @@ def to_public(row: DeviceRow, offline_after_s: float, now: datetime) -> DevicePu
     return public.model_copy(update={"online": online})
 
 
-@router.get("", response_model=list[DevicePublic])
+@router.get("", response_model=list[DevicePublic], openapi_extra=OPEN_ON_LOOPBACK)
 def list_devices(
-    session: SessionDep,
-    service: ServiceDep,
-    selector: Annotated[str, Query(max_length=512)] = "*",
+    session: SessionDep, service: ServiceDep, selector: Annotated[Selector, Query()] = "*"
 ) -> list[DevicePublic]:
     """Devices matching a label selector such as ``site=plant-3,accel=edgetpu``."""
     now = datetime.now(UTC)
@@ -38,18 +51,27 @@ def list_devices(
     return [to_public(row, after, now) for row in matching_devices(session, selector)]
 
 
-@router.get("/{device_id}", response_model=DevicePublic)
-def get_device(device_id: str, session: SessionDep, service: ServiceDep) -> DevicePublic:
+@router.get(
+    "/{device_id}",
+    response_model=DevicePublic,
+    responses=error_responses(404, descriptions={404: "no such device"}),
+    openapi_extra=OPEN_ON_LOOPBACK,
+)
+def get_device(device_id: DeviceIdPath, session: SessionDep, service: ServiceDep) -> DevicePublic:
+    """One device: what it reported, and whether it is online now."""
     row = session.get(DeviceRow, device_id)
     if row is None:
-        raise HTTPException(404, f"no device {device_id!r}")
+        raise device_not_found(device_id)
     return to_public(row, service.settings.offline_after_s, datetime.now(UTC))
 
 
-@router.get("/{device_id}/events", response_model=list[EventPublic])
+@router.get("/{device_id}/events", response_model=list[EventPublic], openapi_extra=OPEN_ON_LOOPBACK)
 def device_events(
-    device_id: str, session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    device_id: DeviceIdPath,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[EventRow]:
+    """The device's events, newest first (none for a device never seen)."""
     return list(
         session.scalars(
             select(EventRow)
@@ -60,14 +82,20 @@ def device_events(
     )
 
 
-@router.post("/{device_id}/rollback", dependencies=[TokenDep], status_code=202)
+@router.post(
+    "/{device_id}/rollback",
+    dependencies=[TokenDep],
+    status_code=202,
+    response_model=CommandAccepted,
+    responses=error_responses(404, 413, descriptions={404: "no such device"}),
+)
 async def rollback_device(
-    device_id: str, body: RolloutAction, service: ServiceDep, session: SessionDep
-) -> dict[str, str]:
+    device_id: DeviceIdPath, body: RolloutAction, service: ServiceDep, session: SessionDep
+) -> CommandAccepted:
     """Command one device to swap back to its previous slot."""
     device = await asyncio.to_thread(session.get, DeviceRow, device_id)
     if device is None:
-        raise HTTPException(404, f"no device {device_id!r}")
+        raise device_not_found(device_id)
     command = Command(
         device_id=device_id,
         type=CommandType.ROLLBACK,
@@ -75,4 +103,4 @@ async def rollback_device(
         issued_at=datetime.now(UTC),
     )
     await service.send_command(command, wire_version=device.wire_version or 1)
-    return {"command_id": str(command.command_id)}
+    return CommandAccepted(command_id=str(command.command_id))

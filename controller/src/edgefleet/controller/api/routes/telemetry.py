@@ -5,19 +5,36 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from edgefleet.controller.api.deps import ServiceDep, SessionDep
+from edgefleet.controller.api.errors import device_not_found
+from edgefleet.controller.api.openapi import OPEN_ON_LOOPBACK, error_responses
+from edgefleet.controller.api.schemas import DeviceIdPath, ModelIdQuery, Selector, UtcQueryTime
 from edgefleet.controller.fleet.tables import DeviceRow
-from edgefleet.controller.registry.db import aware
 from edgefleet.controller.rollouts.planner import matching_devices
 from edgefleet.controller.telemetry.series import DeviceSeries, query_series
 
-router = APIRouter(prefix="/api/series", tags=["telemetry"])
+router = APIRouter(
+    prefix="/api/series", tags=["telemetry"], responses=error_responses(400, 401, 403, 422)
+)
 
 MAX_RANGE = timedelta(days=400)
+MAX_MINUTES = MAX_RANGE.days * 1440
+RANGE_NOTE = (
+    "The range is `[since, until)`: `until` defaults to now, `since` to `minutes` (default 60) "
+    "before `until`. A range over 400 days keeps its last 400 days, and an empty one "
+    "(`since` at or after `until`) has no points; `since` and `until` in the answer say which "
+    "range it covers."
+)
+Since = Annotated[UtcQueryTime | None, Query(description="start of the range (inclusive)")]
+Until = Annotated[UtcQueryTime | None, Query(description="end of the range (exclusive)")]
+Minutes = Annotated[
+    float | None, Query(gt=0, le=MAX_MINUTES, description="range length when `since` is not given")
+]
+MaxPoints = Annotated[int, Query(ge=10, le=2000, description="buckets per series, at most")]
 
 
 class LatencySeriesPublic(BaseModel):
@@ -100,34 +117,45 @@ def series_public(scope: str, devices: int, series: DeviceSeries) -> SeriesPubli
     )
 
 
+def _before(moment: datetime, span: timedelta) -> datetime:
+    """``moment - span``, or the first representable instant when that is before year 1."""
+    try:
+        return moment - span
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)
+
+
 def time_range(
     since: datetime | None, until: datetime | None, minutes: float | None
 ) -> tuple[datetime, datetime, datetime]:
-    """(since, until, now): defaults to the last hour; naive times are taken as UTC."""
+    """(since, until, now) of a series request, in UTC, as :data:`RANGE_NOTE` states."""
     now = datetime.now(UTC)
-    end = until or now
-    end = aware(end)
-    start = since or end - timedelta(minutes=minutes or 60)
-    start = aware(start)
-    if not start < end or end - start > MAX_RANGE:
-        raise HTTPException(422, f"range must be ascending and at most {MAX_RANGE.days} days")
+    end = until if until is not None else now
+    start = since if since is not None else _before(end, timedelta(minutes=minutes or 60))
+    start = max(start, _before(end, MAX_RANGE))
     return start, end, now
 
 
-@router.get("/devices/{device_id}", response_model=SeriesPublic)
+@router.get(
+    "/devices/{device_id}",
+    response_model=SeriesPublic,
+    responses=error_responses(404, descriptions={404: "no such device"}),
+    openapi_extra=OPEN_ON_LOOPBACK,
+    description="One device's latency per model version, resources and swap markers.\n\n"
+    + RANGE_NOTE,
+)
 def device_series(
-    device_id: str,
+    device_id: DeviceIdPath,
     service: ServiceDep,
     session: SessionDep,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    minutes: Annotated[float | None, Query(gt=0, le=576000)] = None,
-    model_id: str | None = None,
-    max_points: Annotated[int, Query(ge=10, le=2000)] = 300,
+    since: Since = None,
+    until: Until = None,
+    minutes: Minutes = None,
+    model_id: ModelIdQuery = None,
+    max_points: MaxPoints = 300,
 ) -> SeriesPublic:
-    """One device's latency per model version, resources and swap markers."""
     if session.get(DeviceRow, device_id) is None:
-        raise HTTPException(404, f"no device {device_id!r}")
+        raise device_not_found(device_id)
     start, end, now = time_range(since, until, minutes)
     series = query_series(
         session, device_ids=[device_id], since=start, until=end, now=now,
@@ -136,18 +164,23 @@ def device_series(
     return series_public(f"device:{device_id}", 1, series)
 
 
-@router.get("/group", response_model=SeriesPublic)
+@router.get(
+    "/group",
+    response_model=SeriesPublic,
+    openapi_extra=OPEN_ON_LOOPBACK,
+    description="A label-selected group (`site=plant-3`; `*` for the fleet), devices merged.\n\n"
+    + RANGE_NOTE,
+)
 def group_series(
     service: ServiceDep,
     session: SessionDep,
-    selector: Annotated[str, Query(max_length=512)] = "*",
-    since: datetime | None = None,
-    until: datetime | None = None,
-    minutes: Annotated[float | None, Query(gt=0, le=576000)] = None,
-    model_id: str | None = None,
-    max_points: Annotated[int, Query(ge=10, le=2000)] = 300,
+    selector: Annotated[Selector, Query()] = "*",
+    since: Since = None,
+    until: Until = None,
+    minutes: Minutes = None,
+    model_id: ModelIdQuery = None,
+    max_points: MaxPoints = 300,
 ) -> SeriesPublic:
-    """A label-selected group (``site=plant-3``; ``*`` for the fleet), devices merged."""
     start, end, now = time_range(since, until, minutes)
     ids = (
         None
