@@ -31,11 +31,13 @@ from edgefleet.shared import (
     GoldenPair,
     GoldenSet,
     HealthPolicy,
+    LatencyPolicy,
     Manifest,
     SignedManifest,
     TensorData,
     Topics,
     WireFormatError,
+    canonical_json,
     decode,
     encode,
     encode_chunk_frame,
@@ -193,10 +195,13 @@ class TestPublisher:
         http_source: bool = False,
         served: bytes | None = None,
         target: str | None = None,
+        latency: LatencyPolicy | None = None,
+        schema: int = 1,
     ) -> Manifest:
+        """A manifest for ``model``; ``schema=2`` sends the golden pairs as a file of their own
+        (served like the artifact) and ``latency`` as its latency policy."""
         data = model.path.read_bytes()
         sha = self.add_artifact(data, chunk_size, served=served)
-        chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
         outputs = (
             golden_outputs
             if golden_outputs is not None
@@ -218,27 +223,41 @@ class TestPublisher:
             )
         created = created_at or datetime.now(UTC) - timedelta(minutes=1)
         target = target or model.target
+        golden_fields: dict[str, object] = {"golden": golden}
+        if schema == 2:
+            golden_ref = None
+            if golden is not None:
+                blob = canonical_json(golden.model_dump(mode="json"))
+                golden_ref = self._ref(
+                    blob, self.add_artifact(blob, 4096), 4096, mqtt_source, http_source
+                )
+            golden_fields = {"golden_ref": golden_ref, "latency": latency or LatencyPolicy()}
         return Manifest(
+            schema_version=schema,  # type: ignore[arg-type]
             device_id=device_id,
             model_id=model_id,
             version=version,
             serial=serial,
             target=target,  # type: ignore[arg-type]
             runtime=runtime_for_target(target),
-            artifact=ArtifactRef(
-                sha256=sha,
-                size=len(data),
-                chunk_size=chunk_size,
-                chunk_sha256=tuple(hashlib.sha256(c).hexdigest() for c in chunks),
-                mqtt_topic=self.topics.artifact_chunks(sha) if mqtt_source else None,
-                http_url=f"{self.http_base}/artifacts/{sha}" if http_source else None,
-            ),
+            artifact=self._ref(data, sha, chunk_size, mqtt_source, http_source),
             signature=model.signature,
-            golden=golden,
             latency_budget_ms=latency_budget_ms,
             health=health or HealthPolicy(),
             created_at=created,
             expires_at=created + ttl,
+            **golden_fields,  # type: ignore[arg-type]
+        )
+
+    def _ref(self, data: bytes, sha: str, chunk_size: int, mqtt: bool, http: bool) -> ArtifactRef:
+        chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+        return ArtifactRef(
+            sha256=sha,
+            size=len(data),
+            chunk_size=chunk_size,
+            chunk_sha256=tuple(hashlib.sha256(c).hexdigest() for c in chunks),
+            mqtt_topic=self.topics.artifact_chunks(sha) if mqtt else None,
+            http_url=f"{self.http_base}/artifacts/{sha}" if http else None,
         )
 
     def sign(self, manifest: Manifest, key: Ed25519PrivateKey | None = None) -> SignedManifest:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 
-from edgefleet.agent.intake import Accepted, Ignored, Refused, manifest_digest, read_desired
-from edgefleet.shared import encode, generate_signing_key, sign_manifest
+from edgefleet.agent.intake import (
+    Accepted,
+    Dropped,
+    Ignored,
+    Refused,
+    manifest_digest,
+    read_desired,
+)
+from edgefleet.shared import DEFAULT_LIMITS, encode, generate_signing_key, sign_manifest
 from support.samples import NOW, make_manifest
 
 KEY = generate_signing_key()
@@ -30,12 +38,24 @@ def test_a_newer_verified_manifest_is_accepted():
     assert intake.digest == manifest_digest(signed)
 
 
-def test_cleared_and_malformed_payloads_are_ignored():
-    for payload in (b"", b"{", b'{"v": 2, "kind": "manifest", "body": {}}'):
+def test_a_cleared_payload_is_ignored_and_malformed_ones_dropped_by_digest():
+    cleared = read_desired(
+        b"", KEY.public_key(), device_id="pi-001", last_serial=0, last_digest=None
+    )
+    assert isinstance(cleared, Ignored)
+    oversize = b" " * (DEFAULT_LIMITS.max_message_bytes + 1)
+    for payload, error in (
+        (b"{", "MalformedPayloadError"),
+        (b'{"v": 2, "kind": "manifest", "body": {}}', "InvalidFieldError"),
+        (oversize, "PayloadTooLargeError"),
+    ):
         intake = read_desired(
             payload, KEY.public_key(), device_id="pi-001", last_serial=0, last_digest=None
         )
-        assert isinstance(intake, Ignored)
+        assert isinstance(intake, Dropped)
+        assert error in intake.reason
+        assert intake.payload_sha256 == hashlib.sha256(payload).hexdigest()
+        assert intake.size == len(payload)
 
 
 def test_a_replay_is_refused_with_figures_and_a_redelivery_ignored():

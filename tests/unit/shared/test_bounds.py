@@ -450,6 +450,7 @@ def test_chunk_header_is_bounded_before_parsing(head, error):
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 
+
 def mutated_bodies(kind):
     """A valid body of ``kind`` with one node (or the whole body) replaced by any JSON value."""
     return mutated(BASES[kind] if isinstance(kind, str) else kind)

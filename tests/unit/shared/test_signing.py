@@ -295,3 +295,10 @@ def test_v1_has_no_signed_commands_and_drops_the_v2_command_fields():
     v2_kind_in_v1 = json.dumps({"v": 1, "kind": "signed_command", "body": {}}).encode()
     with pytest.raises(WireFormatError, match="unknown message kind 'signed_command' in wire v1"):
         decode(v2_kind_in_v1, SignedCommand)
+
+
+def test_a_schema_1_manifest_is_signed_without_the_schema_2_fields():
+    """A v1 agent refuses unknown fields, even null ones: schema 1 leaves them out."""
+    signed = sign_manifest(make_manifest(), KEY)
+    assert not {"golden_ref", "latency"} & set(signed.manifest)
+    assert verify_manifest(signed, PUB, now=NOW).manifest.golden_ref is None

@@ -40,6 +40,11 @@ class ValidationFailedError(IntegrityError, AgentError):
         self.figures = dict(figures or {})
 
 
+class TooSlowError(ValidationFailedError):
+    """The model is correct but slower on this device than its manifest's latency policy
+    allows (outcome ``too_slow``, not an integrity failure)."""
+
+
 class SupersededError(TransportError, AgentError):
     """A download was abandoned because a newer verified manifest arrived meanwhile."""
 

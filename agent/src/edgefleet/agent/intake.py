@@ -2,7 +2,9 @@
 
 A payload is accepted (verified, to apply), refused (an event; and a final outcome only when
 the refusal provably concerns a new serial of ours: an expired manifest with a good
-signature), or ignored (cleared, malformed, or a redelivery of what was already handled).
+signature), dropped (too large or malformed: no serial to report an outcome for, so the state
+names the payload's digest instead), or ignored (cleared, or a redelivery of what was already
+handled).
 """
 
 from __future__ import annotations
@@ -52,6 +54,15 @@ class Ignored:
     why: str
 
 
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A payload that is not a signed manifest at all (oversize, not JSON, wrong shape)."""
+
+    reason: str
+    payload_sha256: str
+    size: int
+
+
 def read_desired(
     payload: bytes,
     controller_key: Ed25519PublicKey,
@@ -60,14 +71,15 @@ def read_desired(
     last_serial: int,
     last_digest: str | None,
     now: datetime | None = None,
-) -> Accepted | Refused | Ignored:
+) -> Accepted | Refused | Ignored | Dropped:
     """Decode and verify a desired-state payload against what the device last accepted."""
     if not payload:
         return Ignored("a cleared retained message")
     try:
         signed = decode(payload, SignedManifest)
     except WireFormatError as e:
-        return Ignored(f"malformed desired-state payload: {e}")
+        reason = f"malformed desired-state payload: {type(e).__name__}: {e}"
+        return Dropped(reason[:1024], hashlib.sha256(payload).hexdigest(), len(payload))
     digest = manifest_digest(signed)
     try:
         verified = verify_manifest(

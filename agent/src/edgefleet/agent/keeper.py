@@ -7,11 +7,13 @@ publishes the state.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from edgefleet.agent.errors import UnsupportedArtifactError
+from edgefleet.agent.errors import NoModelError, UnsupportedArtifactError
 from edgefleet.agent.health import HealthWatch, RollbackVerdict
 from edgefleet.agent.memory import release_free_memory
 from edgefleet.agent.metrics import MetricsRegistry
@@ -21,9 +23,15 @@ from edgefleet.agent.runtimes import ModelRuntime, check_runtime_allowed, load_r
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.agent.slots import Slot, SlotStore
 from edgefleet.agent.swap import ActiveModel, LoadedModel
-from edgefleet.agent.validation import ValidationReport, smoke_inputs, tensor_array, validate
+from edgefleet.agent.validation import (
+    Baseline,
+    ValidationReport,
+    smoke_inputs,
+    tensor_array,
+    validate,
+)
 from edgefleet.shared.errors import IntegrityError
-from edgefleet.shared.manifest import Manifest, SignedManifest
+from edgefleet.shared.manifest import GoldenSet, Manifest, SignedManifest
 from edgefleet.shared.messages import DeviceStatus, EventType, OutcomeResult
 from edgefleet.shared.signing import VerifiedManifest
 
@@ -75,19 +83,27 @@ def load_slot(slot: Slot, settings: AgentSettings) -> LoadedModel:
 
 
 def load_validated(
-    path: Path, manifest: Manifest, settings: AgentSettings
+    path: Path,
+    manifest: Manifest,
+    settings: AgentSettings,
+    *,
+    golden: GoldenSet | None = None,
+    baseline: Baseline | None = None,
 ) -> tuple[ModelRuntime, ValidationReport]:
-    """Load a verified artifact and validate it (golden pairs, NaN/Inf, latency).
+    """Load a verified artifact and validate it (golden pairs, NaN/Inf, latency judged on this
+    device, against ``baseline`` when the policy asks for a ratio).
 
     Raises:
         ModelLoadError, UnsupportedArtifactError: the runtime cannot load it.
-        ValidationFailedError: it failed validation.
+        ValidationFailedError: it failed validation (``TooSlowError``: only its latency).
     """
     runtime = load_runtime(path, manifest, threads=settings.inference_threads)
     try:
         report = validate(
             runtime,
             manifest,
+            golden=golden,
+            baseline=baseline,
             warmup_runs=settings.warmup_runs,
             timed_runs=settings.validation_timed_runs,
         )
@@ -170,9 +186,16 @@ class SlotKeeper:
         return DeviceStatus.IDLE, reason if failures else None
 
     def install(
-        self, verified: VerifiedManifest, signed: SignedManifest, path: Path, digest: str
+        self,
+        verified: VerifiedManifest,
+        signed: SignedManifest,
+        path: Path,
+        digest: str,
+        golden: GoldenSet | None = None,
     ) -> None:
         """Load, validate, persist (outcome ``swapped``) and swap in a verified artifact.
+
+        ``golden`` is the verified golden file of a schema-2 manifest.
 
         Raises:
             ModelLoadError, UnsupportedArtifactError: the runtime cannot load it.
@@ -180,7 +203,10 @@ class SlotKeeper:
             OSError: the slot could not be saved (the old model keeps serving).
         """
         manifest = verified.manifest
-        runtime, report = load_validated(path, manifest, self.settings)
+        with self._baseline() as baseline:
+            runtime, report = load_validated(
+                path, manifest, self.settings, golden=golden, baseline=baseline
+            )
         try:
             swapped = outcome_of(manifest, OutcomeResult.SWAPPED)
             slot = self.store.install(verified, signed, path, digest, swapped)
@@ -201,6 +227,19 @@ class SlotKeeper:
         self.reporter.event(EventType.SWAPPED, manifest=manifest, figures=report.figures())
         del old
         release_free_memory()
+
+    @contextlib.contextmanager
+    def _baseline(self) -> Iterator[Baseline | None]:
+        """The active model, held (so a swap cannot close it) while a candidate is timed."""
+        try:
+            model = self.active.acquire()
+        except NoModelError:
+            yield None
+            return
+        try:
+            yield Baseline(model.runtime, model.signature)
+        finally:
+            self.active.release(model)
 
     def check_health(self) -> str | None:
         """Judge the post-swap watch; roll back on a bad verdict. Returns why, if it did."""

@@ -15,6 +15,7 @@ from edgefleet.agent.fetch import Publisher
 from edgefleet.agent.sequence import StateSequence
 from edgefleet.shared.manifest import Manifest
 from edgefleet.shared.messages import (
+    DesiredError,
     DeviceState,
     DeviceStatus,
     Event,
@@ -75,6 +76,7 @@ class Reporter:
         detail: str | None = None,
         last_outcome: Outcome | None = None,
         progress: Progress | None = None,
+        desired_error: DesiredError | None = None,
     ) -> DeviceState:
         """A state without ``seq``: :meth:`publish_state` or :meth:`numbered` gives it one."""
         return DeviceState(
@@ -88,6 +90,7 @@ class Reporter:
             updated_at=datetime.now(UTC),
             last_outcome=last_outcome,
             progress=progress,
+            desired_error=desired_error,
         )
 
     def numbered(self, state: DeviceState) -> DeviceState:

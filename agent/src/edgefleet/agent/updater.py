@@ -18,10 +18,12 @@ import queue
 import threading
 import time
 from collections import deque
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import ValidationError
 
 from edgefleet.agent.commands import CommandGate, CommandRefusal
 from edgefleet.agent.download import ArtifactDownloader, holds_artifact
@@ -30,11 +32,12 @@ from edgefleet.agent.errors import (
     StoppingError,
     StorageError,
     SupersededError,
+    TooSlowError,
     UnsupportedArtifactError,
     ValidationFailedError,
 )
 from edgefleet.agent.fetch import MqttChunkFetcher
-from edgefleet.agent.intake import Ignored, Refused, read_desired
+from edgefleet.agent.intake import Dropped, Ignored, Refused, read_desired
 from edgefleet.agent.io_retry import LocalIoError, LocalIoRetry
 from edgefleet.agent.keeper import SlotKeeper, check_runnable
 from edgefleet.agent.memory import lower_thread_priority
@@ -46,9 +49,10 @@ from edgefleet.agent.settings import AgentSettings
 from edgefleet.agent.slots import SlotStore, slot_info
 from edgefleet.agent.swap import ActiveModel
 from edgefleet.shared.errors import DownloadError, IntegrityError, WireFormatError
-from edgefleet.shared.manifest import Manifest, SignedManifest
+from edgefleet.shared.manifest import GoldenSet, Manifest, SignedManifest
 from edgefleet.shared.messages import (
     CommandType,
+    DesiredError,
     DeviceStatus,
     EventType,
     OutcomeResult,
@@ -99,6 +103,7 @@ class Updater:
         self.status = DeviceStatus.STARTING
         self.detail: str | None = None
         self._updating_to: Manifest | None = None
+        self.desired_error: DesiredError | None = None  # the last payload dropped unread
         self.commands = CommandGate(
             settings.data_dir / "command-serial",
             controller_key,
@@ -209,6 +214,7 @@ class Updater:
                 detail=self.detail,
                 last_outcome=store.last_outcome,
                 progress=self.progress.current,
+                desired_error=self.desired_error,
             )
         )
 
@@ -239,6 +245,15 @@ class Updater:
         )
         if isinstance(intake, Ignored):
             log.debug("ignoring a desired-state payload: %s", intake.why)
+        elif isinstance(intake, Dropped):
+            self.reporter.event(EventType.MANIFEST_REFUSED, reason=intake.reason)
+            self.desired_error = DesiredError(
+                payload_sha256=intake.payload_sha256,
+                size=intake.size,
+                reason=intake.reason,
+                at=datetime.now(UTC),
+            )
+            self.publish_state()  # the controller matches the digest to what it published
         elif isinstance(intake, Refused):
             self.reporter.event(
                 EventType.MANIFEST_REFUSED,
@@ -290,6 +305,11 @@ class Updater:
             self._refuse(manifest, digest, EventType.MANIFEST_REFUSED, str(e))
         except ModelLoadError as e:
             self._refuse(manifest, digest, EventType.LOAD_FAILED, str(e))
+        except TooSlowError as e:
+            self._finish(
+                manifest, digest, OutcomeResult.TOO_SLOW, EventType.VALIDATION_FAILED,
+                e.reason, e.figures, detail="too slow",
+            )  # fmt: skip
         except ValidationFailedError as e:
             self._finish(
                 manifest, digest, OutcomeResult.VALIDATION_FAILED, EventType.VALIDATION_FAILED,
@@ -366,11 +386,35 @@ class Updater:
     def _fetch_and_install(
         self, verified: VerifiedManifest, signed: SignedManifest, digest: str
     ) -> None:
-        """Raises: see :meth:`_fetch` and :meth:`SlotKeeper.install`."""
+        """Raises: see :meth:`_fetch`, :meth:`_fetch_golden` and :meth:`SlotKeeper.install`."""
+        golden = self._fetch_golden(verified.manifest)
         path = self._fetch(verified.manifest)
         self.progress.enter(ProgressPhase.INSTALLING, done_bytes=verified.manifest.artifact.size)
         self.publish_state()
-        self.keeper.install(verified, signed, path, digest)
+        self.keeper.install(verified, signed, path, digest, golden)
+
+    def _fetch_golden(self, manifest: Manifest) -> GoldenSet | None:
+        """The golden set a schema-2 manifest names as a file: fetched like the artifact (its
+        sha256 and size are signed), read, and the download dropped.
+
+        Raises:
+            UnsupportedArtifactError: the verified file is not a golden set.
+            DownloadError, StoppingError, StorageError, HashMismatchError,
+            LengthMismatchError: see ArtifactDownloader.download.
+        """
+        ref = manifest.golden_ref
+        if ref is None:
+            return None
+        carrier = manifest.model_copy(update={"artifact": ref})  # the same fetch, other bytes
+        path = self._fetch(carrier)
+        try:
+            return GoldenSet.model_validate_json(path.read_bytes())
+        except ValidationError as e:
+            raise UnsupportedArtifactError(
+                manifest.target, f"its golden file {ref.sha256[:12]} is not a golden set: {e}"
+            ) from e
+        finally:
+            self.downloader.discard(carrier)
 
     def _fetch(self, manifest: Manifest) -> Path:
         """The artifact on disk: one we still hold or finished downloading, or a download.

@@ -1,6 +1,10 @@
-"""Validation of a loaded model before it may serve: golden pairs, NaN/Inf, latency budget.
+"""Validation of a loaded model before it may serve: golden pairs, NaN/Inf, latency.
 
-Pure logic over a :class:`ModelRuntime`; nothing here touches the active model.
+Latency is judged here, on the device, never against a figure from the controller host: a
+schema-2 manifest's :class:`LatencyPolicy` names the operator's budget for this device's class,
+else a ratio to the active model's warm latency measured now on this device, else the candidate
+is accepted and what it measured is reported. A schema-1 manifest has its absolute budget only.
+Only the active model's runtime is borrowed (to time it); nothing here changes what serves.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgefleet.agent.errors import InferenceError, ValidationFailedError
+from edgefleet.agent.errors import InferenceError, TooSlowError, ValidationFailedError
 from edgefleet.agent.runtimes import Array, ModelRuntime
+from edgefleet.shared.bounds import MAX_LATENCY_MS
 from edgefleet.shared.manifest import GoldenSet, IOSignature, Manifest, TensorData
 
 
@@ -25,6 +30,7 @@ class ValidationReport:
     max_abs_error: float
     top1_agreement: float
     warm_latency_ms: float
+    latency: dict[str, float] | None = None  # how latency was judged (see judge_latency)
 
     def figures(self) -> dict[str, float]:
         return {
@@ -32,7 +38,16 @@ class ValidationReport:
             "max_abs_error": self.max_abs_error,
             "top1_agreement": self.top1_agreement,
             "warm_latency_ms": self.warm_latency_ms,
+            **(self.latency or {}),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """The active model, to time against a candidate on this device."""
+
+    runtime: ModelRuntime
+    signature: IOSignature
 
 
 def tensor_array(tensor: TensorData) -> Array:
@@ -106,16 +121,97 @@ def _compare(golden: GoldenSet, runtime: ModelRuntime) -> tuple[float, float]:
     return max_abs, agreement
 
 
+def _warm_ms(runtime: ModelRuntime, inputs: dict[str, Array], runs: int) -> float:
+    samples = []
+    for _ in range(max(1, runs)):
+        start = time.perf_counter()
+        _run(runtime, inputs)
+        samples.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(samples)
+
+
+def _fits(signature: IOSignature, inputs: dict[str, Array]) -> bool:
+    if {spec.name for spec in signature.inputs} != set(inputs):
+        return False
+    for spec in signature.inputs:
+        value = inputs[spec.name]
+        if str(value.dtype) != spec.dtype or len(value.shape) != len(spec.shape):
+            return False
+        if any(d is not None and d != n for d, n in zip(spec.shape, value.shape, strict=True)):
+            return False
+    return True
+
+
+def judge_latency(
+    manifest: Manifest,
+    warm_ms: float,
+    probe: dict[str, Array],
+    baseline: Baseline | None,
+    timed_runs: int,
+) -> dict[str, float]:
+    """How the candidate's warm latency on this device is judged; its figures.
+
+    Raises:
+        TooSlowError: over the operator's budget, or over the allowed ratio to the active model.
+    """
+    policy = manifest.latency
+    budget = policy.budget_ms if policy is not None else None
+    if policy is None and manifest.latency_budget_ms < MAX_LATENCY_MS:
+        budget = manifest.latency_budget_ms  # schema 1: its absolute budget alone
+    figures = {"warm_latency_ms": warm_ms}
+    if policy is not None and policy.reference_p95_ms is not None:
+        figures["controller_p95_ms"] = policy.reference_p95_ms  # a reference, never a budget
+    if not math.isfinite(warm_ms):
+        raise TooSlowError(f"warm latency is not finite ({warm_ms})", figures)
+    if budget is not None:
+        figures["latency_budget_ms"] = budget
+        if warm_ms > budget:
+            raise TooSlowError(
+                f"too slow on this device: warm latency {warm_ms:.3f} ms exceeds the budget of "
+                f"{budget:g} ms for its class",
+                figures,
+            )
+        return figures
+    ratio = policy.max_ratio_to_active if policy is not None else None
+    if ratio is None or baseline is None:
+        return figures  # nothing to judge against: accepted, and reported
+    inputs = probe if _fits(baseline.signature, probe) else smoke_inputs(baseline.signature)
+    try:
+        _run(baseline.runtime, inputs)  # warm (it serves, but maybe not these shapes)
+        active_ms = _warm_ms(baseline.runtime, inputs, timed_runs)
+    except ValidationFailedError:
+        return figures  # the active model cannot be timed: accepted, and reported
+    figures |= {"active_warm_latency_ms": active_ms, "max_ratio_to_active": ratio}
+    allowed = max(policy.floor_ms if policy is not None else 0.0, ratio * active_ms)
+    if warm_ms > allowed:
+        raise TooSlowError(
+            f"too slow on this device: warm latency {warm_ms:.3f} ms is over {ratio:g}x the "
+            f"active model's {active_ms:.3f} ms measured here",
+            figures,
+        )
+    return figures
+
+
 def validate(
-    runtime: ModelRuntime, manifest: Manifest, *, warmup_runs: int = 3, timed_runs: int = 10
+    runtime: ModelRuntime,
+    manifest: Manifest,
+    *,
+    golden: GoldenSet | None = None,
+    baseline: Baseline | None = None,
+    warmup_runs: int = 3,
+    timed_runs: int = 10,
 ) -> ValidationReport:
     """Check a loaded model against its manifest; warm it up on the way.
 
+    ``golden`` is the manifest's golden set when it travels as a file (schema 2); ``baseline``
+    the active model, for a latency ratio.
+
     Raises:
-        ValidationFailedError: golden mismatch, NaN/Inf outputs, a runtime failure on a golden
-            input, or a median warm latency above ``manifest.latency_budget_ms``.
+        ValidationFailedError: golden mismatch, NaN/Inf outputs, or a runtime failure on a
+            golden input.
+        TooSlowError: the latency policy refuses it (see :func:`judge_latency`).
     """
-    golden = manifest.golden
+    golden = manifest.golden if golden is None else golden
     probe = (
         {n: tensor_array(t) for n, t in golden.pairs[0].inputs.items()}
         if golden is not None
@@ -124,15 +220,7 @@ def validate(
     for _ in range(max(1, warmup_runs)):
         _check_finite(_run(runtime, probe))
     max_abs, agreement = _compare(golden, runtime) if golden is not None else (0.0, 1.0)
-    samples = []
-    for _ in range(max(1, timed_runs)):
-        start = time.perf_counter()
-        _run(runtime, probe)
-        samples.append((time.perf_counter() - start) * 1000.0)
-    warm_ms = statistics.median(samples)
-    if not math.isfinite(warm_ms) or warm_ms > manifest.latency_budget_ms:
-        raise ValidationFailedError(
-            f"warm latency {warm_ms:.3f} ms exceeds the budget of {manifest.latency_budget_ms} ms",
-            {"warm_latency_ms": warm_ms, "latency_budget_ms": manifest.latency_budget_ms},
-        )
-    return ValidationReport(len(golden.pairs) if golden else 0, max_abs, agreement, warm_ms)
+    warm_ms = _warm_ms(runtime, probe, timed_runs)
+    latency = judge_latency(manifest, warm_ms, probe, baseline, timed_runs)
+    pairs = len(golden.pairs) if golden else 0
+    return ValidationReport(pairs, max_abs, agreement, warm_ms, latency)

@@ -19,6 +19,7 @@ from edgefleet.controller.fleet.ingest import FleetIngest
 from edgefleet.controller.metrics import IngestRateMeter
 from edgefleet.controller.mqtt.bridge import BridgeOptions, MqttBridge
 from edgefleet.controller.mqtt.embedded import EmbeddedBroker
+from edgefleet.controller.private_files import ensure_private_dir
 from edgefleet.controller.publish.artifact_urls import ArtifactUrlSigner
 from edgefleet.controller.publish.chunk_server import ChunkServer, IssuedArtifacts
 from edgefleet.controller.publish.commands import command_payload, next_command_serial
@@ -90,7 +91,7 @@ class ControllerService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(settings.data_dir)  # 0700 whatever the umask
         self.topics = Topics(settings.topic_root)
         self.engine, self.sessions = open_database(settings)
         self.store = ArtifactStore(settings.artifact_dir)
@@ -109,6 +110,7 @@ class ControllerService:
             chunk_size=settings.chunk_size,
             ttl=timedelta(seconds=settings.manifest_ttl_s),
             urls=self.artifact_urls,
+            store=self.store,
         )
         self.bridge: MqttBridge | None = None
         self.ingest: FleetIngest | None = None

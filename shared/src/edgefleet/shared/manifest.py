@@ -168,6 +168,10 @@ class LatencyPolicy(WireModel):
     reference_host: str | None = Field(default=None, max_length=256)
 
 
+# What manifest schema 2 adds: never written into a schema-1 manifest.
+SCHEMA_2_FIELDS = frozenset({"golden_ref", "latency"})
+
+
 class Manifest(WireModel):
     """Desired state of one device. Signed by the controller; verified by the agent.
 

@@ -201,6 +201,7 @@ class FleetMachine(RuleBasedStateMachine):
             chunk_size=64 * 1024,
             ttl=TTL,
             urls=ArtifactUrlSigner(b"k" * 32),
+            store=ArtifactStore(w.registry_dir),
         )
         self.now = START
         self.engine = self._new_engine()

@@ -7,6 +7,8 @@ domain, used to compare with the original). Latency runs single-threaded for sta
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -158,7 +160,23 @@ def measure_latency(
         mean_ms=float(times.mean()),
         p50_ms=float(np.percentile(times, 50)),
         p95_ms=float(np.percentile(times, 95)),
+        host=measuring_host(),
     )
+
+
+def measuring_host() -> str:
+    """Where a latency was measured: host name, CPU model and count, architecture. A label for
+    the figure (the controller host is not a device), never a budget."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in info if line.startswith("model name")),
+                cpu,
+            )
+    except OSError:
+        pass
+    return f"{platform.node()} ({cpu}, {os.cpu_count() or 1} CPUs, {platform.machine()})"[:256]
 
 
 _ORT_TYPES = {

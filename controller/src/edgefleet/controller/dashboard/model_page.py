@@ -72,7 +72,7 @@ def _artifact_row(artifact: ArtifactRecord) -> list[str]:
         f"{quality.max_abs_error:.2g}",
         num(report.latency.p50_ms, "ms", 3),
         num(report.latency.p95_ms, "ms", 3),
-        num(artifact.latency_budget_ms, "ms", 1),
+        e(report.latency.host or "not recorded"),
         f"{report.sparsity:.0%}",
     ]
 
@@ -94,7 +94,7 @@ def render_model(service: ControllerService, session: Session, name: str) -> str
             shown += f" and {len(devices) - MAX_DEVICE_LINKS} more"
         artifacts = table(
             ["target", "runtime", "size", "smaller by", "accuracy Δ", "top-1 agreement",
-             "max |error|", "p50", "p95", "budget", "sparsity"],
+             "max |error|", "p50", "p95", "measured on", "sparsity"],
             (_artifact_row(a) for a in record.artifacts),
             empty="no artifacts",
         )  # fmt: skip

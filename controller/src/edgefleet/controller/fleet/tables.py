@@ -52,6 +52,8 @@ class DeviceRow(Base):
     state_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     last_outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # Outcome
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # Progress
+    # A desired-state payload it dropped unread (DesiredError): a manifest it never saw.
+    desired_error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     online_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     offline_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

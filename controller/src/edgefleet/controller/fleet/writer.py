@@ -273,6 +273,9 @@ def _apply_state(row: DeviceRow, state: DeviceState, now: datetime) -> None:
         row.last_outcome = state.last_outcome.model_dump(mode="json")
     if state.seq is not None:  # a v2 state says what is in progress, including nothing
         row.progress = state.progress.model_dump(mode="json") if state.progress else None
+        row.desired_error = (
+            state.desired_error.model_dump(mode="json") if state.desired_error else None
+        )
     row.last_seen = now
 
 

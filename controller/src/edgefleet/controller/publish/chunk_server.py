@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -53,9 +53,10 @@ class RefusalReason(StrEnum):
 
 
 class IssuedArtifacts:
-    """Whether a device was issued a manifest for an artifact: a rollout row of that device with
-    that sha256 and a signed manifest. Answers are cached for ``ttl_s`` (at most
-    ``max_entries`` of them) so a burst of requests costs no query each."""
+    """Whether a device was issued a manifest for an artifact (or for the golden file a schema-2
+    manifest names): a rollout row of that device with that sha256 and a signed manifest.
+    Answers are cached for ``ttl_s`` (at most ``max_entries`` of them) so a burst of requests
+    costs no query each."""
 
     def __init__(
         self,
@@ -91,7 +92,10 @@ class IssuedArtifacts:
             for start in range(0, len(asked), _LOOKUP_BATCH):
                 query = select(RolloutDeviceRow.device_id).where(
                     RolloutDeviceRow.device_id.in_(asked[start : start + _LOOKUP_BATCH]),
-                    RolloutDeviceRow.sha256 == sha256,
+                    or_(
+                        RolloutDeviceRow.sha256 == sha256,
+                        RolloutDeviceRow.golden_sha256 == sha256,
+                    ),
                     RolloutDeviceRow.signed_manifest.is_not(None),
                 )
                 issued.update(session.scalars(query.distinct()))

@@ -1,24 +1,39 @@
-"""Building and signing the desired-state manifest for one device and one artifact."""
+"""Building and signing the desired-state manifest for one device and one artifact.
+
+A wire-v2 device gets manifest schema 2: its golden pairs as a file of their own in the artifact
+store (canonical JSON of the golden set, content-addressed, fetched and verified like the
+artifact), so a manifest's size does not depend on the model's inputs, and a latency policy the
+device judges with its own measurements. A v1 device gets schema 1 with the pairs inline.
+Nothing larger than the broker takes is ever signed: :class:`ManifestTooLargeError` says so.
+"""
 
 from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edgefleet.controller.errors import ControllerError
 from edgefleet.controller.publish.artifact_urls import ArtifactUrlSigner
 from edgefleet.controller.registry.records import ArtifactRecord
+from edgefleet.controller.registry.store import ArtifactStore
 from edgefleet.shared import (
+    DEFAULT_LIMITS,
+    SCHEMA_VERSION,
     ArtifactRef,
     HealthPolicy,
+    LatencyPolicy,
     Manifest,
     SignedManifest,
     Topics,
+    canonical_json,
     chunk_digests,
     sign_manifest,
 )
+from edgefleet.shared.bounds import MAX_LATENCY_MS
 from edgefleet.shared.manifest import runtime_for_target
 
 
@@ -40,6 +55,44 @@ class ChunkDigestCache:
         return cached
 
 
+class ManifestTooLargeError(ControllerError):
+    """The manifest would be larger than the broker's maximum payload: it is not signed."""
+
+    def __init__(self, size: int, limit: int, *, schema: int) -> None:
+        why = "its golden pairs travel inline to a wire-v1 device" if schema == 1 else "it"
+        super().__init__(
+            f"the manifest would be {size} bytes, over the broker's maximum payload of {limit} "
+            f"bytes ({why}); not signed"
+        )
+        self.size = size
+        self.limit = limit
+
+
+# Room for the envelope, the signature and its key id around the manifest's own JSON.
+_SIGNED_OVERHEAD = 512
+
+
+class GoldenFiles:
+    """Golden sets as content-addressed blobs in the artifact store, written once each."""
+
+    def __init__(self, store: ArtifactStore) -> None:
+        self.store = store
+        self._blobs: dict[str, tuple[str, int, Path]] = {}  # artifact sha256 -> golden blob
+        self._lock = threading.Lock()
+
+    def blob(self, artifact: ArtifactRecord) -> tuple[str, int, Path]:
+        """The golden set of ``artifact`` as a stored blob: sha256, size and path."""
+        with self._lock:
+            known = self._blobs.get(artifact.sha256)
+        if known is not None and known[2].is_file():
+            return known
+        sha, size = self.store.put_bytes(canonical_json(artifact.golden.model_dump(mode="json")))
+        blob = (sha, size, self.store.path_for(sha))
+        with self._lock:
+            self._blobs[artifact.sha256] = blob
+        return blob
+
+
 class ManifestSigner:
     """Turns (device, artifact, serial) into a signed manifest."""
 
@@ -52,7 +105,9 @@ class ManifestSigner:
         chunk_size: int,
         ttl: timedelta,
         urls: ArtifactUrlSigner,
+        store: ArtifactStore,
         health: HealthPolicy | None = None,
+        max_payload_bytes: int = DEFAULT_LIMITS.max_message_bytes,
     ) -> None:
         self.key = key
         self.topics = topics
@@ -62,6 +117,8 @@ class ManifestSigner:
         self.health = health or HealthPolicy()
         self.urls = urls
         self.chunks = ChunkDigestCache()
+        self.golden = GoldenFiles(store)
+        self.max_payload_bytes = max_payload_bytes
 
     def sign(
         self,
@@ -69,33 +126,70 @@ class ManifestSigner:
         artifact: ArtifactRecord,
         serial: int,
         *,
+        wire_version: int = SCHEMA_VERSION,
         health: HealthPolicy | None = None,
+        latency_budget_ms: float | None = None,
+        latency_ratio: float = 3.0,
         now: datetime | None = None,
     ) -> SignedManifest:
-        """Sign the desired state ``(device, artifact, serial)``, valid for the signer's TTL."""
+        """Sign the desired state ``(device, artifact, serial)``, valid for the signer's TTL, in
+        the manifest schema of the device's wire version.
+
+        ``latency_budget_ms`` is the operator's budget for the device's class; without one, no
+        absolute budget is signed (the device judges against its own active model, v2, or
+        accepts and reports, v1).
+
+        Raises:
+            ManifestTooLargeError: it would not fit the broker's maximum payload.
+        """
         now = now or datetime.now(UTC)
         expires_at = now + self.ttl
-        query = self.urls.query(device_id, artifact.sha256, int(expires_at.timestamp()))
+        schema = 2 if wire_version >= 2 else 1
+        fields: dict[str, Any] = {}
+        if schema == 1:
+            fields["golden"] = artifact.golden
+        else:
+            sha, size, path = self.golden.blob(artifact)
+            fields["golden_ref"] = self._ref(device_id, sha, size, path, expires_at)
+            measured = artifact.report.latency
+            fields["latency"] = LatencyPolicy(
+                budget_ms=latency_budget_ms,
+                max_ratio_to_active=latency_ratio,
+                reference_p95_ms=min(measured.p95_ms, MAX_LATENCY_MS),
+                reference_host=measured.host or "controller host (not recorded)",
+            )
         manifest = Manifest(
+            schema_version=schema,
             device_id=device_id,
             model_id=artifact.model,
             version=artifact.version,
             serial=serial,
             target=artifact.target,
             runtime=runtime_for_target(artifact.target),
-            artifact=ArtifactRef(
-                sha256=artifact.sha256,
-                size=artifact.size,
-                chunk_size=self.chunk_size,
-                chunk_sha256=self.chunks.digests(artifact.sha256, artifact.path, self.chunk_size),
-                mqtt_topic=self.topics.artifact_chunks(artifact.sha256),
-                http_url=f"{self.public_url}/artifacts/{artifact.sha256}?{query}",
+            artifact=self._ref(
+                device_id, artifact.sha256, artifact.size, artifact.path, expires_at
             ),
             signature=artifact.signature,
-            golden=artifact.golden,
-            latency_budget_ms=artifact.latency_budget_ms,
+            latency_budget_ms=latency_budget_ms or MAX_LATENCY_MS,
             health=health or self.health,
             created_at=now,
             expires_at=expires_at,
+            **fields,
         )
+        size = len(manifest.model_dump_json()) + _SIGNED_OVERHEAD
+        if size > self.max_payload_bytes:
+            raise ManifestTooLargeError(size, self.max_payload_bytes, schema=schema)
         return sign_manifest(manifest, self.key)
+
+    def _ref(
+        self, device_id: str, sha256: str, size: int, path: Path, expires_at: datetime
+    ) -> ArtifactRef:
+        query = self.urls.query(device_id, sha256, int(expires_at.timestamp()))
+        return ArtifactRef(
+            sha256=sha256,
+            size=size,
+            chunk_size=self.chunk_size,
+            chunk_sha256=self.chunks.digests(sha256, path, self.chunk_size),
+            mqtt_topic=self.topics.artifact_chunks(sha256),
+            http_url=f"{self.public_url}/artifacts/{sha256}?{query}",
+        )

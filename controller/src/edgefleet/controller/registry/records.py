@@ -26,6 +26,9 @@ class LatencyStats(BaseModel):
     mean_ms: float
     p50_ms: float
     p95_ms: float
+    host: str | None = Field(
+        default=None, description="the machine it was measured on: a reference, never a budget"
+    )
 
 
 class QualityStats(BaseModel):

@@ -54,6 +54,18 @@ class ArtifactStore:
             os.close(dir_fd)
         return sha, size
 
+    def put_bytes(self, data: bytes) -> tuple[str, int]:
+        """Store ``data`` as a blob; returns its sha256 and size. Idempotent."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            return self.put_file(tmp)
+        finally:
+            tmp.unlink(missing_ok=True)
+
     def verify(self, sha256: str) -> Path:
         """The blob's path after re-hashing it.
 

@@ -26,7 +26,9 @@ class WaveTiming(Protocol):
 
 
 # Outcome results (edgefleet.shared.OutcomeResult values) that fail the serial they are about.
-FAILED_RESULTS = frozenset({"refused", "validation_failed", "download_failed", "io_error"})
+FAILED_RESULTS = frozenset(
+    {"refused", "validation_failed", "download_failed", "io_error", "too_slow"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,7 @@ class Issued:
     deadline_at: datetime | None
     offline_at_start: bool = False
     deadline_cap: datetime | None = None  # the wave's own deadline, for devices it waits on
+    payload_sha256: str | None = None  # of the desired-state bytes sent to it, when asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,14 @@ class ReportedProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class ReportedDrop:
+    """A desired-state payload the device dropped unread (too large, malformed)."""
+
+    payload_sha256: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Reported:
     """What the device last said about itself (its retained state), and whether it is online."""
 
@@ -77,6 +88,7 @@ class Reported:
     online_since: datetime | None = None
     offline_since: datetime | None = None
     last_seen: datetime | None = None
+    dropped: ReportedDrop | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +156,10 @@ def derive_target(
             return Derived(TargetState.FAILED, reason, deadline)
         if outcome.result == "rolled_back" and not reverting:
             return Derived(TargetState.ROLLED_BACK, _rolled_back_reason(outcome), deadline)
+    dropped = reported.dropped
+    if dropped is not None and dropped.payload_sha256 == issued.payload_sha256:
+        reason = f"the device dropped its desired state unread: {dropped.reason}"
+        return Derived(TargetState.FAILED, reason, deadline)
     if state is TargetState.TIMED_OUT:
         return Derived(state, None, deadline)
     if (

@@ -27,8 +27,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.controller.errors import ControllerError
+from edgefleet.controller.fleet.selectors import device_facts
 from edgefleet.controller.fleet.tables import DeviceRow, TelemetryRow
-from edgefleet.controller.publish.manifests import ManifestSigner
+from edgefleet.controller.publish.manifests import ManifestSigner, ManifestTooLargeError
 from edgefleet.controller.publish.variants import select_artifact_for
 from edgefleet.controller.registry.db import aware
 from edgefleet.controller.registry.records import ArtifactRecord
@@ -51,7 +52,7 @@ from edgefleet.controller.rollouts.states import (
     TargetState,
 )
 from edgefleet.controller.rollouts.tables import RolloutDeviceRow, RolloutRow
-from edgefleet.shared import SCHEMA_VERSION, SignedManifest, Topics, decode, encode
+from edgefleet.shared import Topics, encode
 
 log = logging.getLogger(__name__)
 
@@ -203,13 +204,12 @@ class RolloutEngine:
                 .where(RolloutDeviceRow.published.is_(False))
                 .order_by(RolloutDeviceRow.id)
             ).all()
-        outgoing = []
-        for row_id, device_id, manifest, version in rows:
-            payload = manifest.encode()
-            if version != SCHEMA_VERSION:  # written in the version the device speaks
-                payload = encode(decode(payload, SignedManifest), version=version or 1)
-            outgoing.append(Outgoing(row_id, self.topics.desired(device_id), payload))
-        return outgoing
+        return [
+            Outgoing(
+                row_id, self.topics.desired(device_id), facts.desired_payload(manifest, version)
+            )
+            for row_id, device_id, manifest, version in rows
+        ]
 
     # --- deriving -----------------------------------------------------------------------------
 
@@ -232,7 +232,8 @@ class RolloutEngine:
             device = devices.get(target.device_id)
             report = facts.reported(device, now, self.offline_after)
             cap = wave_deadline if target.wave == wave else None
-            derived = derive_target(facts.issued(target, cap), report, timeout, now)
+            issue = facts.issued(target, cap, device)
+            derived = derive_target(issue, report, timeout, now)
             before = target.state
             if facts.apply(target, derived, now) and derived.state != before:
                 log.info(
@@ -385,7 +386,14 @@ class RolloutEngine:
         *,
         state: TargetState,
     ) -> None:
-        self._sign_into(target, device, artifact, policy, now)
+        try:
+            self._sign_into(target, device, artifact, policy, now)
+        except ManifestTooLargeError as e:
+            target.state = TargetState.FAILED
+            target.reason = str(e)
+            target.updated_at = now
+            log.warning("rollout %d: %s: %s", target.rollout_id, device.id, e)
+            return
         target.state = state
         target.reason = None
         target.sent_at = now
@@ -401,11 +409,30 @@ class RolloutEngine:
         policy: GatePolicy,
         now: datetime,
     ) -> None:
-        """Sign the next serial of ``device`` for ``artifact`` into ``target``, unpublished."""
+        """Sign the next serial of ``device`` for ``artifact`` into ``target``, unpublished, in
+        the manifest schema of the device's wire version, with the operator's latency budget for
+        its class (if any).
+
+        Raises:
+            ManifestTooLargeError: the manifest would not fit the broker; nothing was changed.
+        """
         serial = max(device.last_serial_issued or 0, device.reported_last_serial or 0) + 1
+        runtimes = [r["name"] for r in device.runtimes or []]
+        facts_of = device_facts(device.id, device.arch, runtimes, device.accelerators or [])
+        signed = self.signer.sign(
+            device.id,
+            artifact,
+            serial,
+            wire_version=device.wire_version or 1,
+            health=policy.health(),
+            latency_budget_ms=policy.latency_budget_for(device.labels or {}, facts_of),
+            latency_ratio=policy.latency_ratio,
+            now=now,
+        )
         device.last_serial_issued = serial
-        signed = self.signer.sign(device.id, artifact, serial, health=policy.health(), now=now)
         target.signed_manifest = encode(signed).decode()
+        golden = signed.manifest.get("golden_ref")
+        target.golden_sha256 = str(golden["sha256"]) if isinstance(golden, dict) else None
         target.serial = serial
         target.sha256 = artifact.sha256
         target.target = artifact.target
@@ -518,9 +545,14 @@ class RolloutEngine:
                 log.warning("cannot renew the desired state of %s: artifact gone", device.id)
                 continue
             old = target.serial
-            self._sign_into(
-                target, device, artifact, GatePolicy.model_validate(rollout.policy), now
-            )
+            try:
+                self._sign_into(
+                    target, device, artifact, GatePolicy.model_validate(rollout.policy), now
+                )
+            except ManifestTooLargeError as e:
+                target.manifest_expires_at = None  # cannot be renewed: say so once
+                log.warning("cannot renew the desired state of %s: %s", device.id, e)
+                continue
             self.manifests_renewed += 1
             log.info(
                 "renewed the desired state of %s: serial %s -> %s", device.id, old, target.serial

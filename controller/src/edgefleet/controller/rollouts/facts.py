@@ -15,11 +15,13 @@ from edgefleet.controller.rollouts.convergence import (
     Derived,
     Issued,
     Reported,
+    ReportedDrop,
     ReportedOutcome,
     ReportedProgress,
 )
 from edgefleet.controller.rollouts.states import TargetState, is_online
 from edgefleet.controller.rollouts.tables import RolloutDeviceRow
+from edgefleet.shared import SCHEMA_VERSION, SignedManifest, decode, encode, sha256_bytes
 
 
 def _maybe(moment: datetime | None) -> datetime | None:
@@ -73,10 +75,33 @@ def reported(row: DeviceRow | None, now: datetime, offline_after: timedelta) -> 
         online_since=_maybe(row.online_since),
         offline_since=_maybe(row.offline_since),
         last_seen=_maybe(row.last_seen) if row.status != "unknown" else None,
+        dropped=_dropped(row.desired_error),
     )
 
 
-def issued(row: RolloutDeviceRow, deadline_cap: datetime | None = None) -> Issued:
+def _dropped(raw: dict[str, Any] | None) -> ReportedDrop | None:
+    if not raw:
+        return None
+    return ReportedDrop(payload_sha256=str(raw["payload_sha256"]), reason=str(raw["reason"]))
+
+
+def desired_payload(signed_manifest: str, wire_version: int | None) -> bytes:
+    """The bytes published as a device's desired state: the signed manifest (stored as a
+    current-version envelope) in the envelope of the version the device speaks."""
+    payload = signed_manifest.encode()
+    if wire_version != SCHEMA_VERSION:
+        payload = encode(decode(payload, SignedManifest), version=wire_version or 1)
+    return payload
+
+
+def issued(
+    row: RolloutDeviceRow, deadline_cap: datetime | None = None, device: DeviceRow | None = None
+) -> Issued:
+    """The issue on ``row``; with the ``device`` row, also the digest of the payload it was sent
+    when the device reports a dropped one (the only time it is needed)."""
+    digest = None
+    if device is not None and device.desired_error and row.signed_manifest is not None:
+        digest = sha256_bytes(desired_payload(row.signed_manifest, device.wire_version))
     return Issued(
         state=TargetState(row.state),
         serial=row.serial,
@@ -85,6 +110,7 @@ def issued(row: RolloutDeviceRow, deadline_cap: datetime | None = None) -> Issue
         deadline_at=_maybe(row.deadline_at),
         offline_at_start=bool(row.offline_at_start),
         deadline_cap=deadline_cap,
+        payload_sha256=digest,
     )
 
 

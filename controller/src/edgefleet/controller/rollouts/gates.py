@@ -6,13 +6,50 @@ for the version they ran before.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from edgefleet.controller.fleet.selectors import parse_selector
 from edgefleet.shared.manifest import HealthPolicy
+
+_DURATION_MS = {"ms": 1.0, "s": 1000.0}
+
+
+class LatencyBudget(BaseModel):
+    """The operator's latency budget for a class of devices, named by a label selector."""
+
+    model_config = ConfigDict(frozen=True)
+
+    selector: str = Field(min_length=1, max_length=256, examples=["board=pi4"])
+    budget_ms: float = Field(gt=0.0, le=1e7)
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        parse_selector(value)
+        return value
+
+    @classmethod
+    def parse(cls, spec: str) -> LatencyBudget:
+        """``SELECTOR:BUDGET`` with BUDGET in ``ms`` or ``s``, e.g. ``board=pi4:150ms``.
+
+        Raises:
+            ValueError: not of that form.
+        """
+        selector, sep, budget = spec.rpartition(":")
+        unit = next((u for u in ("ms", "s") if budget.strip().endswith(u)), None)
+        if not sep or unit is None:
+            raise ValueError(
+                f"latency budget {spec!r}: expected SELECTOR:BUDGET, e.g. board=pi4:150ms"
+            )
+        try:
+            value = float(budget.strip()[: -len(unit)]) * _DURATION_MS[unit]
+        except ValueError:
+            raise ValueError(f"latency budget {spec!r}: {budget!r} is not a duration") from None
+        return cls(selector=selector.strip(), budget_ms=value)
 
 
 class GatePolicy(BaseModel):
@@ -44,6 +81,26 @@ class GatePolicy(BaseModel):
     health_min_requests: int = Field(default=20, ge=0, le=1_000_000_000)
     health_max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
     health_max_p95_regression: float = Field(default=0.5, ge=0.0, le=1000.0)
+    latency_budgets: tuple[LatencyBudget, ...] = Field(
+        default=(),
+        max_length=64,
+        description="operator budgets per device class; the first whose selector matches wins",
+    )
+    latency_ratio: float = Field(
+        default=3.0,
+        gt=1.0,
+        le=1000.0,
+        description="without a budget: candidate / active warm latency allowed on the device",
+    )
+
+    def latency_budget_for(
+        self, labels: Mapping[str, str], facts: Mapping[str, set[str]]
+    ) -> float | None:
+        """The operator's budget for a device with these labels and facts, if one is set."""
+        for budget in self.latency_budgets:
+            if parse_selector(budget.selector).matches(labels, facts):
+                return budget.budget_ms
+        return None
 
     def health(self) -> HealthPolicy:
         """The post-swap watch the device runs, as signed into each manifest."""

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -48,7 +49,10 @@ class RolloutRow(Base):
 
 class RolloutDeviceRow(Base):
     __tablename__ = "rollout_devices"
-    __table_args__ = (UniqueConstraint("rollout_id", "device_id"),)
+    __table_args__ = (
+        UniqueConstraint("rollout_id", "device_id"),
+        Index("ix_rollout_devices_golden", "golden_sha256"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"))
@@ -60,6 +64,8 @@ class RolloutDeviceRow(Base):
     serial: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     previous: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # SlotInfo
     signed_manifest: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The golden file a schema-2 manifest names: served to this device like its artifact.
+    golden_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     published: Mapped[bool] = mapped_column(Boolean, default=False)
     # Offline when its wave started: pending, not counted, until it comes back.
     offline_at_start: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
