@@ -165,3 +165,64 @@ class ControllerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def register_cpu_bound_model(
+    data_dir: Path,
+    *,
+    name: str,
+    version: str,
+    repeat: int,
+    width: int = 256,
+    layers: int = 4,
+    seed: int = 0,
+    targets: tuple[str, ...] = ("onnx-fp32",),
+) -> Any:
+    """Compress and register a 16 -> 4 classifier (the inputs :meth:`Fleet.start_traffic`
+    sends) whose latency is set by its compute: ``repeat`` copies of the input, widened to
+    ``width``, through ``layers`` dense layers, i.e. ``repeat * layers * width**2`` MACs per
+    sample for ``layers * width**2`` weights, so a slow model stays small to ship.
+
+    Returns:
+        The registered version record; each artifact's report holds its latency on this host.
+    """
+    import torch
+    from torch import nn
+
+    from edgefleet.controller.compress.data import Dataset
+    from edgefleet.controller.compress.pipeline import CompressionData, compress_and_register
+    from edgefleet.controller.compress.recipe import Recipe
+    from edgefleet.controller.compress.sources import torch_source
+    from edgefleet.controller.config import get_settings
+    from edgefleet.controller.registry.service import ModelRegistry
+
+    if repeat < 1 or layers < 1 or width < 16 or width % 16:
+        raise ValueError(f"repeat {repeat}, layers {layers}, width {width}: width is 16 * N")
+
+    class CpuBound(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(seed)
+            self.body = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+            self.heavy = nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            burn = self.heavy(x.repeat(repeat, width // 16))
+            # The burn reaches the output (times zero), so no exporter or optimizer drops it.
+            out: torch.Tensor = self.body(x) + 0.0 * burn[: x.shape[0], :4]
+            return out
+
+    rng = np.random.default_rng(seed)
+    data = Dataset(inputs={"x": rng.standard_normal((48, 16)).astype(np.float32)})
+    # 20 timed runs: a host p95 that means something, at ~0.1 s per model.
+    settings = get_settings(data_dir=data_dir, latency_runs=20)
+    registry = ModelRegistry.from_settings(settings)
+    return compress_and_register(
+        registry,
+        name,
+        version,
+        torch_source(CpuBound(), ("x",)),
+        Recipe(targets=targets),  # type: ignore[arg-type]
+        CompressionData(evaluation=data, calibration=data),
+        settings=settings,
+    )
