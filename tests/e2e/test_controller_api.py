@@ -358,3 +358,13 @@ def test_a_browser_signs_in_with_the_form_when_the_api_leaves_loopback(tmp_path,
         assert token not in controller.log()
     finally:
         controller.stop()
+
+
+def test_cli_refuses_a_latency_budget_it_cannot_read_before_calling_the_api():
+    result = subprocess.run(
+        [sys.executable, "-m", "edgefleet.controller.cli", "rollout", "start", "tiny:1",
+         "--latency-budget", "board=pi4:fast", "--url", "http://127.0.0.1:9"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "expected SELECTOR:BUDGET, e.g. board=pi4:150ms" in result.stderr

@@ -21,6 +21,7 @@ from edgefleet.controller.commands.api_client import (
     UrlOpt,
     resolve_token,
 )
+from edgefleet.controller.rollouts.gates import LatencyBudget
 
 rollout_app = typer.Typer(help="Start, watch and steer rollouts.", no_args_is_help=True)
 console = Console()
@@ -124,6 +125,17 @@ def start(
     health_max_p95_regression: Annotated[
         str, typer.Option(help="device rolls back above this p95 increase, e.g. 50%")
     ] = "50%",
+    latency_budget: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="a device class's latency budget, judged on the device: SELECTOR:BUDGET, "
+            "e.g. board=pi4:150ms (repeat it; the first match wins)"
+        ),
+    ] = None,
+    latency_ratio: Annotated[
+        float,
+        typer.Option(help="without a budget: candidate / active model latency on the device"),
+    ] = 3.0,
     watch_: Annotated[bool, typer.Option("--watch", help="show live progress")] = False,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
@@ -135,6 +147,10 @@ def start(
         raise typer.BadParameter("give the model as MODEL:VERSION", param_hint="MODEL:VERSION")
     if on_breach not in {"pause", "rollback"}:
         raise typer.BadParameter("--on-breach takes pause or rollback")
+    try:
+        budgets = [LatencyBudget.parse(spec).model_dump() for spec in latency_budget or []]
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--latency-budget") from None
     body = {
         "model": model,
         "version": version,
@@ -151,6 +167,8 @@ def start(
             "health_window_s": _seconds(health_window),
             "health_max_error_rate": _percent(health_max_error_rate),
             "health_max_p95_regression": _percent(health_max_p95_regression),
+            "latency_budgets": budgets,
+            "latency_ratio": latency_ratio,
         },
     }
     client = ApiClient(url, resolve_token(token))
