@@ -63,7 +63,8 @@ def write_file_atomic(path: Path, data: bytes, mode: int) -> None:
     Used for keys, tokens and bundles: the file never exists with looser permissions or half
     written. A directory created for a private (0600) file is private too (0700).
     """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if mode & 0o077 == 0 else 0o777)
+    # Never group- or world-writable, whatever the umask (a 000 umask would leave 0777).
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if mode & 0o077 == 0 else 0o755)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:

@@ -59,9 +59,11 @@ class GatePolicy(BaseModel):
 
     max_failures: str = Field(default="0", description="failed devices allowed: N or N%")
     max_error_rate: float = Field(default=0.01, ge=0.0, le=1.0)
-    max_p95_regression: float = Field(default=0.2, ge=0.0)
-    soak_s: float = Field(default=60.0, ge=0.0)
-    min_requests: int = Field(default=20, ge=0, description="below this, latency is not judged")
+    max_p95_regression: float = Field(default=0.2, ge=0.0, le=1000.0)
+    soak_s: float = Field(default=60.0, ge=0.0, le=7 * 24 * 3600)
+    min_requests: int = Field(
+        default=20, ge=0, le=1_000_000_000, description="below this, latency is not judged"
+    )
     on_breach: Literal["pause", "rollback"] = "rollback"
     install_timeout_s: float = Field(
         default=900.0,

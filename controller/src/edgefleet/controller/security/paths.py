@@ -12,9 +12,7 @@ from pathlib import Path
 
 from edgefleet.controller.config import get_settings
 
-BROKER_ADMIN_URL_ENV = "EDGEFLEET_BROKER_ADMIN_URL"
 BROKER_PUBLIC_URL_ENV = "EDGEFLEET_BROKER_PUBLIC_URL"
-DEFAULT_BROKER_ADMIN_URL = "mqtt://127.0.0.1:1883"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,11 +86,6 @@ def default_paths(data_dir: Path | None = None) -> SecurityPaths:
 def default_topic_root() -> str:
     """The controller settings' topic root."""
     return get_settings().topic_root
-
-
-def broker_admin_url() -> str:
-    """URL the CLI uses to reach the broker's admin API (loopback plain MQTT by default)."""
-    return os.environ.get(BROKER_ADMIN_URL_ENV, DEFAULT_BROKER_ADMIN_URL)
 
 
 def broker_public_url() -> str | None:
