@@ -3,7 +3,8 @@
 Concurrency: this thread runs paho's ``loop()``; it reconnects with capped, jittered
 exponential backoff and re-subscribes on every CONNACK. Callbacks never block: they hand
 payloads to the handlers given at construction, which only enqueue. Publishing is safe from
-any thread.
+any thread: other threads only queue packets, and only the network thread reads or writes
+the socket (OpenSSL forbids two threads in one TLS connection at once).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +27,13 @@ from edgefleet.agent.settings import AgentSettings
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes], None]
+
+_DISCONNECT_FLUSH_S = 2.0
+
+
+def _written_by_network_thread(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """Paho's write hook, left empty on purpose: queuing a packet already wakes ``loop()``
+    (paho's socket pair), whose select then writes it on the network thread."""
 
 
 class MqttSession:
@@ -65,6 +74,12 @@ class MqttSession:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        # Driven by loop() rather than loop_start(), paho writes a packet on the thread that
+        # queues it (publish, subscribe, disconnect), racing this network thread on one
+        # SSLSocket: broker-side "bad record mac" / "internal error" alerts, a dropped session
+        # and at worst heap corruption. With a write hook registered, paho only queues and
+        # wakes loop(), which does every socket write on the network thread.
+        self._client.on_socket_register_write = _written_by_network_thread
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s, floor_s=0.05)
         self._lock = threading.Lock()
         self._subscriptions: dict[str, int] = {}
@@ -93,9 +108,8 @@ class MqttSession:
             except (RuntimeError, ValueError):
                 log.warning("final state was not delivered before shutdown")
         self._stop.set()
-        self._client.disconnect()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(timeout)  # the network thread sends DISCONNECT on its way out
         self.connected.clear()
 
     def _run(self) -> None:
@@ -118,6 +132,18 @@ class MqttSession:
                 delay = self._backoff.next_delay()
                 log.info("connection lost (%s); reconnect in %.2fs", rc, delay)
                 self._stop.wait(delay)
+        if socket_open:
+            self._disconnect(_DISCONNECT_FLUSH_S)
+
+    def _disconnect(self, timeout: float) -> None:
+        """Send DISCONNECT from this thread and run the loop until it is written (the broker
+        then keeps the final state rather than publishing the will) or ``timeout`` passes."""
+        if self._client.disconnect() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return
+        deadline = time.monotonic() + timeout
+        while self._client.socket() is not None and time.monotonic() < deadline:
+            if self._client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
 
     # -- paho callbacks (network thread; must not block) ----------------------------------
     def _on_connect(
