@@ -125,7 +125,7 @@ def test_npy_and_npz_inference(agent, models):
         (npy(np.zeros((1, 4, 1), np.float32)), "application/x-npy", 400, "shape [1, 4, 1]"),
         (b"\x93NUMPY garbage", "application/x-npy", 400, "not an .npy array"),
         (b"x" * 5000, "application/json", 413, "exceeds the limit of 4096"),
-        (b"abc", "text/plain", 400, "unsupported Content-Type"),
+        (b"abc", "text/plain", 415, "unsupported Content-Type"),
     ],
 )
 def test_bad_input_is_a_4xx_with_reason(agent, body, content_type, status, reason):
@@ -140,11 +140,15 @@ def test_bad_input_is_a_4xx_with_reason(agent, body, content_type, status, reaso
 def test_unknown_path_is_404_and_health_reports_the_model(agent):
     status, _, _ = request(agent, b"{}", path="/v2/other")
     assert status == 404
-    status, _, body = request(agent, b"", path="/v1/health", method="GET")
-    assert status == 200
-    health = json.loads(body)
-    assert health["model"]["version"] == "1.1.0"
-    assert health["status"] == "serving"
+
+    def health() -> dict:
+        status, _, body = request(agent, b"", path="/v1/health", method="GET")
+        assert status == 200
+        return json.loads(body)
+
+    assert health()["model"]["version"] == "1.1.0"
+    # the updater settles to "serving" just after it reports the swap
+    wait_until(lambda: health()["status"] == "serving", timeout=10)
 
 
 def test_client_errors_are_counted_apart_from_model_errors(agent, watcher):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgefleet.agent.errors import BadInputError
-from edgefleet.agent.inputs import arrays_from_json, check_inputs
+from edgefleet.agent.inputs import arrays_from_json, check_inputs, json_value_budget
 from edgefleet.shared import IOSignature, TensorSpec
 
 SIG = IOSignature(
@@ -66,3 +66,40 @@ def test_json_casts_to_signed_dtypes():
 def test_json_rejects(payload, message):
     with pytest.raises(BadInputError, match=message):
         arrays_from_json(SIG, payload)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [["a", "b", "c", "d"]],
+        [[1, 2, 3, None]],
+        [[1, 2, 3, {"k": 1}]],
+        [[1, 2, 3, 4], [1, 2, 3, "4"]],
+    ],
+)
+def test_json_refuses_non_numbers_before_numpy_sees_them(value):
+    with pytest.raises(BadInputError, match="values, expected numbers"):
+        arrays_from_json(SIG, {"inputs": {"x": value, "ids": [1]}})
+
+
+def test_json_accepts_booleans_and_mixed_ints_and_floats():
+    arrays = arrays_from_json(SIG, {"inputs": {"x": [[True, 1, 2.5, 0]], "ids": [True]}})
+    np.testing.assert_array_equal(arrays["x"], np.array([[1, 1, 2.5, 0]], np.float32))
+
+
+def test_json_value_budget_follows_the_model_inputs():
+    fixed = IOSignature(
+        inputs=(TensorSpec(name="x", dtype="float32", shape=(1, 4)),),
+        outputs=(TensorSpec(name="y", dtype="float32", shape=(1,)),),
+    )
+    # 4 numbers and 2 lists, each with a comma at most, plus name, colon, comma and envelope
+    assert json_value_budget(fixed, max_input_bytes=10**9, max_json_values=10**6) == 23
+    scalar = IOSignature(
+        inputs=(TensorSpec(name="s", dtype="int64", shape=()),),
+        outputs=(TensorSpec(name="y", dtype="float32", shape=(1,)),),
+    )
+    assert json_value_budget(scalar, max_input_bytes=10**9, max_json_values=10**6) == 13
+    # dynamic: what max_input_bytes holds (x: 1000 float32 in up to 1001 lists, 4005 values;
+    # ids: 500 int64 in one list, 1005), then the cap
+    assert json_value_budget(SIG, max_input_bytes=4000, max_json_values=10**6) == 5018
+    assert json_value_budget(SIG, max_input_bytes=4000, max_json_values=100) == 100

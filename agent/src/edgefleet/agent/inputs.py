@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
 
 from edgefleet.agent.errors import BadInputError
 from edgefleet.agent.runtimes import Array
-from edgefleet.shared.manifest import IOSignature, TensorSpec
+from edgefleet.shared.manifest import DTYPE_ITEMSIZE, IOSignature, TensorSpec
+
+# The {"inputs": {...}} envelope around the arrays, in JSON values (see json_value_budget).
+_ENVELOPE_VALUES = 8
 
 
 def check_inputs(signature: IOSignature, inputs: Mapping[str, object]) -> dict[str, Array]:
@@ -92,6 +96,11 @@ def arrays_from_json(signature: IOSignature, payload: object) -> dict[str, Array
         spec = specs.get(name)
         if spec is None:
             raise BadInputError(f"unknown input {name!r}; the model takes {sorted(specs)}")
+        leaf = _first_non_number(value)
+        if leaf is not None:  # before numpy sees it: a long string would cost 4 bytes a char
+            raise BadInputError(
+                f"input {name!r} holds {type(leaf).__name__} values, expected numbers"
+            )
         try:
             raw = np.asarray(value)
         except ValueError as e:
@@ -108,3 +117,47 @@ def arrays_from_json(signature: IOSignature, payload: object) -> dict[str, Array
         if wanted.kind in "iu" and raw.size and not np.array_equal(arrays[name], raw):
             raise BadInputError(f"input {name!r} has values outside the range of {spec.dtype}")
     return check_inputs(signature, arrays)
+
+
+_NUMBER_TYPES = frozenset({int, float, bool})
+
+
+def _first_non_number(value: object) -> object | None:
+    """The first leaf of the nested lists ``value`` that is not a JSON number or boolean."""
+    if type(value) is not list:
+        return None if type(value) in _NUMBER_TYPES else value
+    stack: list[list[object]] = [value]
+    while stack:
+        items = stack.pop()
+        kinds = set(map(type, items))  # one pass in C per list: cheap next to parsing
+        if list in kinds:
+            stack.extend(item for item in items if type(item) is list)
+            kinds.discard(list)
+        if not kinds <= _NUMBER_TYPES:
+            leaf: object = next(item for item in items if type(item) in kinds - _NUMBER_TYPES)
+            return leaf
+    return None
+
+
+def json_value_budget(signature: IOSignature, *, max_input_bytes: int, max_json_values: int) -> int:
+    """The most JSON values a request for ``signature`` can need, capped at ``max_json_values``.
+
+    Values are counted as :func:`edgefleet.agent.api_body.json_value_count` counts them
+    (commas, colons and opening brackets). An input of fixed shape needs its elements, its
+    nested lists and their separators; a dynamic one at most what ``max_input_bytes`` holds. So
+    a model taking ``[1, 4]`` refuses a 16 MiB JSON array unread, whatever the global cap.
+    """
+    total = _ENVELOPE_VALUES
+    for spec in signature.inputs:
+        if all(dim is not None for dim in spec.shape):
+            dims = [int(dim) for dim in spec.shape if dim is not None]
+            elements = math.prod(dims)
+            lists = sum(math.prod(dims[:i]) for i in range(len(dims)))
+        else:
+            elements = max_input_bytes // DTYPE_ITEMSIZE[spec.dtype]
+            lists = 1 + elements * (len(spec.shape) - 1)  # each list holds an element or more
+        # each element and list is a value and at most one comma; name, colon and comma: 3
+        total += 2 * (elements + lists) + 3
+        if total >= max_json_values:
+            return max_json_values
+    return total

@@ -59,6 +59,25 @@ class AgentSettings(BaseSettings):
     http_bind: str = Field(
         default="127.0.0.1:8470", description="local inference API host:port ('' disables it)"
     )
+    http_workers: PositiveInt = Field(
+        default=4, le=256, description="local inference API threads, one connection each at a time"
+    )
+    http_queue_size: PositiveInt = Field(
+        default=16,
+        le=4096,
+        description="connections waiting for a local inference API thread; past it a new "
+        "connection is answered 503 with Retry-After",
+    )
+    http_read_timeout_s: PositiveFloat = Field(
+        default=10.0,
+        description="a local inference request's headers and body must arrive within this "
+        "long of its first byte, else the connection is closed (408)",
+    )
+    http_idle_timeout_s: PositiveFloat = Field(
+        default=5.0,
+        description="a local inference API connection waiting this long for a request "
+        "(a new one, or the next on a keep-alive connection) is closed",
+    )
     telemetry_interval_s: PositiveFloat = Field(default=10.0, description="telemetry period")
     keepalive_s: PositiveInt = Field(default=60, description="MQTT keepalive")
     reconnect_min_s: PositiveFloat = Field(default=0.5, description="first reconnect window")
@@ -82,7 +101,11 @@ class AgentSettings(BaseSettings):
     fetch_timeout_s: PositiveFloat = Field(default=900.0, description="give up a download after")
     fetch_retry_min_s: PositiveFloat = Field(default=1.0, description="download retry backoff")
     fetch_retry_max_s: PositiveFloat = Field(default=60.0, description="download retry cap")
-    http_timeout_s: PositiveFloat = Field(default=30.0, description="HTTP artifact socket timeout")
+    http_timeout_s: PositiveFloat = Field(
+        default=30.0,
+        description="HTTP artifact source: give up a request after this long (wall clock) "
+        "without a whole chunk, however slowly it drips; also the socket timeout",
+    )
     disk_reserve_bytes: NonNegativeInt = Field(
         default=1024 * 1024,
         description="free space a download must leave on the data dir's disk (slot state, "
@@ -103,6 +126,16 @@ class AgentSettings(BaseSettings):
     )
     max_request_bytes: PositiveInt = Field(
         default=16 * 1024 * 1024, description="largest local inference request body"
+    )
+    max_input_bytes: PositiveInt = Field(
+        default=16 * 1024 * 1024,
+        description="largest decoded input of one local inference request (all its arrays, "
+        "after .npz decompression), checked before anything is inflated or allocated",
+    )
+    max_json_values: PositiveInt = Field(
+        default=500_000,
+        description="most values (numbers, lists, keys) in one JSON inference request, "
+        "counted before parsing; also bounded by what the model's inputs can hold",
     )
     inference_threads: PositiveInt = Field(default=1, description="runtime threads per model")
     warmup_runs: PositiveInt = Field(default=3, description="runs before a model is timed")
