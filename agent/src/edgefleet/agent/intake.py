@@ -71,12 +71,14 @@ def read_desired(
     last_serial: int,
     last_digest: str | None,
     now: datetime | None = None,
+    max_bytes: int | None = None,
 ) -> Accepted | Refused | Ignored | Dropped:
-    """Decode and verify a desired-state payload against what the device last accepted."""
+    """Decode and verify a desired-state payload against what the device last accepted;
+    a payload over ``max_bytes`` (default: the wire's limit) is dropped unread."""
     if not payload:
         return Ignored("a cleared retained message")
     try:
-        signed = decode(payload, SignedManifest)
+        signed = decode(payload, SignedManifest, max_bytes=max_bytes)
     except WireFormatError as e:
         reason = f"malformed desired-state payload: {type(e).__name__}: {e}"
         return Dropped(reason[:1024], hashlib.sha256(payload).hexdigest(), len(payload))

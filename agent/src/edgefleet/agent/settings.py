@@ -142,6 +142,11 @@ class AgentSettings(BaseSettings):
     validation_timed_runs: PositiveInt = Field(default=10, description="runs to time a model")
     health_check_interval_s: PositiveFloat = Field(default=1.0, description="post-swap checks")
     queue_size: PositiveInt = Field(default=64, description="bound of the desired-state queue")
+    max_desired_bytes: PositiveInt = Field(
+        default=DEFAULT_LIMITS.max_message_bytes,
+        le=DEFAULT_LIMITS.max_message_bytes,
+        description="a desired state larger than this is dropped unread (and reported)",
+    )
     durable_writes: bool = Field(default=True, description="fsync downloads and slot state")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="log verbosity (stderr; journald under systemd)"

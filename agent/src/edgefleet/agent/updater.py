@@ -242,6 +242,7 @@ class Updater:
             device_id=self.settings.device_id,
             last_serial=store.last_serial,
             last_digest=store.last_manifest_sha256,
+            max_bytes=self.settings.max_desired_bytes,
         )
         if isinstance(intake, Ignored):
             log.debug("ignoring a desired-state payload: %s", intake.why)
