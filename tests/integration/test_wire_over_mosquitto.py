@@ -27,6 +27,7 @@ KIND_CHANNEL = {
     "Event": DeviceChannel.EVENTS,
     "ChunkRequest": DeviceChannel.FETCH,
     "Command": DeviceChannel.COMMANDS,
+    "SignedCommand": DeviceChannel.COMMANDS,
     "SignedManifest": DeviceChannel.DESIRED,
 }
 
