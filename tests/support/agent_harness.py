@@ -118,12 +118,16 @@ class AgentProcess:
         log.close()
         return self
 
+    kill_wait_s = 10.0
+    stop_wait_s = 15.0
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+            self.proc.wait(self.kill_wait_s)
 
-    def terminate(self, timeout: float = 15.0) -> int:
+    def terminate(self, timeout: float | None = None) -> int:
+        timeout = self.stop_wait_s if timeout is None else timeout
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import tomllib
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from support.agent_harness import AgentProcess
 from support.arm64 import REPO, Arm64Root, cache_lock, remove_tree, tail_text
 
 
@@ -150,45 +150,26 @@ def _platform_options(glibc: tuple[int, int]) -> list[str]:
     return [option for tag in (*tags, "manylinux2014_aarch64") for option in ("--platform", tag)]
 
 
-class Arm64AgentProcess:
+class Arm64AgentProcess(AgentProcess):
     """``edgefleet-agent run`` from an :class:`AgentVenv`, emulating one CPU model; stops like
-    :class:`support.agent_harness.AgentProcess` (so a fleet can stop it)."""
+    :class:`support.agent_harness.AgentProcess` (so a fleet can stop it), given the time an
+    emulated process needs."""
+
+    kill_wait_s = 30.0
+    stop_wait_s = 60.0
 
     def __init__(
         self, root: Arm64Root, venv: AgentVenv, config: Path, log_path: Path, cpu: str
     ) -> None:
+        super().__init__(config, log_path)
         self.root = root
         self.venv = venv
-        self.config = config
-        self.log_path = log_path
         self.cpu = cpu
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Arm64AgentProcess:
         argv = [self.venv.agent, "run", "--config", str(self.config.resolve())]
         self.proc = self.root.popen(argv, cpu=self.cpu, log_path=self.log_path)
         return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise
-        return self.proc.returncode
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def log(self) -> str:
         return tail_text(self.log_path, 1_000_000)
