@@ -1,7 +1,9 @@
 """Agent footprint benchmark: RSS of an idle agent daemon serving a small ONNX model next to a
 bare onnxruntime process holding the same model, idle CPU, and the per-request overhead of
 ``Agent.infer`` and of the local HTTP endpoint against a bare ``session.run``, all measured in
-the same run. Prints JSON on its last line.
+the same run. Prints JSON on its last line. The per-request figures are compared within rounds
+of alternating blocks (p50 of each block) and reported as the median over rounds, so load from
+other processes, which comes and goes, falls on both sides of each comparison.
 
     python bench/agent_footprint.py [--quick]
 
@@ -87,13 +89,26 @@ def timed(fn: Callable[[], object], n: int) -> list[float]:
     return samples
 
 
-def interleaved_p50(fns: dict[str, Callable[[], object]], rounds: int, n: int) -> dict[str, float]:
-    """p50 in ms of each function, measured in alternating blocks so drift hits all alike."""
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            samples[name] += timed(fn, n)
-    return {name: float(np.median(values)) * 1000.0 for name, values in samples.items()}
+def interleaved_p50(
+    fns: dict[str, Callable[[], object]], rounds: int, n: int
+) -> list[dict[str, float]]:
+    """Per round, the p50 in ms of each function over ``n`` calls. The functions run in
+    alternating blocks, in an order that rotates each round, so drift, other processes and the
+    cache state left by the previous block hit all alike; compare functions within a round."""
+    names = list(fns)
+    per_round = []
+    for round_ in range(rounds):
+        first = round_ % len(names)
+        order = names[first:] + names[:first]
+        per_round.append({name: float(np.median(timed(fns[name], n))) * 1000.0 for name in order})
+    return per_round
+
+
+def median_over(
+    rounds: list[dict[str, float]], figure: Callable[[dict[str, float]], float]
+) -> float:
+    """The median across rounds of a figure computed within each round."""
+    return float(np.median([figure(r) for r in rounds]))
 
 
 def deploy(
@@ -109,6 +124,8 @@ def deploy(
 
 
 def overheads(agent: Agent, model: BuiltModel, port: int, quick: bool) -> dict[str, float]:
+    """p50s (ms) of a bare session, ``Agent.infer`` and HTTP, and the agent's ratio to bare and
+    HTTP's added ms, each the median over rounds of the figure within a round."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -135,9 +152,12 @@ def overheads(agent: Agent, model: BuiltModel, port: int, quick: bool) -> dict[s
     }
     for fn in fns.values():
         timed(fn, 200)  # warm up
-    p50 = interleaved_p50(fns, rounds=5 if quick else 20, n=400 if quick else 1000)
+    rounds = interleaved_p50(fns, rounds=20 if quick else 60, n=100 if quick else 300)
     conn.close()
-    return p50
+    figures = {name: median_over(rounds, lambda r, name=name: r[name]) for name in fns}
+    figures["ratio"] = median_over(rounds, lambda r: r["agent"] / r["bare"])
+    figures["http_added"] = median_over(rounds, lambda r: r["http"] - r["bare"])
+    return figures
 
 
 def run(work: Path, quick: bool, stack: contextlib.ExitStack) -> dict[str, float]:
@@ -227,15 +247,15 @@ def run(work: Path, quick: bool, stack: contextlib.ExitStack) -> dict[str, float
     tiny_p50 = overheads(tiny_agent, tiny, tiny_port, quick=True)
     print(
         f"{TINY} (context): p50 bare {tiny_p50['bare'] * 1000:.1f} us, Agent.infer "
-        f"{tiny_p50['agent'] * 1000:.1f} us (ratio {tiny_p50['agent'] / tiny_p50['bare']:.2f}), "
+        f"{tiny_p50['agent'] * 1000:.1f} us (ratio {tiny_p50['ratio']:.2f}), "
         f"HTTP {tiny_p50['http'] * 1000:.1f} us"
     )
     return {
         "agent_rss_mb": round(agent_mb, 1),
         "baseline_rss_mb": round(baseline_mb, 1),
         "idle_cpu_pct": round(idle_cpu, 2),
-        "inproc_ratio": round(p50["agent"] / p50["bare"], 3),
-        "http_added_ms_p50": round(p50["http"] - p50["bare"], 3),
+        "inproc_ratio": round(p50["ratio"], 3),
+        "http_added_ms_p50": round(p50["http_added"], 3),
     }
 
 

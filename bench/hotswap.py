@@ -4,20 +4,28 @@ load, validate, atomic swap). Prints JSON on its last line.
 
     python bench/hotswap.py [--quick]
 
+The fake controller (it signs, publishes and watches the device's events) runs in a process of
+its own, as it would on another host, with every manifest signed before the load starts: the
+device process holds only the agent and its local clients. Swaps alternate with steady gaps, so
+that background load on the machine falls on both samples alike.
+
 Goal: 0 failures; p99 during swaps <= 2x steady p99.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import contextlib
 import http.client
 import io
 import json
+import multiprocessing
 import sys
 import tempfile
 import threading
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -25,16 +33,23 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from edgefleet.agent.agent import Agent
-from edgefleet.shared import EventType, HealthPolicy, Topics
+from edgefleet.shared import Event, EventType, HealthPolicy, Topics, decode
 from support.agent_harness import DeviceWatcher, make_key, make_settings
 from support.agent_models import mlp
 from support.mosquitto import MosquittoBroker
-from support.mqtt import MqttProbe
+from support.mqtt import MqttProbe, Received
 from support.publisher import TestPublisher
 
 DEVICE = "bench-1"
+ROOT = "edgefleet-bench/v1"
 SIZES = (784, 256, 10)
 SWAP_MARGIN_S = 0.05  # requests this close after a swap still count as "during"
+GAP_S = 0.2  # steady serving between two swaps
+WARMUP_S = 0.5  # requests before this are not counted
+FAILED = frozenset({
+    EventType.MANIFEST_REFUSED, EventType.DOWNLOAD_FAILED, EventType.VERIFY_FAILED,
+    EventType.LOAD_FAILED, EventType.VALIDATION_FAILED, EventType.ERROR,
+})  # fmt: skip
 
 Record = tuple[float, float, bool, str]  # start, end, ok, mode
 
@@ -102,54 +117,115 @@ class Load:
             t.join(10)
 
 
-def run(work: Path, swaps: int, steady_s: float, stack: contextlib.ExitStack) -> dict[str, float]:
+def controller(conn: Connection, host: str, port: int, work: str, swaps: int) -> None:
+    """The fake controller, in its own process: signs every manifest up front, then per request
+    publishes the next one and answers once the device reports it swapped."""
+    try:
+        topics = Topics(ROOT)
+        key, key_path = make_key(Path(work))
+        publisher = TestPublisher(host, port, topics, key).start()
+        probe = MqttProbe(host, port).connect()
+        DeviceWatcher(probe, topics, DEVICE)  # subscribes to the device's topics
+        models = {
+            "a": mlp(Path(work) / "a.onnx", 1, SIZES),
+            "b": mlp(Path(work) / "b.onnx", 2, SIZES),
+        }
+        golden = [{"x": np.random.default_rng(0).standard_normal((1, SIZES[0])).astype(np.float32)}]
+        policy = HealthPolicy(window_s=3600, max_p95_regression=100.0)
+        names = ["a", "b"] + ["a" if i % 2 == 0 else "b" for i in range(swaps)]
+        prepared = [
+            publisher.sign(
+                publisher.manifest(
+                    models[name], device_id=DEVICE, serial=serial, golden_inputs=golden,
+                    version=name, chunk_size=256 * 1024, health=policy, latency_budget_ms=100.0,
+                )
+            )
+            for serial, name in enumerate(names, start=1)
+        ]  # fmt: skip
+        events = topics.events(DEVICE)
+        conn.send(str(key_path))
+        for serial, signed in enumerate(prepared, start=1):
+            if conn.recv() != "deploy":  # "stop", early or once every swap is done
+                break
+            publisher.publish_desired(DEVICE, signed)
+
+            def swapped(item: Received, serial: int = serial) -> bool:
+                if item.topic != events:
+                    return False
+                event = decode(item.payload, Event)
+                if event.serial == serial and event.type in FAILED:
+                    raise RuntimeError(f"serial {serial}: {event.type} {event.reason}")
+                return event.serial == serial and event.type == EventType.SWAPPED
+
+            probe.wait_for(swapped, timeout=60)
+            conn.send("swapped")
+        else:
+            conn.recv()  # "stop"
+        probe.close()
+        publisher.stop()
+    except Exception as e:  # noqa: BLE001 - reported to the bench process, which raises
+        conn.send(f"error: {type(e).__name__}: {e}")
+
+
+def run(work: Path, swaps: int, gap_s: float, stack: contextlib.ExitStack) -> dict[str, float]:
     broker = MosquittoBroker(work / "mosquitto")
     broker.start()
     stack.callback(broker.stop)
-    topics = Topics("edgefleet-bench/v1")
-    key, key_path = make_key(work)
-    publisher = TestPublisher(broker.host, broker.port, topics, key).start()
-    stack.callback(publisher.stop)
-    probe = MqttProbe(broker.host, broker.port).connect()
-    stack.callback(probe.close)
-    watcher = DeviceWatcher(probe, topics, DEVICE)
-    models = {"a": mlp(work / "a.onnx", 1, SIZES), "b": mlp(work / "b.onnx", 2, SIZES)}
+    context = multiprocessing.get_context("spawn")
+    conn, child_conn = context.Pipe()
+    child = context.Process(
+        target=controller,
+        args=(child_conn, broker.host, broker.port, str(work), swaps),
+        name="bench-controller",
+        daemon=True,
+    )
+    child.start()
+    stack.callback(child.join, 10)
+
+    def reply(timeout: float = 90.0) -> str:
+        deadline = time.monotonic() + timeout
+        while not conn.poll(0.5):
+            if not child.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the controller process stopped answering ({child.exitcode})")
+        message = conn.recv()
+        if message.startswith("error:"):
+            raise RuntimeError(f"controller process: {message}")
+        return str(message)
+
+    key_path = Path(reply())
     settings = make_settings(
-        device_id=DEVICE, broker_url=broker.url, topics=topics, key_path=key_path,
+        device_id=DEVICE, broker_url=broker.url, topics=Topics(ROOT), key_path=key_path,
         data_dir=work / "agent", warmup_runs=3, validation_timed_runs=10, telemetry_interval_s=10.0,
     )  # fmt: skip
     agent = Agent(settings).start()
     stack.callback(agent.stop)
-    rng = np.random.default_rng(0)
-    golden = [{"x": rng.standard_normal((1, SIZES[0])).astype(np.float32)}]
-    policy = HealthPolicy(window_s=3600, max_p95_regression=100.0)
-    serial = 0
+    stack.callback(conn.send, "stop")
 
-    def deploy(name: str) -> tuple[float, float]:
-        nonlocal serial
-        serial += 1
-        manifest = publisher.manifest(
-            models[name], device_id=DEVICE, serial=serial, golden_inputs=golden, version=name,
-            chunk_size=256 * 1024, health=policy, latency_budget_ms=100.0,
-        )  # fmt: skip
+    def deploy() -> tuple[float, float]:
         start = time.perf_counter()
-        publisher.publish_desired(DEVICE, publisher.sign(manifest))
-        watcher.wait_event(EventType.SWAPPED, timeout=60, where=lambda e, s=serial: e.serial == s)
+        conn.send("deploy")
+        reply()
         return start, time.perf_counter()
 
-    deploy("a")
-    deploy("b")  # both artifacts are now on the device; the swaps below re-use them
+    deploy()
+    deploy()  # both artifacts are now on the device; the swaps below re-use them
     windows = []
-    with Load(agent, rng.standard_normal((1, SIZES[0])).astype(np.float32)) as load:
-        time.sleep(steady_s)  # steady state before the swaps
-        for i in range(swaps):
-            windows.append(deploy("a" if i % 2 == 0 else "b"))
-        time.sleep(steady_s / 2)  # and after them
+    x = np.random.default_rng(1).standard_normal((1, SIZES[0])).astype(np.float32)
+    with Load(agent, x) as load:
+        time.sleep(WARMUP_S + gap_s)
+        for _ in range(swaps):
+            windows.append(deploy())
+            time.sleep(gap_s)  # steady state between swaps
+    measured_from = windows[0][0] - gap_s
 
     during, steady = [], []
     by_mode: dict[tuple[str, bool], list[float]] = {}
-    for start, end, _, mode in load.records:
-        in_swap = any(start < w_end + SWAP_MARGIN_S and end > w_start for w_start, w_end in windows)
+    records = [r for r in load.records if r[0] >= measured_from]
+    starts = [w_start for w_start, _ in windows]
+    for start, end, _, mode in records:
+        # the last window opened before the request ended is the one it can overlap
+        last = bisect.bisect_left(starts, end) - 1
+        in_swap = last >= 0 and start < windows[last][1] + SWAP_MARGIN_S
         ms = (end - start) * 1000.0
         (during if in_swap else steady).append(ms)
         by_mode.setdefault((mode, in_swap), []).append(ms)
@@ -160,12 +236,14 @@ def run(work: Path, swaps: int, steady_s: float, stack: contextlib.ExitStack) ->
         )
     mean_swap = np.mean([e - s for s, e in windows]) * 1000
     print(f"mean swap (publish -> swapped event): {mean_swap:.1f} ms")
+    p99_steady, p99_swap = percentile(steady, 99), percentile(during, 99)
     return {
-        "requests": len(load.records),
+        "requests": len(records),
         "failures": sum(1 for _, _, ok, _ in load.records if not ok),
         "swaps": swaps,
-        "p99_steady_ms": round(percentile(steady, 99), 3),
-        "p99_swap_ms": round(percentile(during, 99), 3),
+        "p99_steady_ms": round(p99_steady, 3),
+        "p99_swap_ms": round(p99_swap, 3),
+        "p99_ratio": round(p99_swap / p99_steady, 3) if p99_steady else 0.0,
     }
 
 
@@ -174,7 +252,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="20 swaps instead of 100")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        result = run(Path(tmp), 20 if args.quick else 100, 3.0 if args.quick else 10.0, stack)
+        result = run(Path(tmp), 20 if args.quick else 100, GAP_S, stack)
     print(json.dumps(result))
 
 

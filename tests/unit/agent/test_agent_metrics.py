@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgefleet.agent.metrics import LatencyHistogram, MetricsRegistry
+from edgefleet.agent.metrics import LatencyHistogram, MetricsRegistry, bucket_of
 
 
 def test_percentiles_within_two_percent_of_exact():
@@ -71,3 +71,46 @@ def test_any_sample_percentiles_are_within_bucket_precision(values):
     for q in (0.5, 0.95, 0.99, 1.0):
         exact = ordered[max(1, math.ceil(q * len(ordered))) - 1]  # nearest-rank percentile
         assert abs(histogram.percentile(q) - exact) <= exact * 0.021
+
+
+def test_window_and_since_load_are_separate_views_of_one_count():
+    registry = MetricsRegistry()
+    key = ("m", "1")
+    for _ in range(3):
+        registry.record_ok(key, 1.0)
+    (first,) = registry.take_window(1.0)
+    assert (first.requests, first.latency_ms.max) == (3, 1.0)
+    registry.record_ok(key, 10.0)
+    registry.record_error(key, 20.0)
+    (second,) = registry.take_window(1.0)
+    assert (second.requests, second.errors, second.latency_ms.max) == (2, 1, 20.0)
+    total = registry.since_load(key)
+    assert (total.requests, total.errors, total.latency.count, total.latency.max_ms) == (
+        5,
+        1,
+        5,
+        20.0,
+    )
+    assert abs(total.latency.percentile(0.5) - 1.0) < 0.02
+    registry.reset_version(key)  # swapped in again: the health view starts afresh
+    registry.record_ok(key, 2.0)
+    fresh = registry.since_load(key)
+    assert (fresh.requests, fresh.errors, fresh.latency.max_ms) == (1, 0, 2.0)
+    assert abs(fresh.latency.percentile(0.99) - 2.0) < 0.04
+    (third,) = registry.take_window(1.0)  # the window did not start afresh with it
+    assert (third.requests, third.latency_ms.max) == (1, 2.0)
+    assert registry.since_load(("m", "never")).requests == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(min_value=1e-6, max_value=1e6))
+def test_a_latency_falls_in_the_bucket_whose_bounds_hold_it(ms):
+    index = bucket_of(ms)
+    assert 0 <= index < len(LatencyHistogram().counts)
+    if ms > 0.001 and index < len(LatencyHistogram().counts) - 1:
+        lower, upper = 0.001 * 1.02 ** (index - 1), 0.001 * 1.02**index
+        assert lower * (1 - 1e-9) <= ms <= upper * (1 + 1e-9)
+    registry, histogram = MetricsRegistry(), LatencyHistogram()
+    registry.record_ok(("m", "1"), ms)  # its own, inlined, bucketing agrees
+    histogram.record(ms)
+    assert registry.since_load(("m", "1")).latency.counts == histogram.counts

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from time import perf_counter
 from types import TracebackType
 
 from edgefleet.agent.capabilities import measure_hello
@@ -162,23 +163,24 @@ class Agent:
         Raises:
             NoModelError, BadInputError, InferenceError: as :meth:`infer`.
         """
-        model = self.active.acquire()
+        active = self.active
+        model = active.acquire()
         try:
             try:
                 checked = model.check_inputs(inputs)
             except BadInputError:
                 self.metrics.record_client_error(model.key)
                 raise
-            start = time.perf_counter()
+            start = perf_counter()
             try:
                 outputs = model.runtime.run(checked)
             except InferenceError:
-                self.metrics.record_error(model.key, (time.perf_counter() - start) * 1000.0)
+                self.metrics.record_error(model.key, (perf_counter() - start) * 1000.0)
                 raise
-            self.metrics.record_ok(model.key, (time.perf_counter() - start) * 1000.0)
+            self.metrics.record_ok(model.key, (perf_counter() - start) * 1000.0)
             return outputs, model.info
         finally:
-            self.active.release(model)
+            active.release(model)
 
     def record_client_error(self) -> None:
         """Count a request rejected before it reached :meth:`infer` (e.g. malformed HTTP body)."""

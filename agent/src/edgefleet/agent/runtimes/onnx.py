@@ -50,6 +50,7 @@ class OnnxRuntimeModel:
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         self.output_names = tuple(o.name for o in self._session.get_outputs())
         self._output_list = list(self.output_names)
+        self._only = self.output_names[0] if len(self.output_names) == 1 else None
         self._run = self._session.run
 
     def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
@@ -62,7 +63,9 @@ class OnnxRuntimeModel:
             results = self._run(self._output_list, inputs)
         except Exception as e:
             raise InferenceError(f"onnxruntime: {e}") from e
-        return dict(zip(self.output_names, results, strict=True))
+        if self._only is not None:  # most models: a dict literal is ~4x cheaper than dict(zip)
+            return {self._only: results[0]}
+        return dict(zip(self.output_names, results))  # noqa: B905 - one result per name asked
 
     def close(self) -> None:
         # Dropping the last reference frees the session's arenas.
