@@ -71,3 +71,36 @@ def test_missing_files(tmp_path, key):
     )
     with pytest.raises(ConfigError, match="tls_ca_file: file not found"):
         load_settings(path)
+
+
+def test_env_lists_and_mappings_are_json_and_names_any_case(tmp_path, key, monkeypatch):
+    path = write(
+        tmp_path, f'device_id = "pi-1"\ncontroller_key = "{key}"\ndata_dir = "{tmp_path}"\n'
+    )
+    monkeypatch.setenv("EDGEFLEET_AGENT_LABELS", '{"board": "pi4", "site": "b"}')
+    monkeypatch.setenv("EDGEFLEET_AGENT_RUNTIMES", '["litert"]')
+    monkeypatch.setenv("edgefleet_agent_durable_writes", "false")
+    settings = load_settings(path)
+    assert settings.labels == {"board": "pi4", "site": "b"}
+    assert settings.runtimes == ["litert"]
+    assert settings.durable_writes is False
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("EDGEFLEET_AGENT_TELEMETRY_INTERVL_S", "3", "no setting is called 'telemetry_intervl_s'"),
+        ("EDGEFLEET_AGENT_LABELS", "board=pi4", "EDGEFLEET_AGENT_LABELS: a list or mapping"),
+        ("EDGEFLEET_AGENT_LABELS", '["pi4"]', "labels: Input should be a valid dictionary"),
+        ("EDGEFLEET_AGENT_KEEPALIVE_S", "-1", "keepalive_s: Input should be greater than 0"),
+    ],
+)
+def test_bad_env_is_one_clear_line(tmp_path, key, monkeypatch, variable, value, message):
+    path = write(
+        tmp_path, f'device_id = "pi-1"\ncontroller_key = "{key}"\ndata_dir = "{tmp_path}"\n'
+    )
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)

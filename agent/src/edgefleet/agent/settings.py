@@ -1,17 +1,25 @@
 """The agent's one settings model: a TOML file and ``EDGEFLEET_AGENT_*`` environment variables.
 
 Every bound and timing constant lives here with a default, so tests shrink them instead of
-sleeping. Environment variables override the file; unknown keys are an error.
+sleeping. Environment variables override the file; unknown keys are an error. The overlay is
+done here rather than by pydantic-settings, whose imports (asyncio, dotenv, csv, subprocess)
+would cost a device several MB of resident memory for two dozen lines of work.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import tomllib
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    BaseModel,
+    ConfigDict,
     Field,
     NonNegativeInt,
     PositiveFloat,
@@ -21,11 +29,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
 
 from edgefleet.agent.errors import ConfigError
 from edgefleet.shared.limits import DEFAULT_LIMITS
@@ -34,10 +37,10 @@ from edgefleet.shared.topics import DEFAULT_ROOT, DeviceId, Topics
 ENV_PREFIX = "EDGEFLEET_AGENT_"
 
 
-class AgentSettings(BaseSettings):
+class AgentSettings(BaseModel):
     """Configuration of one agent (field descriptions double as ``--help`` text)."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     device_id: DeviceId = Field(description="this device's id (one topic level)")
     controller_key: Path = Field(description="pinned controller Ed25519 public key (PEM)")
@@ -206,17 +209,39 @@ class AgentSettings(BaseSettings):
         host, _, port = self.http_bind.rpartition(":")
         return host, int(port)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment first, then the file's values (passed as init values by load_settings).
-        return env_settings, init_settings
+
+def _takes_json(name: str) -> bool:
+    """Whether the setting ``name`` holds a list or a mapping (given as JSON in a variable)."""
+    annotation = AgentSettings.model_fields[name].annotation
+    kinds = typing.get_args(annotation) if typing.get_origin(annotation) is not None else ()
+    return any(typing.get_origin(kind) in (list, dict) for kind in (annotation, *kinds))
+
+
+def environment_values(environ: Mapping[str, str]) -> dict[str, object]:
+    """The ``EDGEFLEET_AGENT_<KEY>`` variables of ``environ`` as setting values.
+
+    Names are case-insensitive; a list or mapping setting is given as JSON
+    (``EDGEFLEET_AGENT_LABELS='{"board": "pi4"}'``); any other value is validated like the
+    file's.
+
+    Raises:
+        ConfigError: a variable names no setting, or a list or mapping value is not JSON.
+    """
+    values: dict[str, object] = {}
+    for variable, raw in environ.items():
+        if not variable.upper().startswith(ENV_PREFIX):
+            continue
+        name = variable[len(ENV_PREFIX) :].lower()
+        if name not in AgentSettings.model_fields:
+            raise ConfigError(f"{variable}: no setting is called {name!r}")
+        if _takes_json(name):
+            try:
+                values[name] = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{variable}: a list or mapping is given as JSON: {e}") from None
+        else:
+            values[name] = raw
+    return values
 
 
 def _one_line(error: ValidationError) -> str:
@@ -232,8 +257,9 @@ def load_settings(path: Path | None) -> AgentSettings:
     """Read the TOML file at ``path`` (if any), overlaid by ``EDGEFLEET_AGENT_*`` variables.
 
     Raises:
-        ConfigError: the file is missing, not TOML, has unknown keys or invalid values, or a
-            file it names (controller key, TLS files) does not exist. The message is one line.
+        ConfigError: the file is missing, not TOML, has unknown keys or invalid values, a
+            variable names no setting, or a file it names (controller key, TLS files) does not
+            exist. The message is one line.
     """
     values: dict[str, object] = {}
     if path is not None:
@@ -245,8 +271,9 @@ def load_settings(path: Path | None) -> AgentSettings:
             raise ConfigError(f"cannot read config file {path}: {e}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    values.update(environment_values(os.environ))
     try:
-        settings = AgentSettings(**values)  # type: ignore[arg-type]
+        settings = AgentSettings.model_validate(values)
     except ValidationError as e:
         raise ConfigError(f"invalid config{f' {path}' if path else ''}: {_one_line(e)}") from None
     for name in ("controller_key", "tls_ca_file", "tls_cert_file", "tls_key_file"):
