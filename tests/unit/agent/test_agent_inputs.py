@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgefleet.agent.errors import BadInputError
-from edgefleet.agent.inputs import arrays_from_json, check_inputs, json_value_budget
+from edgefleet.agent.inputs import (
+    InputChecker,
+    arrays_from_json,
+    check_inputs,
+    json_value_budget,
+)
 from edgefleet.shared import IOSignature, TensorSpec
 
 SIG = IOSignature(
@@ -103,3 +110,44 @@ def test_json_value_budget_follows_the_model_inputs():
     # ids: 500 int64 in one list, 1005), then the cap
     assert json_value_budget(SIG, max_input_bytes=4000, max_json_values=10**6) == 5018
     assert json_value_budget(SIG, max_input_bytes=4000, max_json_values=100) == 100
+
+
+_DIM = st.one_of(st.none(), st.integers(0, 3))
+_DTYPES = st.sampled_from(["float32", "int64", "uint8"])
+
+
+@st.composite
+def _signature_and_inputs(draw):
+    names = draw(st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3, unique=True))
+    specs = [
+        TensorSpec(name=n, dtype=draw(_DTYPES), shape=tuple(draw(st.lists(_DIM, max_size=3))))
+        for n in names
+    ]
+    signature = IOSignature(
+        inputs=tuple(specs), outputs=(TensorSpec(name="y", dtype="float32", shape=(None,)),)
+    )
+    given = draw(st.lists(st.sampled_from(["a", "b", "c"]), max_size=3, unique=True))
+    inputs: dict[str, object] = {}
+    for name in given:
+        shape = tuple(draw(st.lists(st.integers(0, 3), max_size=3)))
+        dtype = draw(st.sampled_from(["float32", "int64", "uint8", ">f4", "float64"]))
+        value = np.zeros(shape, np.dtype(dtype))
+        inputs[name] = draw(st.sampled_from([value, value.tolist()]))
+    return signature, inputs
+
+
+@settings(max_examples=400, deadline=None)
+@given(_signature_and_inputs())
+def test_the_precomputed_checker_decides_exactly_as_check_inputs(case):
+    signature, inputs = case
+    try:
+        check_inputs(signature, inputs)
+        expected = None
+    except BadInputError as e:
+        expected = str(e)
+    if expected is None:
+        assert InputChecker(signature)(inputs) is inputs
+    else:
+        with pytest.raises(BadInputError) as caught:
+            InputChecker(signature)(inputs)
+        assert str(caught.value) == expected
