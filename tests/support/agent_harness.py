@@ -30,6 +30,7 @@ from edgefleet.shared import (
     generate_signing_key,
     save_public_key,
 )
+from edgefleet.shared.signing import public_key_of
 from support.mqtt import MqttProbe, Received
 
 FAST = {
@@ -51,7 +52,7 @@ FAST = {
 def make_key(directory: Path) -> tuple[Ed25519PrivateKey, Path]:
     key = generate_signing_key()
     path = directory / "controller.pub.pem"
-    save_public_key(key.public_key(), path)
+    save_public_key(public_key_of(key), path)
     return key, path
 
 

@@ -14,15 +14,17 @@ from edgefleet.agent.intake import (
     read_desired,
 )
 from edgefleet.shared import DEFAULT_LIMITS, encode, generate_signing_key, sign_manifest
+from edgefleet.shared.signing import public_key_of
 from support.samples import NOW, make_manifest
 
 KEY = generate_signing_key()
+PUB = public_key_of(KEY)
 
 
 def read(signed, *, last_serial=5, last_digest=None, now=NOW + timedelta(hours=1), key=KEY):
     return read_desired(
         encode(signed),
-        key.public_key(),
+        public_key_of(key),
         device_id="pi-001",
         last_serial=last_serial,
         last_digest=last_digest,
@@ -39,9 +41,7 @@ def test_a_newer_verified_manifest_is_accepted():
 
 
 def test_a_cleared_payload_is_ignored_and_malformed_ones_dropped_by_digest():
-    cleared = read_desired(
-        b"", KEY.public_key(), device_id="pi-001", last_serial=0, last_digest=None
-    )
+    cleared = read_desired(b"", PUB, device_id="pi-001", last_serial=0, last_digest=None)
     assert isinstance(cleared, Ignored)
     oversize = b" " * (DEFAULT_LIMITS.max_message_bytes + 1)
     for payload, error in (
@@ -49,9 +49,7 @@ def test_a_cleared_payload_is_ignored_and_malformed_ones_dropped_by_digest():
         (b'{"v": 2, "kind": "manifest", "body": {}}', "InvalidFieldError"),
         (oversize, "PayloadTooLargeError"),
     ):
-        intake = read_desired(
-            payload, KEY.public_key(), device_id="pi-001", last_serial=0, last_digest=None
-        )
+        intake = read_desired(payload, PUB, device_id="pi-001", last_serial=0, last_digest=None)
         assert isinstance(intake, Dropped)
         assert error in intake.reason
         assert intake.payload_sha256 == hashlib.sha256(payload).hexdigest()

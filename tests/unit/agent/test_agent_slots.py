@@ -19,10 +19,12 @@ from edgefleet.shared import (
     sign_manifest,
     verify_manifest,
 )
+from edgefleet.shared.signing import public_key_of
 from support.samples import make_manifest
 from support.tmpfs import fill_up, small_tmpfs
 
 KEY = generate_signing_key()
+PUB = public_key_of(KEY)
 
 
 def downloaded(store: SlotStore, serial: int, data: bytes):
@@ -31,7 +33,7 @@ def downloaded(store: SlotStore, serial: int, data: bytes):
         serial=serial, data=data, created_at=datetime.now(UTC) - timedelta(minutes=1)
     )
     signed = sign_manifest(manifest, KEY)
-    verified = verify_manifest(signed, KEY.public_key(), device_id="pi-001")
+    verified = verify_manifest(signed, PUB, device_id="pi-001")
     download = store.downloads_dir / manifest.artifact.sha256
     download.write_bytes(data)
     return verified, signed, download
@@ -129,7 +131,7 @@ def test_renew_replaces_the_active_manifest_only(tmp_path):
         serial=7, data=data, created_at=datetime.now(UTC) - timedelta(minutes=1)
     )
     signed = sign_manifest(manifest, KEY)
-    verified = verify_manifest(signed, KEY.public_key(), device_id="pi-001")
+    verified = verify_manifest(signed, PUB, device_id="pi-001")
     slot = store.renew(verified, signed, "e" * 64, outcome(7))
     assert slot.path == first.path
     again = SlotStore(tmp_path)
@@ -140,9 +142,7 @@ def test_renew_replaces_the_active_manifest_only(tmp_path):
     other = make_manifest(serial=8, data=b"two" * 100, created_at=manifest.created_at)
     signed_other = sign_manifest(other, KEY)
     with pytest.raises(ValueError, match="does not renew"):
-        store.renew(
-            verify_manifest(signed_other, KEY.public_key()), signed_other, "f" * 64, outcome(8)
-        )
+        store.renew(verify_manifest(signed_other, PUB), signed_other, "f" * 64, outcome(8))
 
 
 def test_a_failed_write_changes_nothing(tmp_path):

@@ -36,6 +36,7 @@ from edgefleet.shared import (
     verify_manifest,
 )
 from edgefleet.shared.bounds import MAX_CPUS, MAX_SERIAL
+from edgefleet.shared.signing import public_key_of
 from edgefleet.shared.wire import (
     _HEADER_LEN,
     CHUNK_FRAME_VERSION,
@@ -47,6 +48,7 @@ from support.samples import NOW, SHA_A, make_manifest, sample_messages
 from support.wire_fuzz import json_values, mutated
 
 KEY = generate_signing_key()
+PUB = public_key_of(KEY)
 SAMPLES = {kind: m for m in sample_messages(KEY) for kind, t in KINDS.items() if type(m) is t}
 MAX_CHUNKS = DEFAULT_LIMITS.max_chunks
 BIG = 2**53
@@ -246,7 +248,7 @@ def _signed(body):
     signature = KEY.sign(canonical_json(body))
     return SignedManifest(
         manifest=body,
-        key_id=key_id(KEY.public_key()),
+        key_id=key_id(PUB),
         signature_b64=base64.b64encode(signature).decode("ascii"),
     )
 
@@ -272,18 +274,18 @@ def test_each_manifest_bound_is_named_after_the_signature_checks(path, bad, ok):
     body = make_manifest().model_dump(mode="json")
     _set(body, path, bad)
     with pytest.raises(FieldBoundError) as err:
-        verify_manifest(_signed(body), KEY.public_key(), now=NOW)
+        verify_manifest(_signed(body), PUB, now=NOW)
     assert (err.value.kind, err.value.field) == ("manifest", path)
     if ok is not None:
         _set(body, path, ok)
-        assert verify_manifest(_signed(body), KEY.public_key(), now=NOW).manifest
+        assert verify_manifest(_signed(body), PUB, now=NOW).manifest
 
 
 def test_a_manifest_with_more_chunks_than_a_fetch_may_name_is_refused():
     data = make_manifest().model_dump(mode="json")
     data["artifact"]["chunk_sha256"] = [SHA_A] * (MAX_CHUNKS + 1)
     with pytest.raises(FieldBoundError) as err:
-        verify_manifest(_signed(data), KEY.public_key(), now=NOW)
+        verify_manifest(_signed(data), PUB, now=NOW)
     assert err.value.field == "artifact.chunk_sha256"
 
 
@@ -491,7 +493,7 @@ def test_fuzz_signed_manifest_bodies(data):
     except ValueError:  # NaN cannot be signed; nothing to verify
         return
     with contextlib.suppress(WireFormatError, IntegrityError):
-        verify_manifest(signed, KEY.public_key(), now=NOW)
+        verify_manifest(signed, PUB, now=NOW)
 
 
 HEADER_FIELDS = st.sampled_from(["v", "sha256", "index", "count", "chunk_sha256"])
@@ -566,4 +568,4 @@ def test_any_value_within_the_bounds_round_trips(
 def test_a_manifest_signed_by_the_controller_still_verifies(serial):
     manifest = make_manifest(serial=serial, ttl=timedelta(days=365))
     signed = decode(encode(sign_manifest(manifest, KEY)), SignedManifest)
-    assert verify_manifest(signed, KEY.public_key(), now=NOW).manifest == manifest
+    assert verify_manifest(signed, PUB, now=NOW).manifest == manifest

@@ -1,5 +1,6 @@
 import base64
 import json
+import re
 import stat
 from datetime import UTC, datetime, timedelta
 
@@ -35,11 +36,11 @@ from edgefleet.shared import (
     verify_command,
     verify_manifest,
 )
-from edgefleet.shared.signing import COMMAND_SIGNING_CONTEXT
+from edgefleet.shared.signing import COMMAND_SIGNING_CONTEXT, public_key_of
 from support.samples import NOW, make_manifest
 
 KEY = generate_signing_key()
-PUB = KEY.public_key()
+PUB = public_key_of(KEY)
 SOON = NOW + timedelta(minutes=1)
 
 json_values = st.recursive(
@@ -119,7 +120,7 @@ def test_signature_from_another_key_is_refused():
     signed = sign_manifest(make_manifest(), other)
     with pytest.raises(UnknownKeyError) as err:
         verify_manifest(signed, PUB, now=SOON)
-    assert err.value.key_id == key_id(other.public_key())
+    assert err.value.key_id == key_id(public_key_of(other))
     forged = signed.model_copy(update={"key_id": key_id(PUB)})
     with pytest.raises(SignatureError):
         verify_manifest(forged, PUB, now=SOON)
@@ -167,7 +168,40 @@ def test_key_files_round_trip_with_private_mode_0600(tmp_path):
     save_public_key(PUB, public_path)
     assert stat.S_IMODE(private_path.stat().st_mode) == 0o600
     loaded = load_private_key(private_path)
-    assert key_id(loaded.public_key()) == key_id(load_public_key(public_path)) == key_id(PUB)
+    assert key_id(public_key_of(loaded)) == key_id(load_public_key(public_path)) == key_id(PUB)
+    assert stat.S_IMODE(public_path.stat().st_mode) == 0o644
+    assert load_public_key(public_path) == PUB
+
+
+def test_a_public_key_file_written_by_openssl_loads(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+
+    path = tmp_path / "controller.pub"
+    path.write_bytes(
+        KEY.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    assert load_public_key(path) == PUB
+    save_public_key(PUB, tmp_path / "again.pub")
+    assert (tmp_path / "again.pub").read_bytes() == path.read_bytes()
+
+
+def test_loading_a_non_ed25519_public_key_names_the_file_and_the_fault(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    path = tmp_path / "x25519.pub"
+    path.write_bytes(
+        x25519.X25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    named = re.escape(f"{path} is not an Ed25519 public key: ")
+    with pytest.raises(ValueError, match=named + ".*X25519"):
+        load_public_key(path)
+    with pytest.raises(FileNotFoundError):
+        load_public_key(tmp_path / "missing.pub")
 
 
 def test_loading_a_non_ed25519_key_is_a_clear_error(tmp_path):
@@ -219,10 +253,10 @@ def test_a_signed_command_verifies_once_and_survives_the_wire():
     key = generate_signing_key()
     signed = sign_command(_command(), key)
     over_the_wire = decode(encode(signed), SignedCommand)
-    verified = verify_command(over_the_wire, key.public_key(), device_id="pi-001", last_serial=4)
+    verified = verify_command(over_the_wire, public_key_of(key), device_id="pi-001", last_serial=4)
     assert (verified.serial, verified.command.reason) == (5, "operator")
     with pytest.raises(ReplayError, match="command serial 5 is not above last accepted serial 5"):
-        verify_command(over_the_wire, key.public_key(), device_id="pi-001", last_serial=5)
+        verify_command(over_the_wire, public_key_of(key), device_id="pi-001", last_serial=5)
 
 
 @pytest.mark.parametrize(
@@ -237,19 +271,19 @@ def test_commands_for_another_device_expired_or_old_are_refused(changes, error, 
     key = generate_signing_key()
     signed = sign_command(_command(**changes), key)
     with pytest.raises(error, match=message):
-        verify_command(signed, key.public_key(), device_id="pi-001", last_serial=4)
+        verify_command(signed, public_key_of(key), device_id="pi-001", last_serial=4)
 
 
 def test_a_command_signed_by_another_key_or_tampered_is_refused():
     key, other = generate_signing_key(), generate_signing_key()
     with pytest.raises(UnknownKeyError, match="command signed by unknown key"):
         verify_command(
-            sign_command(_command(), other), key.public_key(), device_id="pi-001", last_serial=0
+            sign_command(_command(), other), public_key_of(key), device_id="pi-001", last_serial=0
         )
     signed = sign_command(_command(), key)
     forged = signed.model_copy(update={"command": {**signed.command, "serial": 10**6}})
     with pytest.raises(SignatureError, match="command signature does not verify"):
-        verify_command(forged, key.public_key(), device_id="pi-001", last_serial=0)
+        verify_command(forged, public_key_of(key), device_id="pi-001", last_serial=0)
 
 
 def test_command_and_manifest_signatures_do_not_verify_as_each_other():
@@ -261,12 +295,12 @@ def test_command_and_manifest_signatures_do_not_verify_as_each_other():
         manifest=signed.command, key_id=signed.key_id, signature_b64=signed.signature_b64
     )
     with pytest.raises(SignatureError):
-        verify_manifest(as_manifest, key.public_key())
+        verify_manifest(as_manifest, public_key_of(key))
     body = _command().model_dump(mode="json")
     plain = base64.b64encode(key.sign(canonical_json(body))).decode()
-    as_command = SignedCommand(command=body, key_id=key_id(key.public_key()), signature_b64=plain)
+    as_command = SignedCommand(command=body, key_id=key_id(public_key_of(key)), signature_b64=plain)
     with pytest.raises(SignatureError):
-        verify_command(as_command, key.public_key(), device_id="pi-001", last_serial=0)
+        verify_command(as_command, public_key_of(key), device_id="pi-001", last_serial=0)
 
 
 def test_a_signed_command_needs_a_serial_and_an_expiry():
@@ -277,11 +311,11 @@ def test_a_signed_command_needs_a_serial_and_an_expiry():
     signature = key.sign(COMMAND_SIGNING_CONTEXT + canonical_json(body))
     unsigned_expiry = SignedCommand(
         command=body,
-        key_id=key_id(key.public_key()),
+        key_id=key_id(public_key_of(key)),
         signature_b64=base64.b64encode(signature).decode(),
     )
     with pytest.raises(InvalidFieldError, match="expires_at"):
-        verify_command(unsigned_expiry, key.public_key(), device_id="pi-001", last_serial=0)
+        verify_command(unsigned_expiry, public_key_of(key), device_id="pi-001", last_serial=0)
 
 
 def test_v1_has_no_signed_commands_and_drops_the_v2_command_fields():

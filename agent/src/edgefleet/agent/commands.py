@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from edgefleet.agent.slots import write_atomic
+from edgefleet.shared.ed25519 import PublicKey
 from edgefleet.shared.errors import IntegrityError, UnsignedError, WireFormatError
 from edgefleet.shared.messages import Command, SignedCommand
 from edgefleet.shared.signing import VerifiedCommand, verify_command
@@ -39,7 +38,7 @@ class CommandGate:
     def __init__(
         self,
         path: Path,
-        controller_key: Ed25519PublicKey,
+        controller_key: PublicKey,
         device_id: str,
         *,
         durable: bool = True,

@@ -13,9 +13,9 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
+from edgefleet.shared.ed25519 import PublicKey
 from edgefleet.shared.errors import (
     ExpiredManifestError,
     IntegrityError,
@@ -65,7 +65,7 @@ class Dropped:
 
 def read_desired(
     payload: bytes,
-    controller_key: Ed25519PublicKey,
+    controller_key: PublicKey,
     *,
     device_id: str,
     last_serial: int,

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from edgefleet.agent.commands import CommandGate, CommandRefusal
@@ -48,6 +47,7 @@ from edgefleet.agent.report import Reporter
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.agent.slots import SlotStore, slot_info
 from edgefleet.agent.swap import ActiveModel
+from edgefleet.shared.ed25519 import PublicKey
 from edgefleet.shared.errors import DownloadError, IntegrityError, WireFormatError
 from edgefleet.shared.manifest import GoldenSet, Manifest, SignedManifest
 from edgefleet.shared.messages import (
@@ -73,7 +73,7 @@ class Updater:
         self,
         settings: AgentSettings,
         *,
-        controller_key: Ed25519PublicKey,
+        controller_key: PublicKey,
         store: SlotStore,
         active: ActiveModel,
         metrics: MetricsRegistry,

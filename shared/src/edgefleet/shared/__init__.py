@@ -4,6 +4,7 @@ Both the controller and the agent import this package; neither imports the other
 """
 
 from edgefleet.shared.chunks import Chunk, ChunkBitmap, Reassembler, chunk_digests, iter_chunks
+from edgefleet.shared.ed25519 import InvalidSignatureError, PublicKey
 from edgefleet.shared.errors import (
     DownloadError,
     EdgefleetError,
@@ -74,6 +75,7 @@ from edgefleet.shared.signing import (
     key_id,
     load_private_key,
     load_public_key,
+    public_key_of,
     save_private_key,
     save_public_key,
     sign_command,
@@ -137,6 +139,7 @@ __all__ = [
     "IOSignature",
     "IntegrityError",
     "InvalidFieldError",
+    "InvalidSignatureError",
     "InvalidTopicError",
     "LatencyPolicy",
     "LatencySummary",
@@ -150,6 +153,7 @@ __all__ = [
     "PayloadTooLargeError",
     "Progress",
     "ProgressPhase",
+    "PublicKey",
     "Reassembler",
     "ReplayError",
     "RuntimeInfo",
@@ -185,6 +189,7 @@ __all__ = [
     "key_id",
     "load_private_key",
     "load_public_key",
+    "public_key_of",
     "runtime_for_target",
     "save_private_key",
     "save_public_key",

@@ -3,6 +3,10 @@
 ``verify_manifest`` is the only way to obtain a :class:`VerifiedManifest` (and
 ``verify_command`` a :class:`VerifiedCommand`); code that installs a model or obeys a command
 accepts nothing else, so skipping verification is a type error rather than a bug.
+
+Verification runs on :class:`~edgefleet.shared.ed25519.PublicKey` (libsodium). Only the
+functions that touch a private key import ``cryptography``, inside the function, so a device
+that merely verifies never loads it.
 """
 
 from __future__ import annotations
@@ -16,13 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
+from edgefleet.shared.ed25519 import PublicKey
 from edgefleet.shared.errors import (
     ExpiredManifestError,
     InvalidFieldError,
@@ -34,6 +36,9 @@ from edgefleet.shared.errors import (
 )
 from edgefleet.shared.manifest import SCHEMA_2_FIELDS, Manifest, SignedManifest
 from edgefleet.shared.messages import Command, SignedCommand
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 
 def canonical_json(value: Any) -> bytes:
@@ -47,13 +52,20 @@ def canonical_json(value: Any) -> bytes:
     ).encode("utf-8")
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
+def key_id(public_key: PublicKey) -> str:
     """A short stable name for a public key: the first 16 hex digits of sha256(raw key)."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return hashlib.sha256(public_key.raw).hexdigest()[:16]
+
+
+def public_key_of(private_key: Ed25519PrivateKey) -> PublicKey:
+    """The verification half of a (``cryptography``) private key."""
+    return PublicKey.from_raw(private_key.public_key().public_bytes_raw())
 
 
 def generate_signing_key() -> Ed25519PrivateKey:
+    """A new Ed25519 private key (``cryptography``; the controller's side only)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     return Ed25519PrivateKey.generate()
 
 
@@ -80,6 +92,8 @@ def write_file_atomic(path: Path, data: bytes, mode: int) -> None:
 
 def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
     """Save ``key`` as unencrypted PKCS#8 PEM with file mode 0600."""
+    from cryptography.hazmat.primitives import serialization
+
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -88,12 +102,9 @@ def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
     write_file_atomic(path, pem, 0o600)
 
 
-def save_public_key(key: Ed25519PublicKey, path: Path) -> None:
+def save_public_key(key: PublicKey, path: Path) -> None:
     """Save ``key`` as SubjectPublicKeyInfo PEM (mode 0644)."""
-    pem = key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    write_file_atomic(path, pem, 0o644)
+    write_file_atomic(path, key.to_pem(), 0o644)
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -103,26 +114,30 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
         FileNotFoundError: no such file.
         ValueError: the file is not an Ed25519 private key.
     """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"{path} holds a {type(key).__name__}, not an Ed25519 private key")
     return key
 
 
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """Load an Ed25519 public key from PEM.
+def load_public_key(path: Path) -> PublicKey:
+    """Load an Ed25519 public key from SubjectPublicKeyInfo PEM (one block, nothing else).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not an Ed25519 public key.
+        ValueError: the file is not an Ed25519 public key (the message says what is wrong).
     """
-    key = serialization.load_pem_public_key(path.read_bytes())
-    if not isinstance(key, Ed25519PublicKey):
-        raise ValueError(f"{path} holds a {type(key).__name__}, not an Ed25519 public key")
-    return key
+    data = path.read_bytes()
+    try:
+        return PublicKey.from_pem(data)
+    except ValueError as e:
+        raise ValueError(f"{path} is not an Ed25519 public key: {e}") from e
 
 
-TrustedKeys = Mapping[str, Ed25519PublicKey] | Ed25519PublicKey
+TrustedKeys = Mapping[str, PublicKey] | PublicKey
 
 # Commands are signed over this prefix and their canonical JSON, so no signature made for one
 # kind of message verifies as another (manifests keep their v1 form: canonical JSON alone).
@@ -133,7 +148,7 @@ def _check_signature(
     message: bytes, signer: str, signature_b64: str, trusted_keys: TrustedKeys, what: str
 ) -> None:
     """Raises: UnknownKeyError, SignatureError."""
-    if isinstance(trusted_keys, Ed25519PublicKey):
+    if isinstance(trusted_keys, PublicKey):
         trusted_keys = {key_id(trusted_keys): trusted_keys}
     public_key = trusted_keys.get(signer)
     if public_key is None:
@@ -144,7 +159,7 @@ def _check_signature(
             # Unused low bits in the last base64 digit would let two strings carry one signature.
             raise ValueError("signature is not canonical base64")
         public_key.verify(signature, message)
-    except (InvalidSignature, binascii.Error, ValueError) as e:
+    except (binascii.Error, ValueError) as e:  # InvalidSignatureError is a ValueError
         raise SignatureError(f"{what} signature does not verify with key {signer}") from e
 
 
@@ -156,7 +171,7 @@ def sign_manifest(manifest: Manifest, private_key: Ed25519PrivateKey) -> SignedM
     signature = private_key.sign(canonical_json(body))
     return SignedManifest(
         manifest=body,
-        key_id=key_id(private_key.public_key()),
+        key_id=key_id(public_key_of(private_key)),
         signature_b64=base64.b64encode(signature).decode("ascii"),
     )
 
@@ -235,7 +250,7 @@ def sign_command(command: Command, private_key: Ed25519PrivateKey) -> SignedComm
     signature = private_key.sign(COMMAND_SIGNING_CONTEXT + canonical_json(body))
     return SignedCommand(
         command=body,
-        key_id=key_id(private_key.public_key()),
+        key_id=key_id(public_key_of(private_key)),
         signature_b64=base64.b64encode(signature).decode("ascii"),
     )
 

@@ -30,9 +30,11 @@ from edgefleet.shared import (
     verify_manifest,
 )
 from edgefleet.shared.bounds import MAX_LATENCY_MS
+from edgefleet.shared.signing import public_key_of
 from support.registry import fake_artifact
 
 KEY = generate_signing_key()
+PUB = public_key_of(KEY)
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
@@ -80,7 +82,7 @@ def test_a_schema_2_manifest_stays_small_whatever_the_inputs(tmp_path) -> None:
         signed = signer(store).sign("pi-1", artifact, 7, wire_version=2, now=NOW)
         payload = encode(signed)
         sizes[artifact.signature.inputs[0].shape] = len(payload)
-        manifest = verify_manifest(signed, KEY.public_key(), device_id="pi-1", now=NOW).manifest
+        manifest = verify_manifest(signed, PUB, device_id="pi-1", now=NOW).manifest
         assert manifest.schema_version == 2
         assert manifest.golden is None
         ref = manifest.golden_ref

@@ -6,19 +6,19 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from edgefleet.controller.security.errors import SecurityError
+from edgefleet.shared.ed25519 import PublicKey
 from edgefleet.shared.signing import (
     generate_signing_key,
     load_private_key,
+    public_key_of,
     save_private_key,
     save_public_key,
     write_file_atomic,
 )
 
 
-def ensure_signing_key(private_path: Path, public_path: Path) -> Ed25519PublicKey:
+def ensure_signing_key(private_path: Path, public_path: Path) -> PublicKey:
     """Return the controller's public key, generating the pair (private 0600) if missing.
 
     An existing private key is never replaced; a missing public file is re-derived from it.
@@ -28,13 +28,13 @@ def ensure_signing_key(private_path: Path, public_path: Path) -> Ed25519PublicKe
     """
     if private_path.exists():
         try:
-            public = load_private_key(private_path).public_key()
+            public = public_key_of(load_private_key(private_path))
         except (OSError, ValueError) as e:
             raise SecurityError(f"cannot load the signing key {private_path}: {e}") from e
     else:
         private = generate_signing_key()
         save_private_key(private, private_path)
-        public = private.public_key()
+        public = public_key_of(private)
     if not public_path.exists():
         save_public_key(public, public_path)
     return public
