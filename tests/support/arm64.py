@@ -119,7 +119,8 @@ def ensure_binfmt() -> None:
             "needs root: binfmt_misc registration, mount namespaces and chroot"
         )
     if not (BINFMT_DIR / "register").exists():
-        subprocess.run(["modprobe", "binfmt_misc"], capture_output=True, check=False)
+        if shutil.which("modprobe"):  # a built-in binfmt_misc needs no module (and no kmod)
+            subprocess.run(["modprobe", "binfmt_misc"], capture_output=True, check=False)
         mounted = subprocess.run(
             ["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_DIR)],
             capture_output=True,
