@@ -5,10 +5,11 @@ the same run. Prints JSON on its last line. The per-request figures are compared
 of alternating blocks (p50 of each block) and reported as the median over rounds, so load from
 other processes, which comes and goes, falls on both sides of each comparison.
 
-    python bench/agent_footprint.py [--quick]
+    python bench/agent_footprint.py [--quick] [--no-arm64]
 
 Goals: agent RSS <= baseline + 20 MB, idle CPU <= 1 %, in-process ratio <= 1.10, HTTP adds
-<= 0.5 ms at p50.
+<= 0.5 ms at p50. The arm64 row (``bench/arm64_footprint.py``) runs the same agent and the same
+bare runtime under qemu-user emulating a Pi 4, where the machine can (else it says why).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from arm64_footprint import arm64_row
 from edgefleet.agent.agent import Agent
 from edgefleet.shared import EventType, Topics
 from support.agent_harness import (
@@ -61,13 +63,28 @@ sys.stdin.readline()
 """
 
 
+# The bare runtime plus what the agent cannot run without (its MQTT client, a pydantic model
+# validated and dumped, Ed25519 verification, the stdlib HTTP server), before any agent code:
+# the floor under the agent's RSS with these dependencies.
+FLOOR = BASELINE.replace(
+    'print("ready", flush=True)',
+    """import http.server, nacl.signing, paho.mqtt.client as mqtt, pydantic
+client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+class Probe(pydantic.BaseModel):
+    x: int
+    y: list[float]
+Probe.model_validate_json(Probe(x=1, y=[1.0]).model_dump_json())
+print("ready", flush=True)""",
+)
+
+
 def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def baseline_rss(model: Path) -> float:
+def baseline_rss(model: Path, script: str = BASELINE) -> float:
     proc = subprocess.Popen(
-        [sys.executable, "-c", BASELINE, str(model)],
+        [sys.executable, "-c", script, str(model)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -112,7 +129,11 @@ def median_over(
 
 
 def deploy(
-    publisher: TestPublisher, watcher: DeviceWatcher, model: BuiltModel, device: str
+    publisher: TestPublisher,
+    watcher: DeviceWatcher,
+    model: BuiltModel,
+    device: str,
+    timeout: float = 60.0,
 ) -> None:
     golden = [{"x": np.zeros((1, model.signature.inputs[0].shape[1] or 1), np.float32)}]
     manifest = publisher.manifest(
@@ -120,7 +141,7 @@ def deploy(
         latency_budget_ms=500.0,
     )  # fmt: skip
     publisher.publish_desired(device, publisher.sign(manifest))
-    watcher.wait_event(EventType.SWAPPED, timeout=60)
+    watcher.wait_event(EventType.SWAPPED, timeout=timeout)
 
 
 def overheads(agent: Agent, model: BuiltModel, port: int, quick: bool) -> dict[str, float]:
@@ -160,7 +181,9 @@ def overheads(agent: Agent, model: BuiltModel, port: int, quick: bool) -> dict[s
     return figures
 
 
-def run(work: Path, quick: bool, stack: contextlib.ExitStack) -> dict[str, float]:
+def run(
+    work: Path, quick: bool, arm64: bool, stack: contextlib.ExitStack
+) -> dict[str, float | str]:
     broker = MosquittoBroker(work / "mosquitto")
     broker.start()
     stack.callback(broker.stop)
@@ -172,6 +195,7 @@ def run(work: Path, quick: bool, stack: contextlib.ExitStack) -> dict[str, float
     tiny = mlp(work / "tiny.onnx", 2, TINY)
 
     baseline_mb = baseline_rss(model.path)
+    floor_mb = baseline_rss(model.path, FLOOR)
 
     # the agent as it runs on a device: a daemon process, default telemetry interval
     port = free_port()
@@ -197,8 +221,9 @@ def run(work: Path, quick: bool, stack: contextlib.ExitStack) -> dict[str, float
         100.0 * (sum(process.cpu_times()[:2]) - cpu_before) / (time.monotonic() - wall_before)
     )
     print(
-        f"agent daemon RSS {agent_mb:.1f} MB idle, baseline {baseline_mb:.1f} MB; "
-        f"idle CPU {idle_cpu:.2f} % over {idle_s:.0f} s"
+        f"agent daemon RSS {agent_mb:.1f} MB idle, baseline {baseline_mb:.1f} MB, baseline with "
+        f"the agent's dependencies loaded {floor_mb:.1f} MB; idle CPU {idle_cpu:.2f} % over "
+        f"{idle_s:.0f} s"
     )
 
     # per-request overhead: Agent.infer in this process, HTTP against the daemon
@@ -250,21 +275,31 @@ def run(work: Path, quick: bool, stack: contextlib.ExitStack) -> dict[str, float
         f"{tiny_p50['agent'] * 1000:.1f} us (ratio {tiny_p50['ratio']:.2f}), "
         f"HTTP {tiny_p50['http'] * 1000:.1f} us"
     )
-    return {
+    result: dict[str, float | str] = {
         "agent_rss_mb": round(agent_mb, 1),
         "baseline_rss_mb": round(baseline_mb, 1),
+        "agent_rss_added_mb": round(agent_mb - baseline_mb, 1),
+        "dependency_floor_added_mb": round(floor_mb - baseline_mb, 1),
         "idle_cpu_pct": round(idle_cpu, 2),
         "inproc_ratio": round(p50["ratio"], 3),
         "http_added_ms_p50": round(p50["http_added"], 3),
     }
+    if arm64:
+        result |= arm64_row(work, model, broker, topics, key_path, publisher, deploy, stack)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="20 s idle window, fewer samples")
+    parser.add_argument(
+        "--no-arm64",
+        action="store_true",
+        help="skip the arm64 row (qemu-user; the first run builds an arm64 root, several minutes)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        result = run(Path(tmp), args.quick, stack)
+        result = run(Path(tmp), args.quick, not args.no_arm64, stack)
     print(json.dumps(result))
 
 
