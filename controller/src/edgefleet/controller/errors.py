@@ -3,7 +3,7 @@ the figures that explain it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from edgefleet.shared.errors import EdgefleetError
 
@@ -75,6 +75,57 @@ class ConversionError(CompressionError):
     def __init__(self, target: str, reason: str) -> None:
         super().__init__(f"building {target} failed: {reason}")
         self.target = target
+        self.reason = reason
+
+
+class QuantizationBlockedError(ConversionError):
+    """One node or input of the model stops the quantizer, or the quantized model, from running."""
+
+    def __init__(self, target: str, blocker: str, reason: str) -> None:
+        super().__init__(target, f"{blocker}: {reason}")
+        self.blocker = blocker  # "node 'name' (OpType)" or "input 'name'"
+
+
+class OpsetUpgradeError(CompressionError):
+    """A model below the opset onnxruntime's quantizer accepts as is cannot be upgraded without
+    changing what it computes."""
+
+    def __init__(self, target: str, from_opset: int, reason: str) -> None:
+        super().__init__(
+            f"building {target} failed: the model is at opset {from_opset}, onnxruntime's "
+            f"quantizer needs 10 or later, and the upgrade is not possible: {reason}"
+        )
+        self.target = target
+        self.from_opset = from_opset
+        self.reason = reason
+
+
+class Int8CoverageError(CompressionError):
+    """An int8 target would leave the model's heavy operators in float: a copy of the float
+    model under an int8 name, refused rather than registered."""
+
+    def __init__(
+        self,
+        target: str,
+        mode: str,
+        heavy_ops: Mapping[str, int],
+        quantized_ops: Mapping[str, int],
+        weight_share: float,
+        reason: str,
+    ) -> None:
+        def counts(ops: Mapping[str, int]) -> str:
+            return ", ".join(f"{op} x{n}" for op, n in sorted(ops.items())) or "none"
+
+        super().__init__(
+            f"{target} with {mode} quantization refused: the model's heavy operators are "
+            f"{counts(heavy_ops)}; {mode} quantization put int8 weights on {counts(quantized_ops)} "
+            f"({weight_share:.1%} of their weight values). {reason}"
+        )
+        self.target = target
+        self.mode = mode
+        self.heavy_ops = dict(heavy_ops)
+        self.quantized_ops = dict(quantized_ops)
+        self.weight_share = weight_share
         self.reason = reason
 
 

@@ -27,6 +27,7 @@ from edgefleet.controller.compress.prune import (
     param_count,
     prune_unstructured_onnx,
 )
+from edgefleet.controller.compress.quantize import describe_failure
 from edgefleet.controller.compress.recipe import Recipe
 from edgefleet.controller.compress.runners import (
     OnnxRunner,
@@ -44,7 +45,12 @@ from edgefleet.controller.compress.sources import (
 from edgefleet.controller.compress.steps import apply_torch_steps, distills, model_sparsity
 from edgefleet.controller.compress.targets import BuiltFile, TargetBuilder
 from edgefleet.controller.config import Settings, get_settings
-from edgefleet.controller.errors import CompressionError, DataMismatchError, UnsupportedStepError
+from edgefleet.controller.errors import (
+    CompressionError,
+    ConversionError,
+    DataMismatchError,
+    UnsupportedStepError,
+)
 from edgefleet.controller.registry.records import ArtifactReport, NewArtifact, VersionRecord
 from edgefleet.controller.registry.service import ModelRegistry
 from edgefleet.shared.hashing import sha256_file
@@ -110,10 +116,13 @@ def compress(
     notify("evaluating the original model")
     work_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(source, OnnxSource):
-        reference = run_float(OnnxRunner(source.path), data.evaluation.inputs)
+        reference = _run_source(OnnxRunner(source.path), data.evaluation)
         fp32_path, summary, params, sparsity = _onnx_working_model(source, recipe, work_dir)
         source_path: Path = source.path
-        builder = TargetBuilder(work_dir, fp32_path, recipe, data.calibration or data.train)
+        builder = TargetBuilder(
+            work_dir, fp32_path, recipe, data.calibration or data.train,
+            check=data.evaluation.inputs,
+        )  # fmt: skip
     else:
         reference = run_torch(source.module, source.input_names, data.evaluation.inputs)
         outputs = len(reference)
@@ -136,6 +145,7 @@ def compress(
             work_dir, fp32_path, recipe, data.calibration or data.train,
             module=working, input_names=source.input_names,
             sample={k: v[:1] for k, v in data.evaluation.inputs.items()},
+            check=data.evaluation.inputs,
         )  # fmt: skip
     original_size = source_path.stat().st_size
     classifier = is_classifier(reference, data.evaluation.labels, recipe.task)
@@ -260,6 +270,20 @@ def _checked(data: CompressionData, signature: IOSignature) -> CompressionData:
         calibration=check(data.calibration, "calibration"),
         train=check(data.train, "training"),
     )
+
+
+def _run_source(runner: OnnxRunner, evaluation: Dataset) -> dict[str, np.ndarray]:
+    """The source model's outputs on the evaluation data.
+
+    Raises:
+        DataMismatchError: the model fails on the data, naming the node or input where.
+    """
+    try:
+        return run_float(runner, evaluation.inputs)
+    except ConversionError as e:
+        blocker, text = describe_failure(e.__cause__ if isinstance(e.__cause__, Exception) else e)
+        where = f" at {blocker}" if blocker else ""
+        raise DataMismatchError(f"the model rejects the evaluation data{where}: {text}") from e
 
 
 def _onnx_working_model(

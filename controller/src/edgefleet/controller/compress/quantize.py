@@ -1,20 +1,25 @@
-"""ONNX quantization with onnxruntime's tools: dynamic int8, static int8 QDQ, and float16.
+"""ONNX quantization with onnxruntime's tools (dynamic int8, static int8 QDQ, float16), and what a
+quantized graph really holds in int8.
 
 Every path runs ``quant_pre_process`` (shape inference + graph optimisation) first. Dynamic mode
-quantizes MatMul only, because CPU onnxruntime cannot run ConvInteger and its dynamic quantizer
-skips Gemm; Gemm nodes with constant weights are rewritten as MatMul + Add first so that fully
-connected layers are quantized too.
+quantizes MatMul and LSTM (inside If/Loop/Scan subgraphs too), not Conv: the ConvInteger it would
+emit is slow where CPU onnxruntime runs it at all; its quantizer also skips Gemm, so Gemm nodes
+with constant weights are rewritten as MatMul + Add first. Static mode does not enter subgraphs.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -27,38 +32,68 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from edgefleet.controller.errors import ConversionError
+from edgefleet.controller.errors import ConversionError, QuantizationBlockedError
 
 log = logging.getLogger(__name__)
 
+Feed = dict[str, np.ndarray]
+DYNAMIC_OP_TYPES = ("MatMul", "LSTM")
+# Operators whose constant weights hold a model's size and arithmetic, and the inputs holding them.
+HEAVY_OPS: dict[str, tuple[int, ...]] = {
+    "Conv": (1,), "ConvTranspose": (1,), "MatMul": (1,), "Gemm": (1,),
+    "LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2),
+}  # fmt: skip
+# Integer kernels the quantizers emit: the heavy operator each replaces, and its weight inputs.
+INTEGER_OPS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "QLinearConv": ("Conv", (3,)), "ConvInteger": ("Conv", (1,)),
+    "QLinearMatMul": ("MatMul", (3,)), "MatMulInteger": ("MatMul", (1,)),
+    "DynamicQuantizeMatMul": ("MatMul", (1,)), "MatMulIntegerToFloat": ("MatMul", (1,)),
+    "QGemm": ("Gemm", (3,)), "DynamicQuantizeLSTM": ("LSTM", (1, 2)),
+}  # fmt: skip
+# Nodes a constant weight may pass through on its way to the operator using it.
+_PASS_THROUGH = frozenset({"Identity", "Unsqueeze", "Squeeze", "Reshape", "Transpose", "Flatten"})
+_CONTROL_FLOW = frozenset({"If", "Loop", "Scan"})
+_INTEGER_TYPES = frozenset(
+    {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+)
 
-class NpzCalibrationReader(CalibrationDataReader):  # type: ignore[misc]
-    """Feeds calibration batches (dicts of named arrays) to onnxruntime's calibrator."""
 
-    def __init__(self, inputs: dict[str, np.ndarray], batch_size: int) -> None:
-        self._inputs = inputs
-        self._batch_size = batch_size
-        self._iter: Iterator[dict[str, np.ndarray]] = self._batches()
+class FeedReader(CalibrationDataReader):  # type: ignore[misc]
+    """Feeds calibration inputs (one dict of named arrays per model call) to the calibrator."""
 
-    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
-        n = next(iter(self._inputs.values())).shape[0]
-        for start in range(0, n, self._batch_size):
-            yield {k: v[start : start + self._batch_size] for k, v in self._inputs.items()}
+    def __init__(self, feeds: Sequence[Feed]) -> None:
+        self._feeds = feeds
+        self._iter: Iterator[Feed] = iter(feeds)
 
-    def get_next(self) -> dict[str, np.ndarray] | None:
+    def get_next(self) -> Feed | None:
         return next(self._iter, None)
 
     def rewind(self) -> None:
-        self._iter = self._batches()
+        self._iter = iter(self._feeds)
 
 
 def preprocess(src: Path, dst: Path) -> Path:
-    """``quant_pre_process``, falling back to ONNX shape inference if symbolic inference fails."""
+    """``quant_pre_process``, falling back to ONNX shape inference if symbolic inference fails.
+
+    At opset 10 and below ``quant_pre_process`` would run onnx's version converter to 11 itself,
+    unchecked (and its Resize adapter changes what opset-10 models compute), so such a graph, one
+    whose checked upgrade was refused, gets ONNX shape inference only.
+
+    Raises:
+        QuantizationBlockedError: onnxruntime cannot optimise the graph (names the node).
+    """
+    model = onnx.load(str(src))
+    if any(o.domain in ("", "ai.onnx") and o.version <= 10 for o in model.opset_import):
+        onnx.save(onnx.shape_inference.infer_shapes(model), str(dst))
+        return dst
     try:
         quant_pre_process(str(src), str(dst))
     except Exception as e:  # noqa: BLE001 - symbolic shape inference raises assorted errors
-        log.warning("symbolic shape inference failed (%s); using ONNX shape inference only", e)
-        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        log.info("symbolic shape inference failed (%s); using ONNX shape inference", _text(e))
+        try:
+            quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        except Exception as e2:
+            raise blocked("onnx-int8", e2, "pre-processing") from e2
     return dst
 
 
@@ -67,7 +102,11 @@ def has_op(model_path: Path, op_types: set[str]) -> bool:
 
 
 def quantize_onnx_dynamic(src: Path, dst: Path, work: Path, *, per_channel: bool) -> Path:
-    """Dynamic int8: int8 weights, activations quantized at run time (MatMul)."""
+    """Dynamic int8: int8 weights, activations quantized at run time (MatMul, LSTM).
+
+    Raises:
+        QuantizationBlockedError, ConversionError: the quantizer fails (named where it can be).
+    """
     pre = preprocess(src, work / "dynamic-pre.onnx")
     rewritten = work / "dynamic-matmul.onnx"
     onnx.save(gemm_to_matmul(onnx.load(str(pre))), str(rewritten))
@@ -75,12 +114,13 @@ def quantize_onnx_dynamic(src: Path, dst: Path, work: Path, *, per_channel: bool
         quantize_dynamic(
             rewritten,
             dst,
-            op_types_to_quantize=["MatMul"],
+            op_types_to_quantize=list(DYNAMIC_OP_TYPES),
             per_channel=per_channel,
             weight_type=QuantType.QInt8,
+            extra_options={"EnableSubgraph": True},
         )
     except Exception as e:
-        raise ConversionError("onnx-int8", f"dynamic quantization: {e}") from e
+        raise blocked("onnx-int8", e, "dynamic quantization") from e
     return dst
 
 
@@ -88,19 +128,21 @@ def quantize_onnx_static(
     src: Path,
     dst: Path,
     work: Path,
-    calibration: dict[str, np.ndarray],
+    calibration: Sequence[Feed],
     *,
     per_channel: bool,
-    batch_size: int,
 ) -> Path:
-    """Static int8 QDQ: int8 weights (per channel when asked) and calibrated int8 activations."""
+    """Static int8 QDQ: int8 weights (per channel when asked) and calibrated int8 activations.
+
+    Raises:
+        QuantizationBlockedError, ConversionError: calibration or the quantizer fails.
+    """
     pre = preprocess(src, work / "static-pre.onnx")
-    reader = NpzCalibrationReader(calibration, batch_size)
     try:
         quantize_static(
             pre,
             dst,
-            reader,
+            FeedReader(calibration),
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
             activation_type=QuantType.QInt8,
@@ -109,8 +151,41 @@ def quantize_onnx_static(
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
     except Exception as e:
-        raise ConversionError("onnx-int8", f"static quantization: {e}") from e
+        raise blocked("onnx-int8", e, "static quantization") from e
     return dst
+
+
+def quantize_leftovers_dynamic(src: Path, dst: Path, *, per_channel: bool) -> list[str]:
+    """Dynamic int8 for the MatMul and LSTM nodes a static pass left float (inside If/Loop/Scan
+    subgraphs, which the static quantizer does not enter, and recurrent operators, which it does
+    not quantize). Writes ``dst`` only when there are some; returns their names.
+
+    Raises:
+        QuantizationBlockedError, ConversionError: the quantizer fails.
+    """
+    model = onnx.load(str(src))
+    consts = _Constants(model)
+    names = []
+    for node, _ in _walk(model.graph):
+        if node.op_type in DYNAMIC_OP_TYPES and node.name:
+            weights = _weights(node, HEAVY_OPS[node.op_type], consts)
+            if weights and all(dtype not in _INTEGER_TYPES for _, dtype, _ in weights):
+                names.append(node.name)
+    if not names:
+        return []
+    try:
+        quantize_dynamic(
+            src,
+            dst,
+            op_types_to_quantize=list(DYNAMIC_OP_TYPES),
+            nodes_to_quantize=names,
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            extra_options={"EnableSubgraph": True},
+        )
+    except Exception as e:
+        raise blocked("onnx-int8", e, "dynamic quantization of what static left float") from e
+    return names
 
 
 def convert_onnx_fp16(src: Path, dst: Path) -> Path:
@@ -132,6 +207,275 @@ def choose_int8_mode(
     if has_calibration and has_op(model_path, {"Conv", "ConvTranspose"}):
         return "static"
     return "dynamic"
+
+
+# --- onnxruntime at the seam -------------------------------------------------------------------
+
+
+def ort_session(path: Path, *, optimize: bool = True) -> ort.InferenceSession:
+    """A CPU session; ``optimize=False`` runs the graph exactly as written (for comparisons)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_feeds(model_path: Path, feeds: Sequence[Feed]) -> None:
+    """Every feed names the model's inputs with their declared rank and element type.
+
+    Raises:
+        QuantizationBlockedError: naming the first input that does not fit.
+    """
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    stored = {init.name for init in graph.initializer}
+    for value in graph.input:
+        if value.name in stored:
+            continue
+        tensor = value.type.tensor_type
+        want = helper.tensor_dtype_to_np_dtype(tensor.elem_type) if tensor.elem_type else None
+        rank = len(tensor.shape.dim) if tensor.HasField("shape") else None
+        for feed in feeds:
+            if value.name not in feed:
+                raise QuantizationBlockedError("onnx-int8", f"input {value.name!r}", "no data")
+            arr = feed[value.name]
+            if rank is not None and arr.ndim != rank:
+                raise QuantizationBlockedError(
+                    "onnx-int8",
+                    f"input {value.name!r}",
+                    f"the model takes rank {rank}, the data has shape {list(arr.shape)}",
+                )
+            if want is not None and arr.dtype != want:
+                raise QuantizationBlockedError(
+                    "onnx-int8",
+                    f"input {value.name!r}",
+                    f"the model takes {np.dtype(want).name}, the data is {arr.dtype.name}",
+                )
+
+
+def run_feed(session: ort.InferenceSession, feed: Feed) -> list[np.ndarray]:
+    """Outputs of one call, after checking the feed against the session's inputs by name.
+
+    Raises:
+        QuantizationBlockedError: an input is missing or has the wrong rank or type, or a node
+            fails (each named).
+    """
+    for arg in session.get_inputs():
+        if arg.name not in feed:
+            raise QuantizationBlockedError("onnx-int8", f"input {arg.name!r}", "no data for it")
+        arr = feed[arg.name]
+        if len(arg.shape) != arr.ndim:
+            raise QuantizationBlockedError(
+                "onnx-int8",
+                f"input {arg.name!r}",
+                f"the model takes rank {len(arg.shape)} {list(arg.shape)}, the data has shape "
+                f"{list(arr.shape)}",
+            )
+    try:
+        return list(session.run(None, feed))
+    except Exception as e:
+        raise blocked("onnx-int8", e, "running the model") from e
+
+
+_NODE_PATTERNS = (
+    re.compile(r'In Node, \("([^"]*)", (\w+),'),
+    re.compile(r"running (\w+) node\. Name:'([^']*)'"),
+    re.compile(r"Node \(([^)]*)\) Op \((\w+)\)"),
+)
+_INPUT_PATTERN = re.compile(r"for input: ['\"]?([^'\"\s,]+)")
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_SOURCE_LOCATION = re.compile(r"/onnxruntime_src/\S+:\d+ (?:[^()]*\([^()]*\) )?")
+
+
+def blocked(target: str, error: Exception, during: str) -> ConversionError:
+    """A foreign exception turned into an error naming the node or input that caused it."""
+    blocker, text = describe_failure(error)
+    if blocker:
+        return QuantizationBlockedError(target, blocker, f"{during}: {text}")
+    return ConversionError(target, f"{during}: {type(error).__name__}: {text}")
+
+
+def describe_failure(error: Exception) -> tuple[str | None, str]:
+    """(``node 'name' (OpType)`` or ``input 'name'`` when the message names one, the message on
+    one line without onnxruntime's prefix and source paths)."""
+    text = _text(error)
+    for i, pattern in enumerate(_NODE_PATTERNS):
+        match = pattern.search(text)
+        if match:
+            name, op = (match.group(2), match.group(1)) if i == 1 else match.groups()
+            return f"node {name!r} ({op})", text
+    match = _INPUT_PATTERN.search(text)
+    return (f"input {match.group(1)!r}" if match else None), text
+
+
+def _text(error: Exception) -> str:
+    """One line of an onnxruntime / quantizer message, without its prefix and source paths."""
+    text = " ".join(str(error).split())
+    text = _SOURCE_LOCATION.sub("", _ORT_PREFIX.sub("", text))
+    return (text or type(error).__name__)[:400]
+
+
+# --- what the quantized graph holds ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Int8Coverage:
+    """Heavy operators of a quantized graph (subgraphs included), by kind, and their weights."""
+
+    heavy_ops: dict[str, int]  # weight-bearing heavy operators, int8 or float
+    quantized_ops: dict[str, int]  # those whose weights are 8-bit integers
+    int8_weights: int  # weight values in 8-bit integers (each tensor counted once)
+    float_weights: int  # weight values of heavy operators left in float
+    float_in_subgraphs: tuple[str, ...]  # If/Loop/Scan nodes holding heavy operators left float
+
+    @property
+    def weight_share(self) -> float:
+        total = self.int8_weights + self.float_weights
+        return self.int8_weights / total if total else 0.0
+
+    def as_details(self) -> dict[str, Any]:
+        return {
+            "int8_heavy_ops": dict(self.quantized_ops),
+            "int8_weight_share": round(self.weight_share, 4),
+            "int8_weights": self.int8_weights,
+            "float_heavy_weights": self.float_weights,
+        }
+
+
+def heavy_ops(model: onnx.ModelProto) -> dict[str, int]:
+    """Heavy operators with constant weights in a float graph, by kind (subgraphs included)."""
+    consts = _Constants(model)
+    return dict(
+        Counter(
+            node.op_type
+            for node, _ in _walk(model.graph)
+            if node.op_type in HEAVY_OPS and _weights(node, HEAVY_OPS[node.op_type], consts)
+        )
+    )
+
+
+def int8_coverage(model: onnx.ModelProto) -> Int8Coverage:
+    """Which heavy operators of a quantized graph carry 8-bit integer weights: integer kernels
+    (QLinearConv, ConvInteger, MatMulInteger, ...) and float kernels fed by DequantizeLinear of an
+    integer constant (QDQ); weight tensors shared by several nodes are counted once."""
+    consts = _Constants(model)
+    heavy: Counter[str] = Counter()
+    quantized: Counter[str] = Counter()
+    int8: dict[str, int] = {}
+    floating: dict[str, int] = {}
+    holders: list[str] = []
+    for node, holder in _walk(model.graph):
+        if node.op_type in INTEGER_OPS:
+            kind, indices = INTEGER_OPS[node.op_type]
+            weights = [w for w in _weights(node, indices, consts) if w[1] in _INTEGER_TYPES]
+            if weights:
+                heavy[kind] += 1
+                quantized[kind] += 1
+                int8.update((name, size) for name, _, size in weights)
+        elif node.op_type in HEAVY_OPS:
+            weights = _weights(node, HEAVY_OPS[node.op_type], consts)
+            if not weights:
+                continue  # activations times activations: nothing stored to quantize
+            heavy[node.op_type] += 1
+            if all(dtype in _INTEGER_TYPES for _, dtype, _ in weights):
+                quantized[node.op_type] += 1
+                int8.update((name, size) for name, _, size in weights)
+            else:
+                floating.update((n, s) for n, t, s in weights if t not in _INTEGER_TYPES)
+                if holder and holder not in holders:
+                    holders.append(holder)
+    return Int8Coverage(
+        heavy_ops=dict(heavy),
+        quantized_ops=dict(quantized),
+        int8_weights=sum(int8.values()),
+        float_weights=sum(floating.values()),
+        float_in_subgraphs=tuple(holders),
+    )
+
+
+class _Constants:
+    """Every constant tensor of a model (initializers and Constant nodes, subgraphs included)
+    and the node producing each value, to follow a weight back to where it is stored."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.tensors: dict[str, tuple[int, int]] = {}  # name -> (elem type, element count)
+        self.producers: dict[str, onnx.NodeProto] = {}
+        self.shapes: dict[str, tuple[int, int]] = {}  # value_info: name -> (elem type, count)
+        self._folded: dict[str, bool] = {}
+        self._collect(model.graph)
+
+    def _collect(self, graph: onnx.GraphProto) -> None:
+        for init in graph.initializer:
+            self.tensors[init.name] = (init.data_type, int(np.prod(init.dims, dtype=np.int64)))
+        for info in graph.value_info:
+            tensor = info.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim]
+            self.shapes[info.name] = (tensor.elem_type, int(np.prod(dims, dtype=np.int64)))
+        for node in graph.node:
+            for out in node.output:
+                self.producers[out] = node
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        size = int(np.prod(attr.t.dims, dtype=np.int64))
+                        self.tensors[node.output[0]] = (attr.t.data_type, size)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    self._collect(attr.g)
+
+    def resolve(self, name: str, depth: int = 0) -> tuple[str, int, int] | None:
+        """(stored tensor, elem type, elements) behind ``name``, through DequantizeLinear and
+        shape-only nodes, or a value computed from constants alone (not folded yet); None for a
+        value computed from activations."""
+        if name in self.tensors:
+            return (name, *self.tensors[name])
+        node = self.producers.get(name)
+        if node is None or not node.input:
+            return None
+        if depth < 16 and (node.op_type == "DequantizeLinear" or node.op_type in _PASS_THROUGH):
+            stored = self.resolve(node.input[0], depth + 1)
+            if stored is not None:
+                return stored
+        if self._from_constants(name, 0):
+            return (name, *self.shapes.get(name, (onnx.TensorProto.FLOAT, 0)))
+        return None
+
+    def _from_constants(self, name: str, depth: int) -> bool:
+        if name in self.tensors:
+            return True
+        if name not in self._folded:
+            node = self.producers.get(name)
+            self._folded[name] = (
+                node is not None
+                and depth < 64
+                and bool(node.input)
+                and node.op_type not in _CONTROL_FLOW
+                and all(not i or self._from_constants(i, depth + 1) for i in node.input)
+            )
+        return self._folded[name]
+
+
+def _weights(
+    node: onnx.NodeProto, indices: tuple[int, ...], consts: _Constants
+) -> list[tuple[str, int, int]]:
+    found = []
+    for i in indices:
+        if i < len(node.input) and node.input[i]:
+            weight = consts.resolve(node.input[i])
+            if weight is None:
+                return []
+            found.append(weight)
+    return found
+
+
+def _walk(graph: onnx.GraphProto, holder: str = "") -> Iterator[tuple[onnx.NodeProto, str]]:
+    """Every node with the outermost If/Loop/Scan node holding it ('' at the top level)."""
+    for node in graph.node:
+        yield node, holder
+        if node.op_type in _CONTROL_FLOW:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    yield from _walk(attr.g, holder or node.name or node.output[0])
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:

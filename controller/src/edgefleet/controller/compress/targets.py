@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import onnx
 from torch import nn
 
 from edgefleet.controller.compress.convert import (
@@ -16,18 +17,39 @@ from edgefleet.controller.compress.convert import (
     export_tflite_int8,
 )
 from edgefleet.controller.compress.data import Dataset
+from edgefleet.controller.compress.opset import (
+    PER_CHANNEL_OPSET,
+    QUANTIZER_MIN_OPSET,
+    upgrade_opset,
+)
 from edgefleet.controller.compress.quantize import (
+    Feed,
+    Int8Coverage,
+    check_feeds,
     choose_int8_mode,
     convert_onnx_fp16,
     has_op,
+    heavy_ops,
+    int8_coverage,
+    ort_session,
+    quantize_leftovers_dynamic,
     quantize_onnx_dynamic,
     quantize_onnx_static,
+    run_feed,
 )
 from edgefleet.controller.compress.recipe import Recipe
-from edgefleet.controller.errors import CompressionError, ConversionError
+from edgefleet.controller.errors import (
+    CompressionError,
+    ConversionError,
+    Int8CoverageError,
+    OpsetUpgradeError,
+)
 from edgefleet.shared.manifest import ArtifactTarget
 
 MAX_CALIBRATION_SAMPLES = 256
+MAX_CHECK_SAMPLES = 64  # evaluation samples an opset upgrade is checked on
+FEED_BATCH = 32  # samples per call when calibrating and checking
+MIN_INT8_WEIGHT_SHARE = 0.5  # at least this much of the heavy weights in int8, or no int8 artifact
 
 
 @dataclass
@@ -49,6 +71,7 @@ class TargetBuilder:
     module: nn.Module | None = None
     input_names: tuple[str, ...] = ()
     sample: dict[str, np.ndarray] = field(default_factory=dict)  # one sample, for tracing
+    check: dict[str, np.ndarray] = field(default_factory=dict)  # evaluation inputs (opset check)
     built: dict[str, BuiltFile] = field(default_factory=dict)
 
     def build(self, target: ArtifactTarget, notify: Callable[[str], None]) -> BuiltFile:
@@ -74,28 +97,22 @@ class TargetBuilder:
         mode = choose_int8_mode(
             self.fp32_onnx, self.recipe.onnx_int8_mode, self.calibration is not None
         )
-        dst = self.work / f"model-int8-{mode}.onnx"
+        calibration = None
         if mode == "static":
             calib = self._require_calibration("onnx-int8 (static)")
-            quantize_onnx_static(
-                self.fp32_onnx,
-                dst,
-                self.work,
-                _limit(calib).inputs,
-                per_channel=self.recipe.per_channel_for(static=True, convolutional=self._conv()),
-                batch_size=32,
-            )
-        else:
-            quantize_onnx_dynamic(
-                self.fp32_onnx,
-                dst,
-                self.work,
-                per_channel=self.recipe.per_channel_for(static=False, convolutional=self._conv()),
-            )
-        per_channel = self.recipe.per_channel_for(
-            static=mode == "static", convolutional=self._conv()
+            calibration = batched_feeds(_limit(calib).inputs)
+        check = batched_feeds({k: v[:MAX_CHECK_SAMPLES] for k, v in self.check.items()})
+        return build_onnx_int8(
+            self.fp32_onnx,
+            self.work,
+            mode,
+            per_channel=self.recipe.per_channel_for(
+                static=mode == "static", convolutional=self._conv()
+            ),
+            opset=self.recipe.opset,
+            calibration=calibration,
+            check=check or calibration or [],
         )
-        return BuiltFile("onnx-int8", dst, {"quantization": mode, "per_channel": per_channel})
 
     def _conv(self) -> bool:
         return has_op(self.fp32_onnx, {"Conv", "ConvTranspose"})
@@ -184,3 +201,100 @@ def _limit(data: Dataset) -> Dataset:
 def _single_samples(data: Dataset) -> Iterator[dict[str, np.ndarray]]:
     for i in range(data.size):
         yield {k: v[i : i + 1] for k, v in data.inputs.items()}
+
+
+def build_onnx_int8(
+    fp32: Path,
+    work: Path,
+    mode: Literal["dynamic", "static"],
+    *,
+    per_channel: bool,
+    opset: int,
+    calibration: Sequence[Feed] | None,
+    check: Sequence[Feed],
+) -> BuiltFile:
+    """``onnx-int8`` from an fp32 graph: opset upgrade (checked on ``check``), quantization, and
+    proof that the heavy operators now hold int8 weights and the result runs.
+
+    Raises:
+        OpsetUpgradeError: below opset 10 and the upgrade fails or changes the outputs.
+        Int8CoverageError: the mode leaves most heavy weights in float (nothing worth shipping).
+        QuantizationBlockedError: a node or input stops the quantizer or the quantized model.
+        ConversionError: the quantizer fails in a way that names no node.
+    """
+    check_feeds(fp32, [*check, *(calibration or ())])
+    upgrade = upgrade_opset(fp32, work, opset, check)
+    details: dict[str, Any] = {"quantization": mode, **upgrade.details()}
+    if upgrade.failure and upgrade.from_opset < QUANTIZER_MIN_OPSET:
+        raise OpsetUpgradeError("onnx-int8", upgrade.from_opset, upgrade.failure)
+    if per_channel and mode == "static" and upgrade.to_opset < PER_CHANNEL_OPSET:
+        per_channel = False
+        details["per_channel_fallback"] = (
+            f"per-tensor weight scales: per-channel needs opset {PER_CHANNEL_OPSET} and the "
+            f"upgrade from opset {upgrade.from_opset} was not kept ({upgrade.failure})"
+        )
+    details["per_channel"] = per_channel
+    dst = work / f"model-int8-{mode}.onnx"
+    if mode == "static":
+        if not calibration:
+            raise CompressionError("onnx-int8 (static) needs calibration data")
+        qdq = work / "model-int8-static-qdq.onnx"
+        quantize_onnx_static(upgrade.path, qdq, work, calibration, per_channel=per_channel)
+        leftovers = quantize_leftovers_dynamic(qdq, dst, per_channel=per_channel)
+        if leftovers:
+            details["dynamic_int8_nodes"] = {"count": len(leftovers), "first": leftovers[:8]}
+        else:
+            qdq.replace(dst)
+    else:
+        quantize_onnx_dynamic(upgrade.path, dst, work, per_channel=per_channel)
+    found = heavy_ops(onnx.load(str(upgrade.path)))
+    coverage = int8_coverage(onnx.load(str(dst)))
+    details.update(coverage.as_details(), heavy_ops=found)
+    _require_int8_weights(mode, found, coverage)
+    feed = next(iter(check or calibration or ()), None)
+    if feed is not None:
+        run_feed(ort_session(dst), feed)
+    return BuiltFile("onnx-int8", dst, details)
+
+
+def _require_int8_weights(
+    mode: Literal["dynamic", "static"], found: dict[str, int], coverage: Int8Coverage
+) -> None:
+    """Refuse an int8 artifact whose heavy weights are mostly float: it would be the float model
+    under another name (1.00x, nothing quantized that matters)."""
+    if found and coverage.weight_share >= MIN_INT8_WEIGHT_SHARE:
+        return
+    if not found:
+        reason = "It has no Conv, MatMul, Gemm or recurrent operator with constant weights."
+    elif mode == "dynamic" and {"Conv", "ConvTranspose"} & set(found):
+        reason = (
+            "Dynamic mode quantizes MatMul, Gemm and LSTM only (onnxruntime has no fast CPU "
+            "kernel for dynamically quantized convolutions); give calibration data (--calib) "
+            "and use static mode (--int8-mode static)."
+        )
+    elif mode == "static" and coverage.float_in_subgraphs:
+        holders = ", ".join(repr(h) for h in coverage.float_in_subgraphs)
+        reason = (
+            f"Heavy operators inside the subgraphs of {holders} stayed float: static "
+            "quantization does not enter If/Loop/Scan subgraphs (only MatMul and LSTM there get "
+            "dynamic int8 weights)."
+        )
+    else:
+        reason = "The quantizer skipped them."
+    raise Int8CoverageError(
+        "onnx-int8",
+        mode,
+        found,
+        coverage.quantized_ops,
+        coverage.weight_share,
+        f"{reason} An int8 artifact needs at least {MIN_INT8_WEIGHT_SHARE:.0%} of those "
+        "weights in int8.",
+    )
+
+
+def batched_feeds(inputs: dict[str, np.ndarray], batch: int = FEED_BATCH) -> list[Feed]:
+    """Model calls of up to ``batch`` samples each, from inputs sharing their first dimension."""
+    if not inputs:
+        return []
+    n = next(iter(inputs.values())).shape[0]
+    return [{k: v[i : i + batch] for k, v in inputs.items()} for i in range(0, n, batch)]
