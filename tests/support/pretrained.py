@@ -49,6 +49,13 @@ SILERO = Wheel(
     "silero_vad-6.2.3-py3-none-any.whl",
     "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8",
 )
+# A platform wheel (CPython 3.11, x86-64 Linux): the machines this suite runs on.
+MEDIAPIPE = Wheel(
+    "mediapipe",
+    "0.10.21",
+    "mediapipe-0.10.21-cp311-cp311-manylinux_2_28_x86_64.whl",
+    "05dc4a9e593655a79558d05d6227d31018c2537a4bd3362b51e230cf22aecfe3",
+)
 
 MODELS = {
     model.name: model
@@ -83,6 +90,15 @@ MODELS = {
             "silero_vad/data/silero_vad_16k_op15.onnx",
             "7ed98ddbad84ccac4cd0aeb3099049280713df825c610a8ed34543318f1b2c49",
             "Silero VAD, 16 kHz only, opset 15, 1.3 MB",
+        ),
+        PretrainedModel(
+            "blazeface-short",
+            MEDIAPIPE,
+            "mediapipe/modules/face_detection/face_detection_short_range.tflite",
+            "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
+            "MediaPipe BlazeFace short-range face detector (TFLite, float16 weights, no serving "
+            "signature; input [1, 128, 128, 3] float32, outputs regressors [1, 896, 16] and "
+            "classificators [1, 896, 1]), 230 KB",
         ),
     )
 }

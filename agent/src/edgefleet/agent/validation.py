@@ -1,4 +1,5 @@
-"""Validation of a loaded model before it may serve: golden pairs, NaN/Inf, latency.
+"""Validation of a loaded model before it may serve: golden pairs (else the signed outputs'
+dtypes and shapes), NaN/Inf, latency.
 
 Latency is judged here, on the device, never against a figure from the controller host: a
 schema-2 manifest's :class:`LatencyPolicy` names the operator's budget for this device's class,
@@ -78,6 +79,27 @@ def _check_finite(outputs: dict[str, Array]) -> None:
             raise ValidationFailedError(
                 f"output {name!r} holds NaN/Inf in {bad} of {np.size(value)} values",
                 {"non_finite_values": float(bad)},
+            )
+
+
+def _check_signature(outputs: dict[str, Array], signature: IOSignature) -> None:
+    """Without golden pairs all that can be checked is that every signed output came out with
+    its signed dtype and a shape that fits (dynamic dimensions accept any size)."""
+    for spec in signature.outputs:
+        value = outputs.get(spec.name)
+        if value is None:
+            raise ValidationFailedError(
+                f"output {spec.name!r} of the signed signature was not produced "
+                f"(got {sorted(outputs)})"
+            )
+        fits = len(value.shape) == len(spec.shape) and all(
+            d is None or d == n for d, n in zip(spec.shape, value.shape, strict=True)
+        )
+        if str(value.dtype) != spec.dtype or not fits:
+            signed = ["N" if d is None else d for d in spec.shape]
+            raise ValidationFailedError(
+                f"output {spec.name!r} is {value.dtype} {list(value.shape)}, the signed "
+                f"signature says {spec.dtype} {signed}"
             )
 
 
@@ -206,9 +228,13 @@ def validate(
     ``golden`` is the manifest's golden set when it travels as a file (schema 2); ``baseline``
     the active model, for a latency ratio.
 
+    Without golden pairs (an ``edgetpu`` artifact with no CPU twin to compute them on), zero
+    inputs of the signed shapes are run and the outputs are checked for their signed dtype,
+    shape and finiteness only.
+
     Raises:
-        ValidationFailedError: golden mismatch, NaN/Inf outputs, or a runtime failure on a
-            golden input.
+        ValidationFailedError: golden mismatch, NaN/Inf outputs, an output off its signed dtype
+            or shape (without golden pairs), or a runtime failure on a validation input.
         TooSlowError: the latency policy refuses it (see :func:`judge_latency`).
     """
     golden = manifest.golden if golden is None else golden
@@ -218,7 +244,10 @@ def validate(
         else smoke_inputs(manifest.signature)
     )
     for _ in range(max(1, warmup_runs)):
-        _check_finite(_run(runtime, probe))
+        outputs = _run(runtime, probe)
+        _check_finite(outputs)
+    if golden is None:
+        _check_signature(outputs, manifest.signature)  # shape, dtype and finiteness only
     max_abs, agreement = _compare(golden, runtime) if golden is not None else (0.0, 1.0)
     warm_ms = _warm_ms(runtime, probe, timed_runs)
     latency = judge_latency(manifest, warm_ms, probe, baseline, timed_runs)

@@ -1,4 +1,5 @@
-"""``edgefleet model``: compress a model into artifacts, list models, show a version's reports."""
+"""``edgefleet model``: compress a model into artifacts or import prebuilt ones, list models, show a
+version's reports."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from edgefleet.controller.config import Settings, get_settings
 from edgefleet.controller.errors import CompressionError, ControllerError
 from edgefleet.controller.registry.service import ModelRegistry
 
-model_app = typer.Typer(help="Compress models into device artifacts and inspect the registry.")
+model_app = typer.Typer(
+    help="Compress models into device artifacts, import prebuilt ones, inspect the registry."
+)
 
 DataDirOption = Annotated[
     Path | None, typer.Option("--data-dir", help="controller data dir (default: settings)")
@@ -146,6 +149,64 @@ def compress(
                 notify=notify,
                 source_file=model,
             )
+    except ControllerError as e:
+        raise _fail(e) from e
+    if as_json:
+        typer.echo(json.dumps(version_json(record), indent=2))
+    else:
+        print_version(Console(), record)
+
+
+@model_app.command("import")
+def import_model(
+    ref: Annotated[str, typer.Argument(metavar="NAME:VERSION", help="version to register")],
+    artifact: Annotated[
+        list[str],
+        typer.Option(
+            "--artifact",
+            "-a",
+            metavar="TARGET=PATH",
+            help="a file built elsewhere and its target (onnx-fp32, onnx-fp16, onnx-int8, "
+            "tflite-fp32, tflite-int8, tflite-full-int8, edgetpu); repeat for each",
+        ),
+    ],
+    eval_data: Annotated[Path, typer.Option("--eval", help="held-out .npz (inputs + labels)")],
+    task: Annotated[
+        str, typer.Option(help="auto, classification or regression (how outputs compare)")
+    ] = "auto",
+    data_dir: DataDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Register prebuilt artifacts as NAME:VERSION after loading and evaluating each.
+
+    Each file must be what its target says (ONNX or TFLite, int8 or float
+    weights). The first fp32 artifact (else the first given) is the reference
+    the others are compared with; their signatures must agree.
+
+    An edgetpu file (an _edgetpu.tflite, known by its edgetpu-custom-op) cannot
+    run here: also give the full-integer model it was compiled from, its CPU
+    twin, as --artifact tflite-full-int8=PATH; golden pairs, agreement and
+    latency are measured on the twin.
+    """
+    from edgefleet.controller.compress import import_and_register, load_npz, parse_artifact_spec
+
+    try:
+        name, sep, version = ref.partition(":")
+        if not sep or not name or not version:
+            raise CompressionError(f"give the version to register as NAME:VERSION, not {ref!r}")
+        if task not in ("auto", "classification", "regression"):
+            raise CompressionError(
+                f"--task must be auto, classification or regression, not {task!r}"
+            )
+        files = [parse_artifact_spec(spec) for spec in artifact]
+        evaluation = load_npz(eval_data)
+        settings = _settings(data_dir)
+        registry = ModelRegistry.from_settings(settings)
+        with _progress(not as_json) as notify:
+            record = import_and_register(
+                registry, name, version, files, evaluation,
+                task=task, settings=settings, notify=notify,  # type: ignore[arg-type]
+            )  # fmt: skip
     except ControllerError as e:
         raise _fail(e) from e
     if as_json:
