@@ -4,7 +4,6 @@ per target, and register them. Everything is validated before anything touches t
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,12 @@ from edgefleet.controller.compress.sources import (
     run_torch,
     torch_signature,
 )
-from edgefleet.controller.compress.steps import apply_torch_steps, distills, model_sparsity
+from edgefleet.controller.compress.steps import (
+    Notify,
+    apply_torch_steps,
+    distills,
+    model_sparsity,
+)
 from edgefleet.controller.compress.targets import BuiltFile, TargetBuilder
 from edgefleet.controller.config import Settings, get_settings
 from edgefleet.controller.errors import (
@@ -56,7 +60,6 @@ from edgefleet.controller.registry.service import ModelRegistry
 from edgefleet.shared.hashing import sha256_file
 from edgefleet.shared.manifest import IOSignature, runtime_for_target
 
-Notify = Callable[[str], None]
 TORCH_ONLY_TARGETS = frozenset({"tflite-fp32", "tflite-int8", "tflite-full-int8", "edgetpu"})
 
 
@@ -81,7 +84,8 @@ class CompressionResult:
     reports: dict[str, ArtifactReport] = field(default_factory=dict)
 
 
-def _quiet(_: str) -> None:
+def quiet(_: str) -> None:
+    """A ``notify`` that says nothing."""
     return None
 
 
@@ -93,7 +97,7 @@ def compress(
     *,
     student: nn.Module | None = None,
     settings: Settings | None = None,
-    notify: Notify = _quiet,
+    notify: Notify = quiet,
 ) -> CompressionResult:
     """Run ``recipe`` on ``source`` and build every target into ``work_dir``.
 
@@ -159,7 +163,7 @@ def compress(
     for target in recipe.targets:
         built = builder.build(target, notify)
         notify(f"evaluating {target}")
-        artifact = _evaluate(
+        artifact = evaluate_artifact(
             built, recipe, data.evaluation, reference, classifier,
             original_size=original_size, params=params, sparsity=sparsity, settings=settings,
         )  # fmt: skip
@@ -178,7 +182,7 @@ def compress_and_register(
     *,
     student: nn.Module | None = None,
     settings: Settings | None = None,
-    notify: Notify = _quiet,
+    notify: Notify = quiet,
     source_file: Path | None = None,
 ) -> VersionRecord:
     """Compress ``source`` and register ``name:version`` with one artifact per target.
@@ -305,7 +309,7 @@ def _onnx_working_model(
     return path, summary, params, sparsity
 
 
-def _evaluate(
+def evaluate_artifact(
     built: BuiltFile,
     recipe: Recipe,
     evaluation: Dataset,
@@ -317,6 +321,8 @@ def _evaluate(
     sparsity: float,
     settings: Settings,
 ) -> NewArtifact:
+    """Evaluate one built artifact against the original's ``reference`` outputs: quality,
+    golden pairs, latency on this host (labelled with it) and its report, ready to register."""
     runtime = runtime_for_target(built.target)
     runner = open_runner(built.evaluate_as or built.path, runtime)
     produced = run_float(runner, evaluation.inputs)

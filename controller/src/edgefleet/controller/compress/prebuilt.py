@@ -18,7 +18,7 @@ from onnx import external_data_helper, helper
 
 from edgefleet.controller.compress.data import Dataset, check_against_signature
 from edgefleet.controller.compress.evaluate import is_classifier
-from edgefleet.controller.compress.pipeline import Notify, _evaluate, _quiet
+from edgefleet.controller.compress.pipeline import evaluate_artifact, quiet
 from edgefleet.controller.compress.recipe import Recipe, Task, validate_targets
 from edgefleet.controller.compress.runners import (
     ArtifactRunner,
@@ -27,6 +27,7 @@ from edgefleet.controller.compress.runners import (
     run_float,
 )
 from edgefleet.controller.compress.sources import dtype_name, onnx_source
+from edgefleet.controller.compress.steps import Notify
 from edgefleet.controller.compress.targets import BuiltFile
 from edgefleet.controller.config import Settings, get_settings
 from edgefleet.controller.errors import (
@@ -156,7 +157,7 @@ def import_artifacts(
     *,
     task: Task = "auto",
     settings: Settings | None = None,
-    notify: Notify = _quiet,
+    notify: Notify = quiet,
 ) -> ImportResult:
     """Check, load and evaluate every file; nothing is registered here.
 
@@ -218,7 +219,7 @@ def import_artifacts(
             {**item.details, "compared_with": reference.target},
             evaluate_as=item.evaluate_as,
         )
-        artifact = _evaluate(
+        artifact = evaluate_artifact(
             built, recipe, data, expected, classifier, original_size=ref_size,
             params=reference.census.params, sparsity=reference.census.sparsity, settings=settings,
         )  # fmt: skip
@@ -237,7 +238,7 @@ def import_and_register(
     *,
     task: Task = "auto",
     settings: Settings | None = None,
-    notify: Notify = _quiet,
+    notify: Notify = quiet,
 ) -> VersionRecord:
     """Import ``files`` as ``name:version``; nothing is stored unless every one loaded and was
     evaluated (like :func:`~edgefleet.controller.compress.pipeline.compress_and_register`).

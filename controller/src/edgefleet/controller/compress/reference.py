@@ -14,9 +14,10 @@ from torch import nn
 from edgefleet.controller.compress.convert import EDGETPU_COMPILER
 from edgefleet.controller.compress.data import Dataset
 from edgefleet.controller.compress.distill import train_classifier
-from edgefleet.controller.compress.pipeline import CompressionData, Notify, compress_and_register
+from edgefleet.controller.compress.pipeline import CompressionData, compress_and_register
 from edgefleet.controller.compress.recipe import DistillConfig, Recipe
 from edgefleet.controller.compress.sources import torch_source
+from edgefleet.controller.compress.steps import Notify
 from edgefleet.controller.config import Settings, get_settings
 from edgefleet.controller.registry.records import VersionRecord
 from edgefleet.controller.registry.service import ModelRegistry
