@@ -1,7 +1,8 @@
 """Prebuilt models end to end: ``edgefleet model import`` (a child process, as an operator runs it)
 registers a real pretrained model into a running controller's registry, a rollout sends it to a
 real agent process over a real mosquitto, and the agent serves an inference whose answer is the
-one the same file gives in its runtime here."""
+one the same file gives in its runtime here. An ``edgetpu`` file imported without its CPU twin
+goes as far as this machine allows (no Edge TPU): see the last test for what is real in it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ import httpx
 import numpy as np
 import pytest
 
+from edgefleet.controller.compress.prebuilt import NO_TWIN
+from edgefleet.shared import DeviceStatus, Hello
+from support import agent_models
+from support.edgetpu_standin import edgetpu_compiler_standin
+from support.mqtt import MqttProbe, wait_until
 from support.pretrained import pretrained_model
+from support.samples import device_hello, device_state
 
 pytestmark = pytest.mark.slow
 
@@ -106,3 +113,96 @@ def test_imported_tflite_detector_is_rolled_out_to_a_litert_device_and_serves(fl
         for detail in interpreter.get_output_details():
             want = interpreter.get_tensor(detail["index"])
             np.testing.assert_allclose(served[detail["name"]], want, rtol=1e-4, atol=1e-4)
+
+
+def _coral_hello(device_id: str) -> Hello:
+    """What an agent on a Coral says: LiteRT, and the Edge TPU its delegate library found."""
+    return device_hello(device_id, runtimes=("litert",)).model_copy(
+        update={"accelerators": ("edgetpu",)}
+    )
+
+
+def test_imported_edgetpu_without_its_twin_is_rolled_out_without_golden_pairs(fleet, tmp_path):
+    """Real: the import (the CLI, a child process), the controller process, its rollout engine,
+    variant choice and manifest signer, mosquitto, the artifact download over HTTP, and the
+    agent's own intake (signature, serial, expiry) and validation code. Stand-ins: the two
+    Coral devices are MQTT clients saying what an agent with an Edge TPU says (no Edge TPU
+    here: a real agent neither advertises one nor loads an edgetpu artifact, as checked below);
+    the edgetpu file is ``support.edgetpu_standin``'s stand-in for an edgetpu_compiler
+    output; and what runs under the agent's validation is its LiteRT runtime on the CPU twin
+    the stand-in was made from (the delegate would run the compiled file with the same
+    boundary tensors), against the manifest as signed for the edgetpu artifact."""
+    from edgefleet.agent.errors import UnsupportedArtifactError
+    from edgefleet.agent.intake import Accepted, read_desired
+    from edgefleet.agent.keeper import check_runnable
+    from edgefleet.agent.runtimes import load_runtime
+    from edgefleet.agent.settings import AgentSettings
+    from edgefleet.agent.validation import validate
+    from edgefleet.shared import SignedManifest, decode_versioned, encode
+    from edgefleet.shared.ed25519 import PublicKey
+
+    twin = agent_models.tflite_int8_classifier(tmp_path / "model_full_int8.tflite").path
+    tpu = edgetpu_compiler_standin(twin, tmp_path / "model_full_int8_edgetpu.tflite")
+    np.savez(tmp_path / "eval.npz",
+             x=np.random.default_rng(7).standard_normal((8, 4)).astype(np.float32))  # fmt: skip
+    record = _import(fleet, "coral:1", f"edgetpu={tpu}", tmp_path / "eval.npz")
+    (artifact,) = record["artifacts"]
+    assert (artifact["golden"], artifact["report"]["latency"]) == (None, None)
+    assert artifact["report"]["unmeasured"] == NO_TWIN
+
+    wire = {"coral-v1": 1, "coral-v2": 2}
+    with MqttProbe(fleet.broker.host, fleet.broker.port) as probe:
+        for device_id, version in wire.items():
+            probe.subscribe(fleet.topics.desired(device_id))
+            probe.publish(fleet.topics.hello(device_id), encode(_coral_hello(device_id),
+                          version=version))  # fmt: skip
+            empty = device_state(device_id, status=DeviceStatus.IDLE)
+            probe.publish(fleet.topics.state(device_id), encode(empty, version=version),
+                          retain=True)  # fmt: skip
+        fleet.wait_devices(list(wire))
+        body = {"model": "coral", "version": "1", "waves": "100%", "policy": {"soak_s": 0}}
+        response = fleet.controller.api("POST", "/api/rollouts", json=body)
+        assert response.status_code == 201, response.text
+
+        def manifests() -> dict[str, bytes]:
+            got = {m.topic: m.payload for m in list(probe.received) if m.payload}
+            return {d: got[fleet.topics.desired(d)] for d in wire if fleet.topics.desired(d) in got}
+
+        wait_until(lambda: len(manifests()) == len(wire), timeout=60, interval=0.2)
+        desired = manifests()
+
+    key_path = fleet.controller_dir / "keys" / "signing.pub"
+    key = PublicKey.from_pem(key_path.read_bytes())
+    settings = AgentSettings(device_id="coral-v2", controller_key=key_path,
+                             broker_url=fleet.broker.url, data_dir=tmp_path / "agent",
+                             runtimes=["litert"])  # fmt: skip
+    for device_id, version in wire.items():
+        payload = desired[device_id]
+        assert decode_versioned(payload, SignedManifest)[0] == version  # in the device's wire
+        accepted = read_desired(payload, key, device_id=device_id, last_serial=0, last_digest=None)
+        assert isinstance(accepted, Accepted), accepted
+        manifest = accepted.verified.manifest
+        assert manifest.schema_version == version
+        assert (manifest.target, manifest.runtime) == ("edgetpu", "edgetpu")
+        assert manifest.golden is None  # schema 1: no pairs inline
+        assert manifest.golden_ref is None  # schema 2: no golden file to fetch
+        if version == 2:
+            assert manifest.latency is not None
+            assert manifest.latency.reference_p95_ms is None  # nothing measured on the controller
+        assert [(s.dtype, s.shape) for s in manifest.signature.outputs] == [("int8", (1, 3))]
+        served = httpx.get(manifest.artifact.http_url, timeout=30)
+        assert served.status_code == 200, served.text
+        assert served.content == tpu.read_bytes()  # the Edge TPU file itself, as registered
+
+        # This machine has no Edge TPU: the real agent refuses before downloading ...
+        with pytest.raises(UnsupportedArtifactError, match=r"libedgetpu\.so\.1"):
+            check_runnable(manifest, settings)
+        # ... so its validation runs on the stand-in: LiteRT on the CPU twin, same tensors.
+        cpu = manifest.model_copy(update={"target": "tflite-full-int8", "runtime": "litert"})
+        runtime = load_runtime(twin, cpu)
+        try:
+            report = validate(runtime, manifest, golden=None, warmup_runs=1, timed_runs=3)
+        finally:
+            runtime.close()
+        assert report.pairs == 0  # output dtype, shape and finiteness checked, and passed
+        assert report.figures()["golden_pairs"] == 0.0

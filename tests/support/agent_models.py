@@ -7,8 +7,10 @@ Each builder writes one file and returns the numbers needed to sign a manifest f
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -149,7 +151,16 @@ def nan_model(path: Path) -> BuiltModel:
 # -- TFLite ---------------------------------------------------------------------------------
 
 
-def _tflite_bytes(tensors, buffers, operators, opcodes, inputs, outputs) -> bytes:  # type: ignore[no-untyped-def]
+def tflite_bytes(
+    tensors: list[Any],
+    buffers: list[Any],
+    operators: list[Any],
+    opcodes: list[Any],
+    inputs: list[int],
+    outputs: list[int],
+) -> bytes:
+    """A one-subgraph TFLite flatbuffer of LiteRT schema objects (``TensorT``, ``BufferT``,
+    ``OperatorT``, ``OperatorCodeT``); buffer 0, the empty one, is added in front."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as s
 
@@ -170,7 +181,16 @@ def _tflite_bytes(tensors, buffers, operators, opcodes, inputs, outputs) -> byte
     return bytes(builder.Output())
 
 
-def _tensor(name, shape, kind, buffer=0, signature=None, quant=None):  # type: ignore[no-untyped-def]
+def tflite_tensor(
+    name: str,
+    shape: Sequence[int],
+    kind: int,
+    buffer: int = 0,
+    signature: Sequence[int] | None = None,
+    quant: tuple[float, int] | None = None,
+) -> Any:
+    """A ``TensorT`` of TensorType ``kind``; ``signature`` is its shape with -1 for a dynamic
+    dimension, ``quant`` its (scale, zero point)."""
     from ai_edge_litert import schema_py_generated as s
 
     tensor = s.TensorT()
@@ -187,7 +207,8 @@ def _tensor(name, shape, kind, buffer=0, signature=None, quant=None):  # type: i
     return tensor
 
 
-def _opcode(code: int, version: int):  # type: ignore[no-untyped-def]
+def tflite_opcode(code: int, version: int) -> Any:
+    """An ``OperatorCodeT`` for builtin operator ``code`` at ``version``."""
     from ai_edge_litert import schema_py_generated as s
 
     opcode = s.OperatorCodeT()
@@ -203,9 +224,9 @@ def tflite_add(path: Path) -> BuiltModel:
 
     f32 = s.TensorType.FLOAT32
     tensors = [
-        _tensor("a", (1, 4), f32, signature=(-1, 4)),
-        _tensor("b", (1, 4), f32, signature=(-1, 4)),
-        _tensor("total", (1, 4), f32, signature=(-1, 4)),
+        tflite_tensor("a", (1, 4), f32, signature=(-1, 4)),
+        tflite_tensor("b", (1, 4), f32, signature=(-1, 4)),
+        tflite_tensor("total", (1, 4), f32, signature=(-1, 4)),
     ]
     op = s.OperatorT()
     op.opcodeIndex = 0
@@ -213,7 +234,7 @@ def tflite_add(path: Path) -> BuiltModel:
     op.builtinOptionsType = s.BuiltinOptions.AddOptions
     op.builtinOptions = s.AddOptionsT()
     path.write_bytes(
-        _tflite_bytes(tensors, [], [op], [_opcode(s.BuiltinOperator.ADD, 1)], [0, 1], [2])
+        tflite_bytes(tensors, [], [op], [tflite_opcode(s.BuiltinOperator.ADD, 1)], [0, 1], [2])
     )
 
     def reference(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -247,18 +268,18 @@ def tflite_int8_classifier(path: Path, seed: int = 7) -> BuiltModel:
         buffers.append(buf)
     i8, i32 = s.TensorType.INT8, s.TensorType.INT32
     tensors = [
-        _tensor("x", (1, 4), i8, quant=IN_Q),
-        _tensor("weights", (3, 4), i8, buffer=1, quant=(W_SCALE, 0)),
-        _tensor("bias", (3,), i32, buffer=2, quant=(bias_scale, 0)),
-        _tensor("logits", (1, 3), i8, quant=OUT_Q),
+        tflite_tensor("x", (1, 4), i8, quant=IN_Q),
+        tflite_tensor("weights", (3, 4), i8, buffer=1, quant=(W_SCALE, 0)),
+        tflite_tensor("bias", (3,), i32, buffer=2, quant=(bias_scale, 0)),
+        tflite_tensor("logits", (1, 3), i8, quant=OUT_Q),
     ]
     op = s.OperatorT()
     op.opcodeIndex = 0
     op.inputs, op.outputs = [0, 1, 2], [3]
     op.builtinOptionsType = s.BuiltinOptions.FullyConnectedOptions
     op.builtinOptions = s.FullyConnectedOptionsT()
-    code = _opcode(s.BuiltinOperator.FULLY_CONNECTED, 4)
-    path.write_bytes(_tflite_bytes(tensors, buffers, [op], [code], [0], [3]))
+    code = tflite_opcode(s.BuiltinOperator.FULLY_CONNECTED, 4)
+    path.write_bytes(tflite_bytes(tensors, buffers, [op], [code], [0], [3]))
 
     def reference(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         xq = np.clip(np.round(inputs["x"] / IN_Q[0] + IN_Q[1]), -128, 127)

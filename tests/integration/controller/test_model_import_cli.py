@@ -1,7 +1,9 @@
 """``edgefleet model import`` through Typer's CliRunner on real pretrained models from registry
 wheels: the PaddleOCR text-direction classifier (ONNX opset 11, dynamic H/W) with an int8 build of
 it made here as a user would make one elsewhere (onnxruntime's static QDQ quantizer), and
-MediaPipe's BlazeFace face detector as shipped (a ``.tflite`` without a serving signature).
+MediaPipe's BlazeFace face detector as shipped (a ``.tflite`` without a serving signature), and
+an ``edgetpu`` stand-in for an edgetpu_compiler output (``support.edgetpu_standin``) given
+without its CPU twin.
 Real onnxruntime and LiteRT sessions, a real SQLite registry; refusals exit 1 with one line and
 leave the registry and its store as they were."""
 
@@ -18,10 +20,13 @@ from typer.testing import CliRunner
 from edgefleet.agent.runtimes import load_runtime
 from edgefleet.agent.validation import validate
 from edgefleet.controller.cli import app
+from edgefleet.controller.compress.prebuilt import NO_TWIN
 from edgefleet.controller.config import get_settings
 from edgefleet.controller.registry.service import ModelRegistry
+from support import agent_models
 from support.agent_harness import manifest_for
 from support.agent_models import BuiltModel
+from support.edgetpu_standin import edgetpu_compiler_standin
 from support.pretrained import pretrained_model
 
 pytestmark = pytest.mark.slow
@@ -200,3 +205,39 @@ def test_name_needs_a_version_and_a_registered_version_is_not_replaced(files):
     assert again.exit_code == 1
     assert "already registered" in " ".join(again.stderr.split())
     assert _state(files) == before
+
+
+def test_an_edgetpu_file_without_its_cpu_twin_is_registered_and_shown_with_the_reason(
+    files, tmp_path
+):
+    twin = agent_models.tflite_int8_classifier(tmp_path / "model_full_int8.tflite").path
+    tpu = edgetpu_compiler_standin(twin, tmp_path / "model_full_int8_edgetpu.tflite")
+    data = tmp_path / "eval.npz"
+    np.savez(data, x=np.random.default_rng(2).standard_normal((8, 4)).astype(np.float32))
+    result = _invoke(files, "import", "coral:1", "-a", f"edgetpu={tpu}", "--eval", str(data),
+                     "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (artifact,) = json.loads(result.stdout)["artifacts"]
+    assert artifact["golden"] is None
+    report = artifact["report"]
+    assert (report["quality"], report["latency"], report["unmeasured"]) == (None, None, NO_TWIN)
+    assert report["runtime"] == "edgetpu"
+
+    shown = runner.invoke(app, ["model", "show", "coral:1", "--data-dir", str(files["data"])],
+                          env={"COLUMNS": None, "TERM": "dumb"})  # fmt: skip
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, shown.stdout  # no TTY: 80 columns
+    row = next(line for line in lines if line.startswith(("│ edgetpu", "| edgetpu")))
+    assert "-" in row  # no accuracy, agreement, error, latency or budget figures
+    said = " ".join(shown.stdout.split())
+    assert f"edgetpu: not measured: {NO_TWIN}" in said
+    as_json = json.loads(_invoke(files, "show", "coral:1", "--json").stdout)
+    assert as_json["artifacts"][0]["golden"] is None
+    listed = _invoke(files, "list")
+    assert listed.exit_code == 0, listed.output
+    assert "coral" in listed.stdout
+    models, _ = _state(files)
+    assert {"name": "coral", "versions": ["1"]} in [
+        {k: m[k] for k in ("name", "versions")} for m in models
+    ]

@@ -4,6 +4,7 @@ the figures that explain it."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from edgefleet.shared.errors import EdgefleetError
 
@@ -84,6 +85,26 @@ class QuantizationBlockedError(ConversionError):
     def __init__(self, target: str, blocker: str, reason: str) -> None:
         super().__init__(target, f"{blocker}: {reason}")
         self.blocker = blocker  # "node 'name' (OpType)" or "input 'name'"
+
+
+class ArtifactTargetMismatchError(CompressionError):
+    """A prebuilt file is not what the target it is imported as says (format, weights, ops)."""
+
+    def __init__(self, target: str, path: Path, reason: str) -> None:
+        super().__init__(f"{target}={path.name}: {reason}")
+        self.target = target
+        self.path = path
+        self.reason = reason
+
+
+class SignatureMismatchError(CompressionError):
+    """Two artifacts of one import disagree on their inputs or outputs."""
+
+    def __init__(self, target: str, reference: str, reason: str) -> None:
+        super().__init__(f"{target} does not match {reference}: {reason}")
+        self.target = target
+        self.reference = reference
+        self.reason = reason
 
 
 class OpsetUpgradeError(CompressionError):

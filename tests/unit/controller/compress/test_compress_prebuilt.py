@@ -2,10 +2,10 @@
 target says (format, weights, Edge TPU operator), loaded in onnxruntime or LiteRT, signatures
 compared, evaluated like a compressed artifact, and nothing registered unless all of it passed.
 
-The ``_edgetpu.tflite`` files here are stand-ins for an edgetpu_compiler output, built from a
-real full-integer TFLite the way a fully mapped compile comes out: every operator replaced by
-one ``edgetpu-custom-op`` between the model's own input and output tensors. There is no Edge TPU
-on this machine; nothing here runs one.
+The ``_edgetpu.tflite`` files here are stand-ins for an edgetpu_compiler output
+(``support.edgetpu_standin``), built from a real full-integer TFLite the way a fully mapped
+compile comes out: every operator replaced by one ``edgetpu-custom-op`` between the model's own
+input and output tensors. There is no Edge TPU on this machine; nothing here runs one.
 """
 
 from __future__ import annotations
@@ -20,55 +20,27 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 from edgefleet.agent.runtimes import load_runtime
 from edgefleet.agent.validation import validate
 from edgefleet.controller.compress import (
-    ArtifactTargetMismatchError,
     PrebuiltArtifact,
-    SignatureMismatchError,
     import_and_register,
     import_artifacts,
     parse_artifact_spec,
 )
 from edgefleet.controller.compress.data import Dataset
+from edgefleet.controller.compress.prebuilt import NO_TWIN
 from edgefleet.controller.config import Settings
 from edgefleet.controller.errors import (
+    ArtifactTargetMismatchError,
     CompressionError,
     DataMismatchError,
+    SignatureMismatchError,
     UnknownTargetError,
-    UnsupportedStepError,
     VersionExistsError,
 )
 from edgefleet.controller.registry.service import ModelRegistry
 from support import agent_models
 from support.agent_harness import manifest_for
+from support.edgetpu_standin import edgetpu_compiler_standin
 from support.onnx_external_models import leaking_model
-
-
-def edgetpu_standin(cpu_model: Path, dst: Path, *, scale: float | None = None) -> Path:
-    """A stand-in for ``edgetpu_compiler cpu_model``: the graph delegated whole to one
-    ``edgetpu-custom-op`` (its options carry the original operators' bytes, as a compiled
-    program would carry its own), input and output tensors kept as they are. ``scale`` changes
-    the output's quantization scale, as a compile of a different model would have it."""
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as s
-
-    buf = cpu_model.read_bytes()
-    model = s.ModelT.InitFromPackedBuf(buf, 0)
-    graph = model.subgraphs[0]
-    code = s.OperatorCodeT()
-    code.builtinCode = code.deprecatedBuiltinCode = s.BuiltinOperator.CUSTOM
-    code.customCode = "edgetpu-custom-op"
-    code.version = 1
-    op = s.OperatorT()
-    op.opcodeIndex = 0
-    op.inputs, op.outputs = list(graph.inputs), list(graph.outputs)
-    op.customOptions = list(buf[: min(len(buf), 256)])
-    graph.operators = [op]
-    model.operatorCodes = [code]
-    if scale is not None:
-        graph.tensors[int(graph.outputs[0])].quantization.scale = [scale]
-    builder = flatbuffers.Builder(len(buf) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    dst.write_bytes(bytes(builder.Output()))
-    return dst
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +57,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "wide": agent_models.nan_model(root / "wide.onnx").path,
         "add": agent_models.tflite_add(root / "add.tflite").path,
         "twin": twin,
-        "edgetpu": edgetpu_standin(twin, root / "model_full_int8_edgetpu.tflite"),
-        "edgetpu_other": edgetpu_standin(twin, root / "other_edgetpu.tflite", scale=0.5),
+        "edgetpu": edgetpu_compiler_standin(twin, root / "model_full_int8_edgetpu.tflite"),
+        "edgetpu_other": edgetpu_compiler_standin(twin, root / "other_edgetpu.tflite", scale=0.5),
         "external": leaking_model(root / "external.onnx", "weights.bin", 64).path,
     }
 
@@ -103,7 +75,7 @@ def _x(n: int = 16, width: int = 4) -> Dataset:
 
 def _import(settings: Settings, tmp_path: Path, data: Dataset, **files: Path):
     given = [PrebuiltArtifact(t.replace("_", "-"), p) for t, p in files.items()]
-    return import_artifacts(given, data, tmp_path / "work", settings=settings)
+    return import_artifacts(given, data, settings=settings)
 
 
 # --- the command line's TARGET=PATH --------------------------------------------------------
@@ -230,7 +202,7 @@ def test_evaluation_data_must_fit(models, settings, tmp_path):
 def test_one_artifact_per_target(models, settings, tmp_path):
     given = [PrebuiltArtifact("onnx-fp32", models["fp32"])] * 2
     with pytest.raises(CompressionError, match="given twice: onnx-fp32"):
-        import_artifacts(given, _x(), tmp_path / "work", settings=settings)
+        import_artifacts(given, _x(), settings=settings)
 
 
 # --- TFLite and the Edge TPU -----------------------------------------------------------------
@@ -284,9 +256,51 @@ def test_a_cpu_target_refuses_an_edgetpu_file(models, settings, tmp_path, target
         _import(settings, tmp_path, _x(), **{target: models["edgetpu"]})
 
 
-def test_edgetpu_without_a_cpu_twin_names_what_to_give(models, settings, tmp_path):
-    with pytest.raises(UnsupportedStepError, match="--artifact tflite-full-int8=PATH"):
-        _import(settings, tmp_path, _x(), onnx_fp32=models["fp32"], edgetpu=models["edgetpu"])
+def test_edgetpu_without_a_cpu_twin_is_registered_without_golden_pairs(models, settings, tmp_path):
+    registry = ModelRegistry.from_settings(settings)
+    given = [
+        PrebuiltArtifact("onnx-fp32", models["fp32"]),
+        PrebuiltArtifact("edgetpu", models["edgetpu"]),
+    ]
+    record = import_and_register(registry, "tpu", "1", given, _x(), settings=settings)
+    assert record.recipe["import"] == {"reference": "onnx-fp32", "cpu_twin": None, "task": "auto"}
+    tpu, fp32 = record.artifact("edgetpu"), record.artifact("onnx-fp32")
+    assert tpu is not None
+    assert fp32 is not None
+    assert tpu.golden is None
+    assert (tpu.report.quality, tpu.report.latency) == (None, None)
+    assert tpu.report.unmeasured == NO_TWIN
+    assert "--artifact tflite-full-int8=PATH" in NO_TWIN
+    assert "dtypes, shapes and finiteness only" in NO_TWIN
+    assert "evaluated_on" not in tpu.report.details
+    assert tpu.report.details["edgetpu_custom_ops"] == 1
+    assert tpu.report.runtime == "edgetpu"
+    assert tpu.path.read_bytes() == models["edgetpu"].read_bytes()
+    # native, what the Edge TPU model takes and gives: the device checks these dtypes
+    assert [(s.dtype, s.shape) for s in tpu.signature.inputs] == [("int8", (1, 4))]
+    assert [(s.dtype, s.shape) for s in tpu.signature.outputs] == [("int8", (1, 3))]
+    assert fp32.golden is not None  # the others are evaluated as usual
+    assert fp32.report.unmeasured is None
+    assert fp32.report.quality is not None
+
+
+def test_a_lone_edgetpu_artifact_is_its_own_reference_and_still_checks_the_data(
+    models, settings, tmp_path
+):
+    result = _import(settings, tmp_path, _x(), edgetpu=models["edgetpu"])
+    assert (result.reference, result.cpu_twin) == ("edgetpu", None)
+    (artifact,) = result.artifacts
+    assert artifact.golden is None
+    assert artifact.report.unmeasured == NO_TWIN
+    assert artifact.report.size_ratio == 1.0
+    assert result.source_size == models["edgetpu"].stat().st_size
+    with pytest.raises(DataMismatchError, match="expects"):
+        _import(settings, tmp_path, _x(width=5), edgetpu=models["edgetpu"])
+
+
+def test_edgetpu_without_a_twin_is_still_checked_against_the_reference(models, settings, tmp_path):
+    with pytest.raises(SignatureMismatchError, match="edgetpu does not match onnx-fp32: inputs"):
+        _import(settings, tmp_path, _x(), onnx_fp32=models["other"], edgetpu=models["edgetpu"])
 
 
 def test_edgetpu_and_twin_must_have_the_same_boundary(models, settings, tmp_path):
@@ -357,16 +371,16 @@ def _tflite_dynamic_range(tmp_path: Path) -> Path:
     buf.data = list(np.ones((3, 4), np.int8).tobytes())
     f32, i8 = s.TensorType.FLOAT32, s.TensorType.INT8
     tensors = [
-        agent_models._tensor("x", (1, 4), f32),
-        agent_models._tensor("w", (3, 4), i8, buffer=1, quant=(0.02, 0)),
-        agent_models._tensor("logits", (1, 3), f32),
+        agent_models.tflite_tensor("x", (1, 4), f32),
+        agent_models.tflite_tensor("w", (3, 4), i8, buffer=1, quant=(0.02, 0)),
+        agent_models.tflite_tensor("logits", (1, 3), f32),
     ]
     op = s.OperatorT()
     op.opcodeIndex = 0
     op.inputs, op.outputs = [0, 1, -1], [2]
     op.builtinOptionsType = s.BuiltinOptions.FullyConnectedOptions
     op.builtinOptions = s.FullyConnectedOptionsT()
-    code = agent_models._opcode(s.BuiltinOperator.FULLY_CONNECTED, 4)
+    code = agent_models.tflite_opcode(s.BuiltinOperator.FULLY_CONNECTED, 4)
     path = tmp_path / "hybrid.tflite"
-    path.write_bytes(agent_models._tflite_bytes(tensors, [buf], [op], [code], [0], [2]))
+    path.write_bytes(agent_models.tflite_bytes(tensors, [buf], [op], [code], [0], [2]))
     return path

@@ -19,7 +19,9 @@ def artifact_json(artifact: ArtifactRecord) -> dict[str, Any]:
         "path": str(artifact.path),
         "latency_budget_ms": artifact.latency_budget_ms,
         "signature": artifact.signature.model_dump(mode="json"),
-        "golden": {
+        "golden": None
+        if artifact.golden is None
+        else {
             "pairs": len(artifact.golden.pairs),
             "compare": artifact.golden.compare,
             "atol": artifact.golden.atol,
@@ -65,22 +67,27 @@ def print_version(console: Console, record: VersionRecord) -> None:
             table.add_column(column, justify="right", overflow="fold")
     for a in record.artifacts:
         r = a.report
-        q = r.quality
+        q, lat = r.quality, r.latency
         table.add_row(
             a.target,
             f"{a.size:,}",
             f"{r.size_ratio:.1f}x",
             f"{r.param_count:,}",
             f"{r.sparsity:.0%}",
-            _pct(q.accuracy),
-            "-" if q.accuracy_delta_pt is None else f"{q.accuracy_delta_pt:+.2f}",
-            _pct(q.top1_agreement),
-            f"{q.max_abs_error:.3g}",
-            f"{r.latency.mean_ms:.3f}",
-            f"{r.latency.p95_ms:.3f}",
-            f"{a.latency_budget_ms:.1f}",
+            "-" if q is None else _pct(q.accuracy),
+            "-" if q is None or q.accuracy_delta_pt is None else f"{q.accuracy_delta_pt:+.2f}",
+            "-" if q is None else _pct(q.top1_agreement),
+            "-" if q is None else f"{q.max_abs_error:.3g}",
+            "-" if lat is None else f"{lat.mean_ms:.3f}",
+            "-" if lat is None else f"{lat.p95_ms:.3f}",
+            "-" if lat is None else f"{a.latency_budget_ms:.1f}",
         )
     console.print(table)
+    for a in record.artifacts:
+        if a.report.unmeasured:  # the reason a row has no figures
+            console.print(
+                f"{a.target}: not measured: {a.report.unmeasured}", markup=False, highlight=False
+            )
     distill = record.summary.get("distillation")
     if distill:
         console.print(

@@ -5,7 +5,6 @@ target says, loaded in the controller's runtime and evaluated exactly as a compr
 from __future__ import annotations
 
 import math
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -17,7 +16,7 @@ import onnx
 from onnx import external_data_helper, helper
 
 from edgefleet.controller.compress.data import Dataset, check_against_signature
-from edgefleet.controller.compress.evaluate import is_classifier
+from edgefleet.controller.compress.evaluate import compare_mode, is_classifier
 from edgefleet.controller.compress.pipeline import evaluate_artifact, quiet
 from edgefleet.controller.compress.recipe import Recipe, Task, validate_targets
 from edgefleet.controller.compress.runners import (
@@ -29,46 +28,49 @@ from edgefleet.controller.compress.runners import (
 from edgefleet.controller.compress.sources import dtype_name, onnx_source
 from edgefleet.controller.compress.steps import Notify
 from edgefleet.controller.compress.targets import BuiltFile
+from edgefleet.controller.compress.tflite_file import (
+    EDGETPU_CUSTOM_OP,
+    WEIGHT_DTYPES,
+    is_tflite,
+    read_tflite,
+)
 from edgefleet.controller.config import Settings, get_settings
 from edgefleet.controller.errors import (
+    ArtifactTargetMismatchError,
     CompressionError,
     ConversionError,
     ModelLoadError,
-    UnsupportedStepError,
+    SignatureMismatchError,
     VersionExistsError,
 )
 from edgefleet.controller.registry.records import ArtifactReport, NewArtifact, VersionRecord
 from edgefleet.controller.registry.service import ModelRegistry
+from edgefleet.shared.bounds import MAX_LATENCY_MS
 from edgefleet.shared.hashing import sha256_file
-from edgefleet.shared.manifest import ArtifactTarget, DType, IOSignature, TensorSpec
+from edgefleet.shared.manifest import (
+    ArtifactTarget,
+    DType,
+    IOSignature,
+    TensorSpec,
+    runtime_for_target,
+)
 
-EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
+__all__ = [  # the errors live in edgefleet.controller.errors; named here for this module's callers
+    "CPU_TWIN_TARGET", "NO_TWIN", "ArtifactTargetMismatchError", "ImportResult",
+    "PrebuiltArtifact", "SignatureMismatchError", "import_and_register", "import_artifacts",
+    "parse_artifact_spec",
+]  # fmt: skip
+
 # The CPU twin of an edgetpu artifact: the full-integer model edgetpu_compiler compiled it from.
 CPU_TWIN_TARGET: ArtifactTarget = "tflite-full-int8"
 REFERENCE_TARGETS = ("onnx-fp32", "tflite-fp32")
 INT8_TARGETS = frozenset({"onnx-int8", "tflite-int8", "tflite-full-int8"})
-WEIGHT_DTYPES = ("float32", "float16", "float64", "int8", "uint8")
+NO_TWIN = (
+    f"no CPU twin given (--artifact {CPU_TWIN_TARGET}=PATH: the full-integer model "
+    "edgetpu_compiler compiled) and no Edge TPU here: golden pairs, agreement and latency "
+    "skipped; the device checks its outputs' dtypes, shapes and finiteness only"
+)
 IoTensor = tuple[DType, tuple[int, ...], tuple[float, int]]  # dtype, shape (-1 dynamic), quant
-
-
-class ArtifactTargetMismatchError(CompressionError):
-    """A prebuilt file is not what the target it is imported as says (format, weights, ops)."""
-
-    def __init__(self, target: str, path: Path, reason: str) -> None:
-        super().__init__(f"{target}={path.name}: {reason}")
-        self.target = target
-        self.path = path
-        self.reason = reason
-
-
-class SignatureMismatchError(CompressionError):
-    """Two artifacts of one import disagree on their inputs or outputs."""
-
-    def __init__(self, target: str, reference: str, reason: str) -> None:
-        super().__init__(f"{target} does not match {reference}: {reason}")
-        self.target = target
-        self.reference = reference
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ class _Opened:
     quantized: frozenset[str]  # IO tensors that hold quantized integers (scale != 0)
     io: dict[str, IoTensor]  # name -> dtype, shape, q
     runner: ArtifactRunner | None
-    evaluate_as: Path | None = None
+    evaluate_as: Path | None = None  # what runs in its place: an edgetpu artifact's CPU twin
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -153,7 +155,6 @@ class _Opened:
 def import_artifacts(
     files: Sequence[PrebuiltArtifact],
     evaluation: Dataset,
-    work_dir: Path,
     *,
     task: Task = "auto",
     settings: Settings | None = None,
@@ -162,16 +163,18 @@ def import_artifacts(
     """Check, load and evaluate every file; nothing is registered here.
 
     The reference the others are compared with is the first fp32 artifact given (``onnx-fp32``
-    or ``tflite-fp32``), else the first one. An ``edgetpu`` artifact cannot run on this machine:
-    its golden pairs, agreement and latency come from its CPU twin, the ``tflite-full-int8``
-    artifact of the same import, whose inputs and outputs must equal its own.
+    or ``tflite-fp32``), else the first one that runs here. An ``edgetpu`` artifact cannot run
+    on this machine: its golden pairs, agreement and latency come from its CPU twin, the
+    ``tflite-full-int8`` artifact of the same import, whose inputs and outputs must equal its
+    own. Without a twin they are skipped, with the reason in its report
+    (``ArtifactReport.unmeasured``), and the device checks its outputs' dtypes, shapes and
+    finiteness only; the evaluation data must still fit it.
 
     Raises:
         ArtifactTargetMismatchError: a file is not what its target says.
         SignatureMismatchError: artifacts disagree on inputs or outputs.
         ModelLoadError: a runtime cannot load or run a file.
         DataMismatchError: the evaluation data does not fit the model.
-        UnsupportedStepError: an ``edgetpu`` artifact without its CPU twin.
     """
     settings = settings or get_settings()
     targets = [f.target for f in files]
@@ -180,26 +183,28 @@ def import_artifacts(
     if len(set(targets)) != len(targets):
         twice = sorted(t for t, n in Counter(targets).items() if n > 1)
         raise CompressionError(f"one artifact per target; given twice: {', '.join(twice)}")
-    work_dir.mkdir(parents=True, exist_ok=True)
     opened: dict[ArtifactTarget, _Opened] = {}
     for file in files:
         notify(f"loading {file.target} ({file.path.name})")
-        opened[file.target] = _open(file, work_dir)
+        opened[file.target] = _open(file)
     twin = _cpu_twin(opened)
     runnable = [o for o in opened.values() if o.runner is not None]
+    # a lone edgetpu artifact without its twin: nothing runs here, it is its own reference
     reference = next(
-        (o for o in runnable if o.target in REFERENCE_TARGETS), runnable[0] if runnable else None
+        (o for o in runnable if o.target in REFERENCE_TARGETS),
+        runnable[0] if runnable else next(iter(opened.values())),
     )
-    if reference is None or reference.runner is None:
-        raise UnsupportedStepError("nothing to evaluate: no artifact runs on this machine")
     for other in opened.values():
         if other is not reference:
             _check_signatures(reference, other)
     data = check_against_signature(evaluation, reference.float_signature(), what="evaluation")
-    notify(f"evaluating the reference ({reference.target})")
-    expected = run_float(reference.runner, data.inputs)
-    classifier = is_classifier(expected, data.labels, task)
-    _check_output_shapes(reference, runnable, data)
+    expected: dict[str, np.ndarray] = {}
+    classifier = False
+    if reference.runner is not None:
+        notify(f"evaluating the reference ({reference.target})")
+        expected = run_float(reference.runner, data.inputs)
+        classifier = is_classifier(expected, data.labels, task)
+        _check_output_shapes(reference, runnable, data)
     ref_size = reference.file.path.stat().st_size
     described = {"import": {"reference": reference.target, "cpu_twin": twin, "task": task}}
     recipe = Recipe(targets=tuple(targets), task=task)
@@ -212,21 +217,44 @@ def import_artifacts(
         summary={"imported": [_file_summary(o) for o in opened.values()]},
     )
     for item in opened.values():
-        notify(f"evaluating {item.target}")
-        built = BuiltFile(
-            item.target,
-            item.file.path,
-            {**item.details, "compared_with": reference.target},
-            evaluate_as=item.evaluate_as,
-        )
-        artifact = evaluate_artifact(
-            built, recipe, data, expected, classifier, original_size=ref_size,
-            params=reference.census.params, sparsity=reference.census.sparsity, settings=settings,
-        )  # fmt: skip
-        report = artifact.report.model_copy(update={"recipe": described})
-        result.artifacts.append(replace(artifact, report=report))
-        result.reports[item.target] = report
+        if item.runner is None and item.evaluate_as is None:
+            artifact = _unmeasured(item, described, ref_size, reference.census, classifier)
+        else:
+            notify(f"evaluating {item.target}")
+            built = BuiltFile(
+                item.target,
+                item.file.path,
+                {**item.details, "compared_with": reference.target},
+                evaluate_as=item.evaluate_as,
+            )
+            evaluated = evaluate_artifact(
+                built, recipe, data, expected, classifier, original_size=ref_size,
+                params=reference.census.params, sparsity=reference.census.sparsity,
+                settings=settings,
+            )  # fmt: skip
+            report = evaluated.report.model_copy(update={"recipe": described})
+            artifact = replace(evaluated, report=report)
+        result.artifacts.append(artifact)
+        result.reports[item.target] = artifact.report
     return result
+
+
+def _unmeasured(
+    item: _Opened, recipe: dict[str, Any], ref_size: int, census: _Census, classifier: bool
+) -> NewArtifact:
+    """An edgetpu artifact without its CPU twin: no golden pairs, quality or latency to give."""
+    size = item.file.path.stat().st_size
+    report = ArtifactReport(
+        target=item.target, runtime=runtime_for_target(item.target), size_bytes=size,
+        original_size_bytes=ref_size, size_ratio=ref_size / size, param_count=census.params,
+        sparsity=census.sparsity, quality=None, latency=None,
+        compare=compare_mode(item.target, classifier), recipe=recipe, details=item.details,
+        unmeasured=NO_TWIN,
+    )  # fmt: skip
+    return NewArtifact(
+        target=item.target, file=item.file.path, signature=item.signature, golden=None,
+        latency_budget_ms=MAX_LATENCY_MS, report=report,
+    )  # fmt: skip
 
 
 def import_and_register(
@@ -249,31 +277,27 @@ def import_and_register(
     """
     if registry.has_version(name, version):
         raise VersionExistsError(name, version)
-    with tempfile.TemporaryDirectory(prefix="edgefleet-import-") as tmp:
-        result = import_artifacts(
-            files, evaluation, Path(tmp), task=task, settings=settings, notify=notify
-        )
-        notify("registering artifacts")
-        return registry.register_version(
-            name,
-            version,
-            source_sha256=result.source_sha256,
-            source_size=result.source_size,
-            recipe=result.reports[result.reference].recipe,
-            summary=result.summary,
-            artifacts=result.artifacts,
-        )
+    result = import_artifacts(files, evaluation, task=task, settings=settings, notify=notify)
+    notify("registering artifacts")
+    return registry.register_version(
+        name,
+        version,
+        source_sha256=result.source_sha256,
+        source_size=result.source_size,
+        recipe=result.reports[result.reference].recipe,
+        summary=result.summary,
+        artifacts=result.artifacts,
+    )
 
 
 # --- opening and checking one file -----------------------------------------------------------
 
 
-def _open(file: PrebuiltArtifact, work: Path) -> _Opened:
+def _open(file: PrebuiltArtifact) -> _Opened:
     path = file.path
     if not path.is_file():
         raise ModelLoadError(str(path), "file does not exist")
-    with path.open("rb") as handle:
-        tflite = handle.read(8)[4:8] == b"TFL3"
+    tflite = is_tflite(path)
     if file.target.startswith("onnx-"):
         if tflite:
             raise ArtifactTargetMismatchError(
@@ -284,7 +308,7 @@ def _open(file: PrebuiltArtifact, work: Path) -> _Opened:
         raise ArtifactTargetMismatchError(
             file.target, path, "not a TFLite flatbuffer (no TFL3 identifier)"
         )
-    return _open_tflite(file, work)
+    return _open_tflite(file)
 
 
 def _open_onnx(file: PrebuiltArtifact) -> _Opened:
@@ -313,18 +337,12 @@ def _open_onnx(file: PrebuiltArtifact) -> _Opened:
     )  # fmt: skip
 
 
-def _open_tflite(file: PrebuiltArtifact, work: Path) -> _Opened:
-    from ai_edge_litert import schema_py_generated as schema
+def _open_tflite(file: PrebuiltArtifact) -> _Opened:
     from ai_edge_litert.interpreter import Interpreter
 
-    buf = file.path.read_bytes()
-    try:
-        model = schema.Model.GetRootAs(buf, 0)
-        tpu_ops, cpu_ops = _edgetpu_op_count(schema, model)
-        census = _tflite_census(schema, model, buf)
-        names = _tflite_io_names(model)
-    except Exception as e:  # a corrupt flatbuffer fails in many ways
-        raise ModelLoadError(str(file.path), f"not a readable TFLite model ({e})") from e
+    contents = read_tflite(file.path)
+    census = _Census(contents.constants, contents.sparsity)
+    tpu_ops, names = contents.edgetpu_ops, contents.io_names
     edgetpu = file.target == "edgetpu"
     if edgetpu and not tpu_ops:
         raise ArtifactTargetMismatchError(
@@ -352,9 +370,14 @@ def _open_tflite(file: PrebuiltArtifact, work: Path) -> _Opened:
     }
     quantized = frozenset(n for n, (dt, _, q) in io.items() if q[0] and dt.startswith(("int", "u")))
     details: dict[str, Any] = {"imported": file.path.name, "format": "TFLite"}
+    if not names:  # LiteRT's default signature runner needs exactly one
+        held = "none" if contents.signatures == 0 else f"{contents.signatures}, none the default,"
+        details["signature"] = (
+            f"{held} in the file: named by its input and output tensors, as the agent names them"
+        )
     if edgetpu:
         _check_edgetpu_loads(file, interpreter)
-        details |= {"edgetpu_custom_ops": tpu_ops, "cpu_ops": cpu_ops}
+        details |= {"edgetpu_custom_ops": tpu_ops, "cpu_ops": contents.cpu_ops}
         signature = IOSignature(
             inputs=tuple(_spec(n, io[n]) for n in _ordered(interpreter.get_input_details(), names)),
             outputs=tuple(
@@ -364,12 +387,8 @@ def _open_tflite(file: PrebuiltArtifact, work: Path) -> _Opened:
         return _Opened(file, census, signature, quantized, io, None, details=details)
     _check_weights(file, census, quantized=quantized, io=io)
     details["weights"] = census.elements
-    evaluate_as = file.path
-    if model.SignatureDefsLength() == 0:
-        evaluate_as = _with_serving_signature(schema, buf, names, work / f"{file.target}.tflite")
-        details["signature"] = "none in the file: its tensors' names, as the agent uses them"
-    runner = _load(file, lambda: LiteRtRunner(evaluate_as))
-    return _Opened(file, census, runner.signature, quantized, io, runner, evaluate_as, details)
+    runner = _load(file, lambda: LiteRtRunner(file.path))
+    return _Opened(file, census, runner.signature, quantized, io, runner, details=details)
 
 
 def _load(file: PrebuiltArtifact, opener: Callable[[], ArtifactRunner]) -> ArtifactRunner:
@@ -419,18 +438,12 @@ def _check_weights(
 
 
 def _cpu_twin(opened: dict[ArtifactTarget, _Opened]) -> ArtifactTarget | None:
-    """Pair an edgetpu artifact with its CPU twin; their inputs and outputs must be identical
-    (edgetpu_compiler keeps the full-integer model's boundary tensors as they are)."""
-    tpu = opened.get("edgetpu")
-    if tpu is None:
+    """Pair an edgetpu artifact with its CPU twin, if one was given; their inputs and outputs
+    must be identical (edgetpu_compiler keeps the full-integer model's boundary tensors as
+    they are)."""
+    tpu, twin = opened.get("edgetpu"), opened.get(CPU_TWIN_TARGET)
+    if tpu is None or twin is None:
         return None
-    twin = opened.get(CPU_TWIN_TARGET)
-    if twin is None:
-        raise UnsupportedStepError(
-            f"edgetpu={tpu.file.path.name} cannot run here (no Edge TPU): give the full-integer "
-            f"model it was compiled from as --artifact {CPU_TWIN_TARGET}=PATH; its golden pairs, "
-            "agreement and latency are measured on that CPU twin"
-        )
     for name in sorted(set(tpu.io) | set(twin.io)):
         if tpu.io.get(name) != twin.io.get(name):
             raise SignatureMismatchError(
@@ -438,7 +451,8 @@ def _cpu_twin(opened: dict[ArtifactTarget, _Opened]) -> ArtifactTarget | None:
                 f"tensor {name!r} is {_io_text(tpu.io.get(name))} in the Edge TPU model and "
                 f"{_io_text(twin.io.get(name))} in the twin",
             )  # fmt: skip
-    tpu.evaluate_as = twin.evaluate_as
+    tpu.signature = twin.signature  # the same tensors, in the order its golden pairs name them
+    tpu.evaluate_as = twin.file.path
     tpu.details["evaluated_on"] = (
         f"its CPU twin {CPU_TWIN_TARGET} ({twin.file.path.name}): no Edge TPU on this machine"
     )
@@ -557,95 +571,3 @@ def _onnx_census(model: onnx.ModelProto) -> _Census:
             matrix += size
             zeros += int(np.count_nonzero(onnx.numpy_helper.to_array(init) == 0))
     return _Census(dict(sorted(counts.items())), zeros / matrix if matrix else 0.0)
-
-
-def _tflite_census(schema: Any, model: Any, buf: bytes) -> _Census:
-    types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    counts: Counter[str] = Counter()
-    zeros = matrix = 0
-    seen: set[int] = set()
-    for g in range(model.SubgraphsLength()):
-        graph = model.Subgraphs(g)
-        for t in range(graph.TensorsLength()):
-            tensor = graph.Tensors(t)
-            index = tensor.Buffer()
-            raw = _buffer_bytes(model, index, buf)
-            if not raw or index in seen:
-                continue
-            seen.add(index)
-            dtype = types.get(tensor.Type(), "other")
-            shape = [int(d) for d in tensor.ShapeAsNumpy()] if tensor.ShapeLength() else []
-            size = math.prod(shape) if shape else 1
-            counts[dtype] += size
-            if dtype in WEIGHT_DTYPES and len(shape) >= 2:
-                values = np.frombuffer(raw, dtype=np.dtype(dtype), count=size)
-                matrix += size
-                zeros += int(np.count_nonzero(values == 0))
-    return _Census(dict(sorted(counts.items())), zeros / matrix if matrix else 0.0)
-
-
-def _buffer_bytes(model: Any, index: int, buf: bytes) -> bytes:
-    if index <= 0 or index >= model.BuffersLength():
-        return b""
-    buffer = model.Buffers(index)
-    if buffer.DataLength():
-        return bytes(buffer.DataAsNumpy().tobytes())
-    offset, size = int(buffer.Offset()), int(buffer.Size())
-    return buf[offset : offset + size] if offset > 1 and size else b""
-
-
-def _edgetpu_op_count(schema: Any, model: Any) -> tuple[int, int]:
-    """Operators that run on the Edge TPU (its custom op) and those left on the CPU."""
-    custom = schema.BuiltinOperator.CUSTOM
-    tpu_codes = set()
-    for i in range(model.OperatorCodesLength()):
-        code = model.OperatorCodes(i)
-        builtin = max(int(code.BuiltinCode()), int(code.DeprecatedBuiltinCode()))
-        if builtin == custom and (code.CustomCode() or b"").decode() == EDGETPU_CUSTOM_OP:
-            tpu_codes.add(i)
-    tpu = cpu = 0
-    for g in range(model.SubgraphsLength()):
-        graph = model.Subgraphs(g)
-        for o in range(graph.OperatorsLength()):
-            if graph.Operators(o).OpcodeIndex() in tpu_codes:
-                tpu += 1
-            else:
-                cpu += 1
-    return tpu, cpu
-
-
-def _tflite_io_names(model: Any) -> dict[int, str]:
-    """Tensor index -> the name the agent uses: its serving signature's, when it has one."""
-    if model.SignatureDefsLength() != 1:
-        return {}
-    signature = model.SignatureDefs(0)
-    maps = [signature.Inputs(i) for i in range(signature.InputsLength())]
-    maps += [signature.Outputs(i) for i in range(signature.OutputsLength())]
-    return {int(m.TensorIndex()): m.Name().decode() for m in maps}
-
-
-def _with_serving_signature(schema: Any, buf: bytes, names: dict[int, str], dst: Path) -> Path:
-    """A copy of a model that has no serving signature, with one naming its own IO tensors: the
-    same graph and weights, runnable through LiteRT's signature runner. The file registered is
-    the original; the agent names its tensors the same way."""
-    import flatbuffers  # type: ignore[import-untyped]
-
-    model = schema.ModelT.InitFromPackedBuf(buf, 0)
-    graph = model.subgraphs[0]
-
-    def entry(index: int) -> Any:
-        tensor_map = schema.TensorMapT()
-        tensor_map.name = names.get(index) or graph.tensors[index].name.decode()
-        tensor_map.tensorIndex = index
-        return tensor_map
-
-    signature = schema.SignatureDefT()
-    signature.signatureKey = "serving_default"
-    signature.subgraphIndex = 0
-    signature.inputs = [entry(int(i)) for i in graph.inputs]
-    signature.outputs = [entry(int(i)) for i in graph.outputs]
-    model.signatureDefs = [signature]
-    builder = flatbuffers.Builder(len(buf) + 4096)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    dst.write_bytes(bytes(builder.Output()))
-    return dst

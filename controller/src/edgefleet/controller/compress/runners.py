@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -87,24 +88,52 @@ class OnnxRunner:
 
 
 class LiteRtRunner:
-    """LiteRT interpreter through the model's serving signature; quantizes int8 IO."""
+    """LiteRT interpreter; quantizes int8 IO. Tensors are named as the agent's LiteRT runtime
+    names them: by the model's serving signature when it has exactly one, else (a file from a
+    model zoo often has none) by the interpreter's own input and output tensors, in its order."""
 
     def __init__(self, path: Path, threads: int = 1) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         self._name = path.name
         try:
-            interpreter = Interpreter(model_path=str(path), num_threads=threads)
-            self._runner = interpreter.get_signature_runner()
+            self._interpreter = Interpreter(model_path=str(path), num_threads=threads)
         except Exception as e:
             raise ConversionError(path.name, f"LiteRT cannot load it: {e}") from e
-        self.runtime = "ai-edge-litert CPU (XNNPACK), 1 thread"
-        self._in = self._runner.get_input_details()
-        self._out = self._runner.get_output_details()
+        self.runtime = f"ai-edge-litert CPU (XNNPACK), {threads} thread(s)"
+        self._runner: Any
+        try:
+            self._runner = self._interpreter.get_signature_runner()
+        except ValueError:  # no serving signature, or several: the agent uses the tensors too
+            self._runner = None
+        try:
+            self._read_details()
+        except (ValueError, RuntimeError) as e:
+            raise ConversionError(path.name, f"LiteRT cannot prepare it: {e}") from e
         self.signature = IOSignature(
             inputs=tuple(_tfl_spec(k, d) for k, d in self._in.items()),
             outputs=tuple(_tfl_spec(k, d) for k, d in self._out.items()),
         )
+
+    def _read_details(self) -> None:
+        """Input and output details by name (again after a resize: their shapes changed).
+
+        Raises:
+            ValueError, RuntimeError: LiteRT cannot allocate the model's tensors.
+        """
+        if self._runner is not None:
+            self._in = self._runner.get_input_details()
+            self._out = self._runner.get_output_details()
+            return
+        interpreter = self._interpreter
+        interpreter.allocate_tensors()
+        inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+        names = [str(d["name"]) for d in (*inputs, *outputs)]
+        if len(set(names)) != len(names):
+            twice = sorted(n for n, k in Counter(names).items() if k > 1)
+            raise ValueError(f"no serving signature and tensors named alike: {twice}")
+        self._in = {str(d["name"]): d for d in inputs}
+        self._out = {str(d["name"]): d for d in outputs}
 
     def to_native(self, inputs: Arrays) -> Arrays:
         native: Arrays = {}
@@ -120,10 +149,27 @@ class LiteRtRunner:
 
     def run_native(self, inputs: Arrays) -> Arrays:
         try:
-            result: dict[str, Any] = self._runner(**inputs)
+            if self._runner is not None:
+                result: dict[str, Any] = self._runner(**inputs)
+                return {k: np.asarray(v) for k, v in result.items()}
+            return self._run_tensors(inputs)
         except Exception as e:
             raise ConversionError(self._name, f"LiteRT cannot run it: {e}") from e
-        return {k: np.asarray(v) for k, v in result.items()}
+
+    def _run_tensors(self, inputs: Arrays) -> Arrays:
+        """One invocation through the input and output tensors, resized to these inputs."""
+        interpreter = self._interpreter
+        resized = False
+        for name, detail in self._in.items():
+            if tuple(detail["shape"]) != inputs[name].shape:
+                interpreter.resize_tensor_input(detail["index"], list(inputs[name].shape))
+                resized = True
+        if resized:
+            self._read_details()
+        for name, detail in self._in.items():
+            interpreter.set_tensor(detail["index"], inputs[name])
+        interpreter.invoke()
+        return {name: interpreter.get_tensor(d["index"]).copy() for name, d in self._out.items()}
 
     def to_float(self, outputs: Arrays) -> Arrays:
         floats: Arrays = {}

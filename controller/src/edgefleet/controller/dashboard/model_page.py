@@ -59,9 +59,9 @@ def render_models(service: ControllerService, session: Session) -> str:
 
 def _artifact_row(artifact: ArtifactRecord) -> list[str]:
     report = artifact.report
-    quality = report.quality
-    delta = quality.accuracy_delta_pt
-    agreement = quality.top1_agreement
+    quality, latency = report.quality, report.latency
+    delta = None if quality is None else quality.accuracy_delta_pt
+    agreement = None if quality is None else quality.top1_agreement
     return [
         e(artifact.target),
         e(artifact.runtime),
@@ -69,10 +69,10 @@ def _artifact_row(artifact: ArtifactRecord) -> list[str]:
         f"{report.size_ratio:.2f}×",
         num(delta, "pt") if delta is not None else "—",
         f"{agreement:.1%}" if agreement is not None else "—",
-        f"{quality.max_abs_error:.2g}",
-        num(report.latency.p50_ms, "ms", 3),
-        num(report.latency.p95_ms, "ms", 3),
-        e(report.latency.host or "not recorded"),
+        "—" if quality is None else f"{quality.max_abs_error:.2g}",
+        "—" if latency is None else num(latency.p50_ms, "ms", 3),
+        "—" if latency is None else num(latency.p95_ms, "ms", 3),
+        "not measured" if latency is None else e(latency.host or "not recorded"),
         f"{report.sparsity:.0%}",
     ]
 
@@ -98,10 +98,15 @@ def render_model(service: ControllerService, session: Session, name: str) -> str
             (_artifact_row(a) for a in record.artifacts),
             empty="no artifacts",
         )  # fmt: skip
+        notes = "".join(  # why a row has no figures
+            f'<p class="muted">{e(a.target)} not measured: {e(a.report.unmeasured)}</p>'
+            for a in record.artifacts
+            if a.report.unmeasured
+        )
         body = (
             f"<p>registered {when(record.created_at, now)} · source {size(record.source_size)} · "
             f"runs on <strong>{len(devices)}</strong> online device(s)"
-            f"{': ' + shown if shown else ''}</p>{artifacts}"
+            f"{': ' + shown if shown else ''}</p>{artifacts}{notes}"
         )
         parts.append(card(f"{name}:{version}", body, wide=True, cls="version"))
     return "".join(parts)

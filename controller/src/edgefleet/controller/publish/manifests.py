@@ -4,6 +4,8 @@ A wire-v2 device gets manifest schema 2: its golden pairs as a file of their own
 store (canonical JSON of the golden set, content-addressed, fetched and verified like the
 artifact), so a manifest's size does not depend on the model's inputs, and a latency policy the
 device judges with its own measurements. A v1 device gets schema 1 with the pairs inline.
+An artifact without golden pairs (an edgetpu one imported without its CPU twin) gets neither
+``golden`` nor ``golden_ref``: the device checks its outputs' dtypes, shapes and finiteness.
 Nothing larger than the broker takes is ever signed: :class:`ManifestTooLargeError` says so.
 """
 
@@ -34,7 +36,7 @@ from edgefleet.shared import (
     sign_manifest,
 )
 from edgefleet.shared.bounds import MAX_LATENCY_MS
-from edgefleet.shared.manifest import runtime_for_target
+from edgefleet.shared.manifest import GoldenSet, runtime_for_target
 
 
 class ChunkDigestCache:
@@ -80,16 +82,17 @@ class GoldenFiles:
         self._blobs: dict[str, tuple[str, int, Path]] = {}  # artifact sha256 -> golden blob
         self._lock = threading.Lock()
 
-    def blob(self, artifact: ArtifactRecord) -> tuple[str, int, Path]:
-        """The golden set of ``artifact`` as a stored blob: sha256, size and path."""
+    def blob(self, artifact_sha256: str, golden: GoldenSet) -> tuple[str, int, Path]:
+        """The golden set of the artifact ``artifact_sha256`` as a stored blob: sha256, size
+        and path."""
         with self._lock:
-            known = self._blobs.get(artifact.sha256)
+            known = self._blobs.get(artifact_sha256)
         if known is not None and known[2].is_file():
             return known
-        sha, size = self.store.put_bytes(canonical_json(artifact.golden.model_dump(mode="json")))
+        sha, size = self.store.put_bytes(canonical_json(golden.model_dump(mode="json")))
         blob = (sha, size, self.store.path_for(sha))
         with self._lock:
-            self._blobs[artifact.sha256] = blob
+            self._blobs[artifact_sha256] = blob
         return blob
 
 
@@ -149,15 +152,10 @@ class ManifestSigner:
         if schema == 1:
             fields["golden"] = artifact.golden
         else:
-            sha, size, path = self.golden.blob(artifact)
-            fields["golden_ref"] = self._ref(device_id, sha, size, path, expires_at)
-            measured = artifact.report.latency
-            fields["latency"] = LatencyPolicy(
-                budget_ms=latency_budget_ms,
-                max_ratio_to_active=latency_ratio,
-                reference_p95_ms=min(measured.p95_ms, MAX_LATENCY_MS),
-                reference_host=measured.host or "controller host (not recorded)",
-            )
+            if artifact.golden is not None:  # without: dtypes, shapes and finiteness only
+                sha, size, path = self.golden.blob(artifact.sha256, artifact.golden)
+                fields["golden_ref"] = self._ref(device_id, sha, size, path, expires_at)
+            fields["latency"] = _latency_policy(artifact, latency_budget_ms, latency_ratio)
         manifest = Manifest(
             schema_version=schema,
             device_id=device_id,
@@ -193,3 +191,19 @@ class ManifestSigner:
             mqtt_topic=self.topics.artifact_chunks(sha256),
             http_url=f"{self.public_url}/artifacts/{sha256}?{query}",
         )
+
+
+def _latency_policy(
+    artifact: ArtifactRecord, budget_ms: float | None, ratio: float
+) -> LatencyPolicy:
+    """The schema-2 latency policy; the controller host's p95 travels as a labelled reference
+    when there is one (an edgetpu artifact imported without its CPU twin has none)."""
+    measured = artifact.report.latency
+    if measured is None:
+        return LatencyPolicy(budget_ms=budget_ms, max_ratio_to_active=ratio)
+    return LatencyPolicy(
+        budget_ms=budget_ms,
+        max_ratio_to_active=ratio,
+        reference_p95_ms=min(measured.p95_ms, MAX_LATENCY_MS),
+        reference_host=measured.host or "controller host (not recorded)",
+    )

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgefleet.shared.manifest import ArtifactRuntime, ArtifactTarget, GoldenSet, IOSignature
 
@@ -59,11 +59,22 @@ class ArtifactReport(BaseModel):
     size_ratio: float = Field(description="original_size_bytes / size_bytes (x times smaller)")
     param_count: int
     sparsity: float = Field(description="fraction of weight values that are exactly zero")
-    quality: QualityStats
-    latency: LatencyStats
+    quality: QualityStats | None = Field(description="None when it cannot run here")
+    latency: LatencyStats | None = Field(description="None when it cannot run here")
     compare: Literal["allclose", "top1"]
     recipe: dict[str, Any]
     details: dict[str, Any] = Field(default_factory=dict)
+    unmeasured: str | None = Field(
+        default=None,
+        description="why quality, latency and golden pairs are missing (an edgetpu artifact "
+        "imported without its CPU twin: the device checks dtypes, shapes and finiteness only)",
+    )
+
+    @model_validator(mode="after")
+    def _missing_figures_say_why(self) -> ArtifactReport:
+        if (self.quality is None, self.latency is None) != (self.unmeasured is not None,) * 2:
+            raise ValueError("quality and latency are measured, or None with the reason why")
+        return self
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,7 @@ class ArtifactRecord:
     size: int
     path: Path
     signature: IOSignature
-    golden: GoldenSet
+    golden: GoldenSet | None  # None: see ArtifactReport.unmeasured
     latency_budget_ms: float
     report: ArtifactReport
     created_at: datetime
@@ -113,6 +124,10 @@ class NewArtifact:
     target: ArtifactTarget
     file: Path
     signature: IOSignature
-    golden: GoldenSet
+    golden: GoldenSet | None  # None: see ArtifactReport.unmeasured
     latency_budget_ms: float
     report: ArtifactReport
+
+    def __post_init__(self) -> None:
+        if (self.golden is None) != (self.report.unmeasured is not None):
+            raise ValueError(f"{self.target}: golden pairs are missing only with the reason why")

@@ -108,7 +108,7 @@ class ModelRegistry:
                         sha256=sha,
                         size=size,
                         io_signature=art.signature.model_dump(mode="json"),
-                        golden=art.golden.model_dump(mode="json"),
+                        golden=None if art.golden is None else art.golden.model_dump(mode="json"),
                         latency_budget_ms=art.latency_budget_ms,
                         report=art.report.model_dump(mode="json"),
                     )
@@ -178,7 +178,7 @@ class ModelRegistry:
             size=row.size,
             path=self.store.path_for(row.sha256),
             signature=IOSignature.model_validate(row.io_signature),
-            golden=GoldenSet.model_validate(row.golden),
+            golden=None if row.golden is None else GoldenSet.model_validate(row.golden),
             latency_budget_ms=row.latency_budget_ms,
             report=report,
             created_at=row.created_at,
