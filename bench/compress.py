@@ -1,7 +1,8 @@
-"""Benchmark of the compression pipeline: the digits reference recipe, plus structured pruning of
-a CNN where compute (not per-call overhead) dominates latency. Prints JSON on its last line.
+"""Benchmark of the compression pipeline: the digits reference recipe, structured pruning of a
+CNN where compute (not per-call overhead) dominates latency, and real pretrained models
+(``bench/compress_real.py``). Prints JSON on its last line.
 
-    python bench/compress.py [--quick]
+    python bench/compress.py [--quick] [--no-real-models]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from compress_real import print_table, real_model_figures
 from edgefleet.controller.compress import CompressionData, Dataset, Recipe, compress
 from edgefleet.controller.compress.reference import build_reference_model
 from edgefleet.controller.compress.sources import torch_source
@@ -109,11 +111,16 @@ def structured_figures(work: Path, quick: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer epochs and timing runs")
+    parser.add_argument(
+        "--no-real-models", action="store_true", help="skip the pretrained models' section"
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
         figures = reference_figures(Path(tmp) / "reference", args.quick)
         figures.update(structured_figures(Path(tmp) / "structured", args.quick))
+        if not args.no_real_models:
+            figures["real_models"] = real_model_figures(Path(tmp) / "real", args.quick)
     figures["seconds"] = round(time.perf_counter() - start, 1)
     figures["quick"] = args.quick
     for target, row in figures["artifacts"].items():
@@ -121,6 +128,7 @@ def main() -> None:
             f"{target:17s} size x{row['size_ratio']:<6} acc {row['accuracy']:.4f} "
             f"({row['accuracy_delta_pt']:+.2f} pt vs teacher) latency x{row['latency_ratio']}"
         )
+    print_table(figures.get("real_models", {}))
     print(json.dumps(figures))
 
 
