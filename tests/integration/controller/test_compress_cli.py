@@ -94,8 +94,21 @@ def test_compress_torchscript_then_list_and_show(files: dict[str, Path]) -> None
     assert json.loads(shown.stdout)["artifacts"] == record["artifacts"]
     table = _invoke(files, "show", "mlp-ts")
     assert table.exit_code == 0
-    assert "onnx-int8" in table.stdout
+    print(table.stdout)
+    lines = table.stdout.splitlines()
+    assert max(map(len, lines)) <= 80, table.stdout  # no TTY: 80 columns, nothing folded
+    int8 = next(a for a in record["artifacts"] if a["target"] == "onnx-int8")
+    rows = [line.split() for line in lines if line.split()[:1] == ["onnx-int8"]]
+    assert len(rows) == 3  # one row in each of the three tables
+    assert rows[0][1:4] == [
+        "onnxruntime",
+        f"{int8['size']:,}",
+        f"{int8['report']['size_ratio']:.2f}x",
+    ]
+    assert rows[1][1] == f"{100 * int8['report']['quality']['accuracy']:.2f}%"
+    assert rows[2][1] == f"{int8['report']['latency']['mean_ms']:.3f}"
     assert "mlp-ts:1" in table.stdout
+    assert int8["report"]["latency"]["host"] in table.stdout.replace("\n", " ")
     models, _ = _state(files)
     assert {"name": "mlp-ts", "versions": ["1"]} in [
         {k: m[k] for k in ("name", "versions")} for m in models

@@ -228,8 +228,10 @@ def test_an_edgetpu_file_without_its_cpu_twin_is_registered_and_shown_with_the_r
     assert shown.exit_code == 0, shown.output
     lines = shown.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80, shown.stdout  # no TTY: 80 columns
-    row = next(line for line in lines if line.startswith(("│ edgetpu", "| edgetpu")))
-    assert "-" in row  # no accuracy, agreement, error, latency or budget figures
+    rows = [line.split() for line in lines if line.split()[:1] == ["edgetpu"]]
+    assert len(rows) == 3  # artifacts, quality, latency
+    assert rows[1][1:] == ["-"] * 5  # no accuracy, delta, agreement or errors
+    assert rows[2][1:] == ["-"] * 3  # no latency or budget
     said = " ".join(shown.stdout.split())
     assert f"edgetpu: not measured: {NO_TWIN}" in said
     as_json = json.loads(_invoke(files, "show", "coral:1", "--json").stdout)

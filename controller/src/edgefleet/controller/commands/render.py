@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -56,33 +57,60 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def print_version(console: Console, record: VersionRecord) -> None:
-    """The report table of a version: one row per artifact."""
-    table = Table(title=f"{record.model}:{record.version}")
-    for column in ("target", "size", "ratio", "params", "sparsity", "accuracy", "Δ pt",
-                   "agreement", "max abs err", "mean ms", "p95 ms", "budget ms"):  # fmt: skip
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    """A table whose figures fold rather than run off a narrow terminal."""
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, title_justify="left", show_edge=False, pad_edge=False
+    )
+    for column in columns:
         if column == "target":
-            table.add_column(column, no_wrap=True, min_width=16)
-        else:  # narrow terminals fold figures instead of cutting them off
+            table.add_column(column, no_wrap=True)
+        else:
             table.add_column(column, justify="right", overflow="fold")
+    return table
+
+
+def print_version(console: Console, record: VersionRecord) -> None:
+    """The report of a version in three tables of a few columns each (80 columns suffice):
+    the artifacts, their quality against the original, their latency and where it was measured.
+    """
+    files = _table(
+        f"{record.model}:{record.version}: artifacts",
+        ("target", "runtime", "bytes", "smaller", "params", "sparsity"),
+    )
+    quality = _table(
+        "quality against the original",
+        ("target", "accuracy", "Δ pt", "top-1 agree", "max abs err", "max rel err"),
+    )
+    hosts = sorted({a.report.latency.host for a in record.artifacts if a.report.latency})
+    latency = _table(
+        f"latency on {', '.join(hosts) or 'the controller host'} (a reference: devices judge "
+        "their own)",
+        ("target", "mean ms", "p95 ms", "budget ms"),
+    )
     for a in record.artifacts:
         r = a.report
         q, lat = r.quality, r.latency
-        table.add_row(
-            a.target,
-            f"{a.size:,}",
-            f"{r.size_ratio:.1f}x",
-            f"{r.param_count:,}",
+        files.add_row(
+            a.target, a.runtime, f"{a.size:,}", f"{r.size_ratio:.2f}x", f"{r.param_count:,}",
             f"{r.sparsity:.0%}",
+        )  # fmt: skip
+        quality.add_row(
+            a.target,
             "-" if q is None else _pct(q.accuracy),
             "-" if q is None or q.accuracy_delta_pt is None else f"{q.accuracy_delta_pt:+.2f}",
             "-" if q is None else _pct(q.top1_agreement),
             "-" if q is None else f"{q.max_abs_error:.3g}",
+            "-" if q is None else f"{q.max_rel_error:.3g}",
+        )
+        latency.add_row(
+            a.target,
             "-" if lat is None else f"{lat.mean_ms:.3f}",
             "-" if lat is None else f"{lat.p95_ms:.3f}",
             "-" if lat is None else f"{a.latency_budget_ms:.1f}",
         )
-    console.print(table)
+    for table in (files, quality, latency):
+        console.print(table)
     for a in record.artifacts:
         if a.report.unmeasured:  # the reason a row has no figures
             console.print(
