@@ -82,7 +82,7 @@ def print_version(console: Console, record: VersionRecord) -> None:
         "quality against the original",
         ("target", "accuracy", "Δ pt", "top-1 agree", "max abs err", "max rel err"),
     )
-    hosts = sorted({a.report.latency.host for a in record.artifacts if a.report.latency})
+    hosts = sorted({lat.host for a in record.artifacts if (lat := a.report.latency) and lat.host})
     latency = _table(
         f"latency on {', '.join(hosts) or 'the controller host'} (a reference: devices judge "
         "their own)",
