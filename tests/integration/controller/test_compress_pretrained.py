@@ -1,7 +1,8 @@
 """onnx-int8 from real pretrained models nobody here trained (tests/support/pretrained.py): an
 opset-11 PaddleOCR classifier upgraded and quantized per channel, the opset-12 PaddleOCR
 detector refused in dynamic mode (it has no MatMul), and the stateful Silero VAD (If subgraphs,
-LSTM, an int64 scalar input) quantized from feeds, since the .npz data set cannot hold a scalar."""
+LSTM, an int64 scalar input) quantized from feeds (test_compress_stateful.py compresses it from
+a sequence data file)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from edgefleet.controller.compress import (
     compress_and_register,
     onnx_source,
 )
+from edgefleet.controller.compress.int8_coverage import int8_coverage
 from edgefleet.controller.compress.opset import ai_onnx_opset
-from edgefleet.controller.compress.quantize import int8_coverage
 from edgefleet.controller.compress.targets import build_onnx_int8
 from edgefleet.controller.config import Settings, get_settings
 from edgefleet.controller.errors import (
@@ -158,8 +159,8 @@ def test_silero_vad_static_int8_covers_subgraph_lstms(tmp_path: Path) -> None:
 
 
 def test_silero_vad_scalar_input_given_batched_is_named(tmp_path: Path) -> None:
-    """``sr`` batched like the other inputs (what the .npz data set would hold) is refused with
-    its name, not an onnxruntime traceback."""
+    """``sr`` batched like the other inputs (what a data file without a layout holds) is refused
+    with its name, not an onnxruntime traceback."""
     path = pretrained_model("silero-vad-op15")
     feeds = _vad_feeds(2, np.array([16000, 16000], np.int64), seed=5)
     with pytest.raises(QuantizationBlockedError) as caught:

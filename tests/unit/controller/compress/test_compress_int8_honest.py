@@ -11,7 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet.controller.compress import CompressionData, Dataset, Recipe, compress, onnx_source
-from edgefleet.controller.compress.quantize import int8_coverage, ort_session, run_feed
+from edgefleet.controller.compress.int8_coverage import int8_coverage
+from edgefleet.controller.compress.quantize import ort_session, run_feed
 from edgefleet.controller.compress.targets import batched_feeds, build_onnx_int8
 from edgefleet.controller.config import Settings, get_settings
 from edgefleet.controller.errors import Int8CoverageError, QuantizationBlockedError

@@ -12,8 +12,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
+from edgefleet.controller.compress.int8_coverage import int8_coverage
 from edgefleet.controller.compress.opset import ATOL, RTOL, ai_onnx_opset, upgrade_opset
-from edgefleet.controller.compress.quantize import Feed, int8_coverage
+from edgefleet.controller.compress.quantize import Feed
 from edgefleet.controller.compress.targets import batched_feeds, build_onnx_int8
 from edgefleet.controller.errors import OpsetUpgradeError
 

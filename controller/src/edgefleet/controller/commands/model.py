@@ -69,11 +69,22 @@ def compress(
     name: Annotated[str, typer.Option(help="model name in the registry")],
     version: Annotated[str, typer.Option(help="version to register")],
     target: Annotated[list[str], typer.Option("--target", "-t", help="artifact target")],
-    eval_data: Annotated[Path, typer.Option("--eval", help="held-out .npz (inputs + labels)")],
-    calib: Annotated[Path | None, typer.Option(help="calibration .npz")] = None,
-    train: Annotated[Path | None, typer.Option(help="training / transfer-set .npz")] = None,
+    eval_data: Annotated[
+        Path,
+        typer.Option(
+            "--eval", help="held-out data .npz: inputs, optional labels and layout (see above)"
+        ),
+    ],
+    calib: Annotated[
+        Path | None, typer.Option(help="calibration data .npz (same format), never --eval's")
+    ] = None,
+    train: Annotated[
+        Path | None, typer.Option(help="training / transfer-set data .npz (same format)")
+    ] = None,
     prune: Annotated[float, typer.Option(help="pruning ratio (sparsity, or channels)")] = 0.0,
-    structured: Annotated[bool, typer.Option(help="--prune removes channels (torch)")] = False,
+    structured: Annotated[
+        bool, typer.Option("--structured", help="--prune removes channels (torch)")
+    ] = False,
     distill_student: Annotated[
         str | None, typer.Option(help="student to distill, e.g. mlp:64 or mlp:128,32")
     ] = None,
@@ -91,7 +102,30 @@ def compress(
     data_dir: DataDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Compress MODEL into one artifact per --target and register NAME:VERSION."""
+    """Compress MODEL into one artifact per --target and register NAME:VERSION.
+
+    Data files (--eval, --calib, --train) are .npz archives of arrays named as
+    MODEL's inputs, samples on axis 0, and optional integer "labels" (one per
+    sample). Any other layout is one JSON string entry "layout", e.g.
+    np.savez(path, ..., layout=json.dumps({...})), with these keys:
+
+    "inputs": {"state": {"batch_axis": 1}, "sr": {"whole": true}}: state holds
+    samples on axis 1; sr is given as it is to every call (a scalar, a
+    constant). {"whole": true, "batch_axis": 1}: one value with batch size 1
+    there, repeated to each call's batch.
+
+    "sequence": {"steps": 4, "feedback": {"state": "stateN"}}: each sample is
+    4 calls. An input not whole or fed back has a step axis right after its
+    batch axis (e.g. [N, 4, 576]); state holds the first call's value, then
+    output stateN of the call before. Labels, if any: [N, 4].
+
+    "outputs": {"stateN": {"batch_axis": 1}}: an output whose batch is not on
+    axis 0 (a fed-back output defaults to its input's batch axis).
+
+    Sequences are run through MODEL in float first: calibration, evaluation
+    and golden pairs (state included) use the single calls that yields. Names
+    "labels" and "layout" are reserved. README.md has a worked example.
+    """
     from edgefleet.controller.compress import (
         CompressionData,
         DistillConfig,

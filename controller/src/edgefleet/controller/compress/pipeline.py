@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,25 @@ import onnx
 from torch import nn
 
 from edgefleet.controller.compress.convert import export_onnx, require_edgetpu_compiler
-from edgefleet.controller.compress.data import Dataset, check_against_signature
+from edgefleet.controller.compress.data import (
+    Dataset,
+    InputLayout,
+    SampleLayoutError,
+    check_against_signature,
+)
 from edgefleet.controller.compress.evaluate import (
+    call_batch,
+    closed_loop,
     compare_mode,
+    float_call,
     golden_set,
     is_classifier,
     latency_budget_ms,
+    materialise,
+    output_errors,
     quality_stats,
+    run_data,
+    time_call,
 )
 from edgefleet.controller.compress.prune import (
     onnx_weight_stats,
@@ -28,12 +41,7 @@ from edgefleet.controller.compress.prune import (
 )
 from edgefleet.controller.compress.quantize import describe_failure
 from edgefleet.controller.compress.recipe import Recipe
-from edgefleet.controller.compress.runners import (
-    OnnxRunner,
-    measure_latency,
-    open_runner,
-    run_float,
-)
+from edgefleet.controller.compress.runners import ORT_CHUNK, OnnxRunner, open_runner
 from edgefleet.controller.compress.sources import (
     ModelSource,
     OnnxSource,
@@ -116,17 +124,18 @@ def compress(
         signature = source.signature
     else:
         signature = torch_signature(source, data.evaluation)
-    data = _checked(data, signature)
+    data = _checked(data, signature, torch=isinstance(source, TorchSource))
     notify("evaluating the original model")
+    sequence = _sequence_summary(data.evaluation)
+    data = _materialised(source, data, signature)
     work_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(source, OnnxSource):
         reference = _run_source(OnnxRunner(source.path), data.evaluation)
         fp32_path, summary, params, sparsity = _onnx_working_model(source, recipe, work_dir)
         source_path: Path = source.path
         builder = TargetBuilder(
-            work_dir, fp32_path, recipe, data.calibration or data.train,
-            check=data.evaluation.inputs,
-        )  # fmt: skip
+            work_dir, fp32_path, recipe, data.calibration or data.train, check=data.evaluation
+        )
     else:
         reference = run_torch(source.module, source.input_names, data.evaluation.inputs)
         outputs = len(reference)
@@ -148,9 +157,10 @@ def compress(
         builder = TargetBuilder(
             work_dir, fp32_path, recipe, data.calibration or data.train,
             module=working, input_names=source.input_names,
-            sample={k: v[:1] for k, v in data.evaluation.inputs.items()},
-            check=data.evaluation.inputs,
+            sample=data.evaluation.sample_feed(0), check=data.evaluation,
         )  # fmt: skip
+    if sequence:
+        summary["sequence"] = sequence
     original_size = source_path.stat().st_size
     classifier = is_classifier(reference, data.evaluation.labels, recipe.task)
     result = CompressionResult(
@@ -261,9 +271,13 @@ def _check_calibration(recipe: Recipe, data: CompressionData) -> None:
         )
 
 
-def _checked(data: CompressionData, signature: IOSignature) -> CompressionData:
+def _checked(data: CompressionData, signature: IOSignature, *, torch: bool) -> CompressionData:
     def check(ds: Dataset | None, what: str) -> Dataset | None:
-        return None if ds is None else check_against_signature(ds, signature, what=what)
+        if ds is None:
+            return None
+        if torch:
+            _require_batch_first(ds, what)
+        return check_against_signature(ds, signature, what=what)
 
     evaluation = check(data.evaluation, "evaluation")
     if evaluation is None:
@@ -276,6 +290,75 @@ def _checked(data: CompressionData, signature: IOSignature) -> CompressionData:
     )
 
 
+def _require_batch_first(data: Dataset, what: str) -> None:
+    """A torch model is exported with axis 0 of every input and output as its batch.
+
+    Raises:
+        SampleLayoutError: naming the first input or output laid out otherwise.
+    """
+    why = (
+        "a torch model is exported with axis 0 of every input and output as the batch, so its "
+        "data must be batch-first (sequences with fed-back state included); export it to ONNX "
+        "for any other layout"
+    )
+    for name, spec in data.layout.inputs.items():
+        if spec != InputLayout():
+            how = "whole" if spec.whole else f"on batch_axis {spec.batch_axis}"
+            raise SampleLayoutError(f"input {name!r}", f"of the {what} data is {how}: {why}")
+    for name, axis in data.layout.outputs.items():
+        if axis != 0:
+            raise SampleLayoutError(
+                f"output {name!r}", f"of the {what} data is on batch_axis {axis}: {why}"
+            )
+
+
+def _sequence_summary(evaluation: Dataset) -> dict[str, Any]:
+    sequence = evaluation.layout.sequence
+    if sequence is None:
+        return {}
+    return {
+        "sequences": evaluation.size,
+        "steps": sequence.steps,
+        "calls": evaluation.calls,
+        "feedback": dict(sequence.feedback),
+        "fed_back_from": "the source model (float), call by call",
+    }
+
+
+def _materialised(
+    source: ModelSource, data: CompressionData, signature: IOSignature
+) -> CompressionData:
+    """Sequence data as single calls, each fed-back input holding what the source model (in
+    float) output on the call before: what calibration, evaluation and golden pairs use.
+
+    Raises:
+        DataMismatchError: the source model fails on the data (naming the node or input), or a
+            fed-back output does not fit its input.
+    """
+    given = (data.evaluation, data.calibration, data.train)
+    if not any(ds is not None and ds.layout.sequence is not None for ds in given):
+        return data
+    if isinstance(source, OnnxSource):
+        call = float_call(OnnxRunner(source.path))
+    else:
+        call = partial(run_torch, source.module, source.input_names)
+
+    def flat(ds: Dataset | None, what: str) -> Dataset | None:
+        if ds is None or ds.layout.sequence is None:
+            return ds
+        try:
+            return materialise(ds, call, call_batch(signature, ds.layout, ORT_CHUNK))
+        except ConversionError as e:
+            raise _rejected(e, what) from e
+
+    return replace(
+        data,
+        evaluation=flat(data.evaluation, "evaluation") or data.evaluation,
+        calibration=flat(data.calibration, "calibration"),
+        train=flat(data.train, "training"),
+    )
+
+
 def _run_source(runner: OnnxRunner, evaluation: Dataset) -> dict[str, np.ndarray]:
     """The source model's outputs on the evaluation data.
 
@@ -283,11 +366,16 @@ def _run_source(runner: OnnxRunner, evaluation: Dataset) -> dict[str, np.ndarray
         DataMismatchError: the model fails on the data, naming the node or input where.
     """
     try:
-        return run_float(runner, evaluation.inputs)
+        return run_data(runner, evaluation)
     except ConversionError as e:
-        blocker, text = describe_failure(e.__cause__ if isinstance(e.__cause__, Exception) else e)
-        where = f" at {blocker}" if blocker else ""
-        raise DataMismatchError(f"the model rejects the evaluation data{where}: {text}") from e
+        raise _rejected(e, "evaluation") from e
+
+
+def _rejected(error: ConversionError, what: str) -> DataMismatchError:
+    cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
+    blocker, text = describe_failure(cause)
+    where = f" at {blocker}" if blocker else ""
+    return DataMismatchError(f"the model rejects the {what} data{where}: {text}")
 
 
 def _onnx_working_model(
@@ -321,18 +409,26 @@ def evaluate_artifact(
     sparsity: float,
     settings: Settings,
 ) -> NewArtifact:
-    """Evaluate one built artifact against the original's ``reference`` outputs: quality,
-    golden pairs, latency on this host (labelled with it) and its report, ready to register."""
+    """Evaluate one built artifact against the original's ``reference`` outputs on single-call
+    ``evaluation`` data: quality, golden pairs, latency on this host (labelled with it) and its
+    report, ready to register. Data materialised from sequences is also run sequence by
+    sequence with the artifact's own state fed back (``details["sequence"]``)."""
     runtime = runtime_for_target(built.target)
     runner = open_runner(built.evaluate_as or built.path, runtime)
-    produced = run_float(runner, evaluation.inputs)
-    quality = quality_stats(reference, produced, evaluation.labels, classifier=classifier)
+    produced = run_data(runner, evaluation)
+    quality = quality_stats(
+        reference, produced, evaluation.labels, classifier=classifier, samples=evaluation.size
+    )
     golden = golden_set(
-        runner, evaluation.inputs, target=built.target, classifier=classifier,
+        runner, evaluation, target=built.target, classifier=classifier,
         count=settings.golden_pairs,
     )  # fmt: skip
-    one = runner.to_native({k: v[:1] for k, v in evaluation.inputs.items()})
-    latency = measure_latency(runner, one, settings.latency_runs)
+    latency = time_call(runner, runner.to_native(evaluation.sample_feed(0)), settings.latency_runs)
+    details = dict(built.details)
+    if len(reference) > 1:
+        details["output_errors"] = output_errors(reference, produced)
+    if evaluation.origin is not None:  # sequences: also run whole, the artifact's state fed back
+        details["sequence"] = closed_loop(runner, evaluation.origin, classifier=classifier)
     size = built.path.stat().st_size
     report = ArtifactReport(
         target=built.target,
@@ -346,7 +442,7 @@ def evaluate_artifact(
         latency=latency,
         compare=compare_mode(built.target, classifier),
         recipe=recipe.as_dict(),
-        details=built.details,
+        details=details,
     )
     return NewArtifact(
         target=built.target,

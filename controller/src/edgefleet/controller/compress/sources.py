@@ -163,7 +163,9 @@ def load_model_file(path: Path) -> ModelSource:
 
 
 def torch_signature(source: TorchSource, data: Dataset) -> IOSignature:
-    """Signature of a torch model with a dynamic batch dimension, from data it can run on.
+    """Signature of a torch model from data it can run on: dynamic on each input's batch axis
+    (a whole input keeps its shape) and on each output's, from one call (for a sequence, its
+    first call).
 
     Raises:
         DataMismatchError: the data does not carry the model's inputs, or the model rejects it.
@@ -175,22 +177,25 @@ def torch_signature(source: TorchSource, data: Dataset) -> IOSignature:
             expected=source.input_names,
             got=list(data.inputs),
         )
-    sample = data.take(slice(0, 1))
-    outputs = run_torch(source.module, source.input_names, sample.inputs)
+    feed = data.first_call()
+    outputs = run_torch(source.module, source.input_names, feed)
+    layout = data.layout
     return IOSignature(
         inputs=tuple(
-            TensorSpec(
-                name=name,
-                dtype=dtype_name(data.inputs[name].dtype),
-                shape=(None, *data.inputs[name].shape[1:]),
-            )
+            _dynamic_spec(name, feed[name], layout.input(name).batch_axis)
             for name in source.input_names
         ),
         outputs=tuple(
-            TensorSpec(name=name, dtype=dtype_name(arr.dtype), shape=(None, *arr.shape[1:]))
-            for name, arr in outputs.items()
+            _dynamic_spec(name, arr, layout.output_axis(name)) for name, arr in outputs.items()
         ),
     )
+
+
+def _dynamic_spec(name: str, arr: np.ndarray, axis: int | None) -> TensorSpec:
+    shape: list[int | None] = [int(d) for d in arr.shape]
+    if axis is not None and axis < len(shape):
+        shape[axis] = None
+    return TensorSpec(name=name, dtype=dtype_name(arr.dtype), shape=tuple(shape))
 
 
 def run_torch(

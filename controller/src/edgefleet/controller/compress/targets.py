@@ -17,6 +17,8 @@ from edgefleet.controller.compress.convert import (
     export_tflite_int8,
 )
 from edgefleet.controller.compress.data import Dataset
+from edgefleet.controller.compress.evaluate import call_batch
+from edgefleet.controller.compress.int8_coverage import Int8Coverage, heavy_ops, int8_coverage
 from edgefleet.controller.compress.opset import (
     PER_CHANNEL_OPSET,
     QUANTIZER_MIN_OPSET,
@@ -24,13 +26,10 @@ from edgefleet.controller.compress.opset import (
 )
 from edgefleet.controller.compress.quantize import (
     Feed,
-    Int8Coverage,
     check_feeds,
     choose_int8_mode,
     convert_onnx_fp16,
     has_op,
-    heavy_ops,
-    int8_coverage,
     ort_session,
     quantize_leftovers_dynamic,
     quantize_onnx_dynamic,
@@ -38,6 +37,7 @@ from edgefleet.controller.compress.quantize import (
     run_feed,
 )
 from edgefleet.controller.compress.recipe import Recipe
+from edgefleet.controller.compress.sources import onnx_signature
 from edgefleet.controller.errors import (
     CompressionError,
     ConversionError,
@@ -71,7 +71,7 @@ class TargetBuilder:
     module: nn.Module | None = None
     input_names: tuple[str, ...] = ()
     sample: dict[str, np.ndarray] = field(default_factory=dict)  # one sample, for tracing
-    check: dict[str, np.ndarray] = field(default_factory=dict)  # evaluation inputs (opset check)
+    check: Dataset | None = None  # evaluation data (single calls): the opset upgrade's check
     built: dict[str, BuiltFile] = field(default_factory=dict)
 
     def build(self, target: ArtifactTarget, notify: Callable[[str], None]) -> BuiltFile:
@@ -99,9 +99,12 @@ class TargetBuilder:
         )
         calibration = None
         if mode == "static":
-            calib = self._require_calibration("onnx-int8 (static)")
-            calibration = batched_feeds(_limit(calib).inputs)
-        check = batched_feeds({k: v[:MAX_CHECK_SAMPLES] for k, v in self.check.items()})
+            calib = _limit(self._require_calibration("onnx-int8 (static)"))
+            calibration = calib.feeds(self._call_batch(calib))
+        check: list[Feed] = []
+        if self.check is not None:
+            checked = self.check.take(slice(0, MAX_CHECK_SAMPLES))
+            check = checked.feeds(self._call_batch(checked))
         return build_onnx_int8(
             self.fp32_onnx,
             self.work,
@@ -113,6 +116,12 @@ class TargetBuilder:
             calibration=calibration,
             check=check or calibration or [],
         )
+
+    def _call_batch(self, data: Dataset) -> int:
+        """Samples per calibration or check call: FEED_BATCH where the graph's batch axes are
+        dynamic, else 1."""
+        signature = onnx_signature(onnx.load(str(self.fp32_onnx), load_external_data=False))
+        return call_batch(signature, data.layout, FEED_BATCH)
 
     def _conv(self) -> bool:
         return has_op(self.fp32_onnx, {"Conv", "ConvTranspose"})
@@ -200,7 +209,7 @@ def _limit(data: Dataset) -> Dataset:
 
 def _single_samples(data: Dataset) -> Iterator[dict[str, np.ndarray]]:
     for i in range(data.size):
-        yield {k: v[i : i + 1] for k, v in data.inputs.items()}
+        yield data.sample_feed(i)
 
 
 def build_onnx_int8(
@@ -293,8 +302,5 @@ def _require_int8_weights(
 
 
 def batched_feeds(inputs: dict[str, np.ndarray], batch: int = FEED_BATCH) -> list[Feed]:
-    """Model calls of up to ``batch`` samples each, from inputs sharing their first dimension."""
-    if not inputs:
-        return []
-    n = next(iter(inputs.values())).shape[0]
-    return [{k: v[i : i + batch] for k, v in inputs.items()} for i in range(0, n, batch)]
+    """Model calls of up to ``batch`` samples each, from batch-first inputs."""
+    return Dataset(inputs).feeds(batch) if inputs else []
