@@ -341,3 +341,23 @@ def test_a_torch_model_refuses_a_layout_its_export_cannot_keep(tmp_path: Path) -
             CompressionData(evaluation=whole),
             tmp_path,
         )
+
+
+def test_a_stateful_model_imported_prebuilt_is_evaluated_over_its_sequences(
+    vad_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """``model import`` reads the same layout: the prebuilt fp32 file is its own reference, its
+    sequences are run with its state fed back, and golden pairs are single calls."""
+    model = pretrained_model("silero-vad-op15")
+    data_dir = tmp_path / "data"
+    result = _invoke(
+        data_dir, "import", "vad-prebuilt:1", "-a", f"onnx-fp32={model}",
+        "--eval", str(vad_files["eval"]), "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (artifact,) = json.loads(result.stdout)["artifacts"]
+    quality = artifact["report"]["quality"]
+    assert quality["samples"] == 40  # 10 sequences of STEPS calls
+    assert quality["max_abs_error"] == 0.0  # the reference against itself
+    assert artifact["golden"]["pairs"] == 8
+    assert [s["name"] for s in artifact["signature"]["inputs"]] == ["input", "state", "sr"]

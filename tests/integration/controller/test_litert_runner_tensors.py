@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from edgefleet.agent.runtimes.litert import LiteRtModel
+from edgefleet.controller.compress.evaluate import time_call
 from edgefleet.controller.compress.runners import (
     ORT_CHUNK,
     LiteRtRunner,
-    measure_latency,
     run_float,
 )
 from support import agent_models
@@ -64,7 +64,7 @@ def test_blazeface_without_a_signature_runs_through_its_tensors_as_the_agent_nam
         want = _interpreter_outputs(path, faces[i : i + 1])
         for name, value in want.items():
             np.testing.assert_array_equal(got[name][i : i + 1], value)
-    latency = measure_latency(runner, runner.to_native({"input": faces[:1]}), runs=5)
+    latency = time_call(runner, runner.to_native({"input": faces[:1]}), runs=5)
     assert latency.p95_ms > 0
 
 

@@ -218,9 +218,11 @@ def import_model(
     the others are compared with; their signatures must agree.
 
     An edgetpu file (an _edgetpu.tflite, known by its edgetpu-custom-op) cannot
-    run here: also give the full-integer model it was compiled from, its CPU
-    twin, as --artifact tflite-full-int8=PATH; golden pairs, agreement and
-    latency are measured on the twin.
+    run here. Give the full-integer model it was compiled from, its CPU twin,
+    as --artifact tflite-full-int8=PATH: golden pairs, agreement and latency
+    are measured on the twin. Without a twin they are skipped (the report says
+    why) and the device checks its outputs' dtypes, shapes and finiteness only.
+    --eval takes the same data files as model compress (see its --help).
     """
     from edgefleet.controller.compress import import_and_register, load_npz, parse_artifact_spec
 

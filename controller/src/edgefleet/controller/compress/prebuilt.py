@@ -16,14 +16,21 @@ import onnx
 from onnx import external_data_helper, helper
 
 from edgefleet.controller.compress.data import Dataset, check_against_signature
-from edgefleet.controller.compress.evaluate import compare_mode, is_classifier
+from edgefleet.controller.compress.evaluate import (
+    call_batch,
+    compare_mode,
+    float_call,
+    is_classifier,
+    materialise,
+    run_data,
+)
 from edgefleet.controller.compress.pipeline import evaluate_artifact, quiet
 from edgefleet.controller.compress.recipe import Recipe, Task, validate_targets
 from edgefleet.controller.compress.runners import (
+    ORT_CHUNK,
     ArtifactRunner,
     LiteRtRunner,
     OnnxRunner,
-    run_float,
 )
 from edgefleet.controller.compress.sources import dtype_name, onnx_source
 from edgefleet.controller.compress.steps import Notify
@@ -202,7 +209,9 @@ def import_artifacts(
     classifier = False
     if reference.runner is not None:
         notify(f"evaluating the reference ({reference.target})")
-        expected = run_float(reference.runner, data.inputs)
+        batch = call_batch(reference.runner.signature, data.layout, ORT_CHUNK)
+        data = materialise(data, float_call(reference.runner), batch)  # sequences: single calls
+        expected = run_data(reference.runner, data)
         classifier = is_classifier(expected, data.labels, task)
         _check_output_shapes(reference, runnable, data)
     ref_size = reference.file.path.stat().st_size
@@ -500,13 +509,13 @@ def _incompatible(want: TensorSpec, have: TensorSpec) -> str | None:
 
 def _check_output_shapes(reference: _Opened, runnable: list[_Opened], data: Dataset) -> None:
     """Run the first sample through every artifact: dynamic dimensions must come out equal."""
-    first = {k: v[:1] for k, v in data.inputs.items()}
+    first = data.sample_feed(0)
     assert reference.runner is not None
-    want = [v.shape for v in run_float(reference.runner, first).values()]
+    want = [v.shape for v in float_call(reference.runner)(first).values()]
     for item in runnable:
         if item is reference or item.runner is None:
             continue
-        got = [v.shape for v in run_float(item.runner, first).values()]
+        got = [v.shape for v in float_call(item.runner)(first).values()]
         for position, (a, b) in enumerate(zip(want, got, strict=True)):
             if a != b:
                 raise SignatureMismatchError(

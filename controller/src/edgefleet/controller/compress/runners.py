@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,7 +18,6 @@ import onnxruntime as ort
 
 from edgefleet.controller.compress.sources import dtype_name
 from edgefleet.controller.errors import ConversionError
-from edgefleet.controller.registry.records import LatencyStats
 from edgefleet.shared.manifest import IOSignature, TensorSpec
 
 Arrays = dict[str, np.ndarray]
@@ -186,28 +184,6 @@ def open_runner(path: Path, runtime: str) -> ArtifactRunner:
     if runtime == "onnxruntime":
         return OnnxRunner(path)
     return LiteRtRunner(path)
-
-
-def measure_latency(
-    runner: ArtifactRunner, native_one: Arrays, runs: int, warmup: int = 5
-) -> LatencyStats:
-    """Mean, median and p95 wall time of ``runs`` single-sample inferences after a warm-up."""
-    sample = {k: np.ascontiguousarray(v[:1]) for k, v in native_one.items()}
-    for _ in range(warmup):
-        runner.run_native(sample)
-    times = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter_ns()
-        runner.run_native(sample)
-        times[i] = (time.perf_counter_ns() - start) / 1e6
-    return LatencyStats(
-        runtime=runner.runtime,
-        runs=runs,
-        mean_ms=float(times.mean()),
-        p50_ms=float(np.percentile(times, 50)),
-        p95_ms=float(np.percentile(times, 95)),
-        host=measuring_host(),
-    )
 
 
 def measuring_host() -> str:
