@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from torch import nn
 
+from edgefleet.controller.compress.compact import compact_file
 from edgefleet.controller.compress.convert import (
     compile_edgetpu,
     export_tflite_fp32,
@@ -256,6 +257,7 @@ def build_onnx_int8(
             qdq.replace(dst)
     else:
         quantize_onnx_dynamic(upgrade.path, dst, work, per_channel=per_channel)
+    details["compacted_bytes"] = compact_file(dst)
     found = heavy_ops(onnx.load(str(upgrade.path)))
     coverage = int8_coverage(onnx.load(str(dst)))
     details.update(coverage.as_details(), heavy_ops=found)
