@@ -22,6 +22,7 @@ from edgefleet.controller.commands.render import (
 )
 from edgefleet.controller.config import Settings, get_settings
 from edgefleet.controller.errors import CompressionError, ControllerError
+from edgefleet.controller.registry.records import VersionRecord
 from edgefleet.controller.registry.service import ModelRegistry
 
 model_app = typer.Typer(
@@ -61,6 +62,20 @@ def _progress(enabled: bool) -> Iterator[Callable[[str], None]]:
         yield notify
         if current:
             progress.update(current[-1], total=1, completed=1)
+
+
+def _check_task(task: str) -> None:
+    """Raises: CompressionError: ``task`` is not one the reports know."""
+    if task not in ("auto", "classification", "regression"):
+        raise CompressionError(f"--task must be auto, classification or regression, not {task!r}")
+
+
+def _print_record(record: VersionRecord, as_json: bool) -> None:
+    """A version as JSON for scripts, else as its report tables."""
+    if as_json:
+        typer.echo(json.dumps(version_json(record), indent=2))
+    else:
+        print_version(Console(), record)
 
 
 @model_app.command()
@@ -142,10 +157,7 @@ def compress(
             raise CompressionError(
                 f"--int8-mode must be auto, dynamic or static, not {int8_mode!r}"
             )
-        if task not in ("auto", "classification", "regression"):
-            raise CompressionError(
-                f"--task must be auto, classification or regression, not {task!r}"
-            )
+        _check_task(task)
         targets = validate_targets(target)
         recipe = Recipe(
             targets=targets,
@@ -185,10 +197,7 @@ def compress(
             )
     except ControllerError as e:
         raise _fail(e) from e
-    if as_json:
-        typer.echo(json.dumps(version_json(record), indent=2))
-    else:
-        print_version(Console(), record)
+    _print_record(record, as_json)
 
 
 @model_app.command("import")
@@ -230,10 +239,7 @@ def import_model(
         name, sep, version = ref.partition(":")
         if not sep or not name or not version:
             raise CompressionError(f"give the version to register as NAME:VERSION, not {ref!r}")
-        if task not in ("auto", "classification", "regression"):
-            raise CompressionError(
-                f"--task must be auto, classification or regression, not {task!r}"
-            )
+        _check_task(task)
         files = [parse_artifact_spec(spec) for spec in artifact]
         evaluation = load_npz(eval_data)
         settings = _settings(data_dir)
@@ -245,10 +251,7 @@ def import_model(
             )  # fmt: skip
     except ControllerError as e:
         raise _fail(e) from e
-    if as_json:
-        typer.echo(json.dumps(version_json(record), indent=2))
-    else:
-        print_version(Console(), record)
+    _print_record(record, as_json)
 
 
 @model_app.command("list")
@@ -276,10 +279,7 @@ def show(
         record = ModelRegistry.from_settings(_settings(data_dir)).get_version(name, version or None)
     except ControllerError as e:
         raise _fail(e) from e
-    if as_json:
-        typer.echo(json.dumps(version_json(record), indent=2))
-    else:
-        print_version(Console(), record)
+    _print_record(record, as_json)
 
 
 @model_app.command()
@@ -301,7 +301,4 @@ def reference(
             )  # fmt: skip
     except ControllerError as e:
         raise _fail(e) from e
-    if as_json:
-        typer.echo(json.dumps(version_json(record), indent=2))
-    else:
-        print_version(Console(), record)
+    _print_record(record, as_json)
