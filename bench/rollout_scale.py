@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -27,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from edgefleet.shared import (  # noqa: E402
+    ArtifactRef,
     ChunkRequest,
     DeviceStatus,
     SignedManifest,
@@ -38,6 +40,7 @@ from edgefleet.shared import (  # noqa: E402
     load_public_key,
     verify_manifest,
 )
+from edgefleet.shared.manifest import decode_chunk_index  # noqa: E402
 from support.fleet import ControllerProcess  # noqa: E402
 from support.mosquitto import MosquittoBroker  # noqa: E402
 from support.samples import device_hello, device_state  # noqa: E402
@@ -68,6 +71,20 @@ def build_template(data_dir: Path) -> None:
     )  # fmt: skip
 
 
+def chunk_digests_of(ref: ArtifactRef) -> tuple[str, ...]:
+    """The chunk digests a schema-2 manifest keeps in a chunk index: fetched over HTTP (small,
+    once per device), checked against its signed sha256, then read as the agent reads it."""
+    if ref.chunk_sha256 is not None:
+        return tuple(ref.chunk_sha256)
+    index = ref.chunk_index
+    assert index is not None
+    assert index.http_url is not None
+    with urllib.request.urlopen(index.http_url, timeout=60) as response:
+        raw = response.read()
+    assert hashlib.sha256(raw).hexdigest() == index.sha256, "chunk index does not verify"
+    return decode_chunk_index(raw, ref)
+
+
 class SimDevice:
     def __init__(
         self, device_id: str, host: str, port: int, topics: Topics, key_path: Path
@@ -79,6 +96,7 @@ class SimDevice:
         self.ready = asyncio.Event()
         self.converged = asyncio.Event()
         self.chunks: dict[int, bytes] = {}
+        self.digests: tuple[str, ...] = ()
         self.manifest: object = None
         self.progress_at = 0.0
         self.manifest_at = 0.0
@@ -112,7 +130,9 @@ class SimDevice:
                     verified = verify_manifest(
                         signed, self.key, device_id=self.device_id, last_serial=0
                     )
-                    self.manifest = manifest = verified.manifest
+                    manifest = verified.manifest
+                    self.digests = await asyncio.to_thread(chunk_digests_of, manifest.artifact)
+                    self.manifest = manifest
                     self.manifest_at = time.perf_counter()
                     self.chunks = {}
                     await client.subscribe(manifest.artifact.mqtt_topic or "", qos=1)
@@ -120,10 +140,7 @@ class SimDevice:
                 elif self.manifest is not None and not self.converged.is_set():
                     header, data = decode_chunk_frame(payload)
                     manifest = self.manifest  # type: ignore[assignment]
-                    if (
-                        hashlib.sha256(data).hexdigest()
-                        != manifest.artifact.chunk_sha256[header.index]
-                    ):
+                    if hashlib.sha256(data).hexdigest() != self.digests[header.index]:
                         continue
                     self.chunks[header.index] = data
                     self.progress_at = time.monotonic()

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.shared import (
+    DEFAULT_LIMITS,
     ArtifactRef,
     ChunkHeader,
     ChunkRequest,
@@ -45,6 +46,7 @@ from edgefleet.shared import (
     sign_command,
     sign_manifest,
 )
+from edgefleet.shared.manifest import encode_chunk_index
 from support.agent_models import BuiltModel
 
 Arrays = dict[str, np.ndarray]
@@ -70,12 +72,14 @@ class TestPublisher:
         self.last_command_payload = b""
         self.artifacts: dict[str, bytes] = {}
         self.chunk_sizes: dict[str, int] = {}
+        self.indexes: dict[str, ArtifactRef] = {}  # file sha256 -> its chunk index's ref
         self.served: dict[str, bytes] = {}  # what is actually sent (tampering tests)
         self.requests: list[ChunkRequest] = []
         self.frames_sent = 0
         self.chunk_limit: int | None = None
         self.withheld: set[str] = set()  # artifacts whose chunk requests go unanswered
         self.http_ranges: list[str] = []
+        self.http_paths: list[str] = []  # the sha256 of every HTTP GET, in order
         self.on_request: Callable[[ChunkRequest], None] | None = None
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -197,9 +201,12 @@ class TestPublisher:
         target: str | None = None,
         latency: LatencyPolicy | None = None,
         schema: int = 1,
+        indexed: bool | None = None,
     ) -> Manifest:
         """A manifest for ``model``; ``schema=2`` sends the golden pairs as a file of their own
-        (served like the artifact) and ``latency`` as its latency policy."""
+        (served like the artifact), ``latency`` as its latency policy and, unless ``indexed``
+        is False, each file's chunk hashes in a chunk index (served like the file)."""
+        indexed = schema == 2 if indexed is None else indexed
         data = model.path.read_bytes()
         sha = self.add_artifact(data, chunk_size, served=served)
         outputs = (
@@ -229,7 +236,7 @@ class TestPublisher:
             if golden is not None:
                 blob = canonical_json(golden.model_dump(mode="json"))
                 golden_ref = self._ref(
-                    blob, self.add_artifact(blob, 4096), 4096, mqtt_source, http_source
+                    blob, self.add_artifact(blob, 4096), 4096, mqtt_source, http_source, indexed
                 )
             golden_fields = {"golden_ref": golden_ref, "latency": latency or LatencyPolicy()}
         return Manifest(
@@ -240,7 +247,7 @@ class TestPublisher:
             serial=serial,
             target=target,  # type: ignore[arg-type]
             runtime=runtime_for_target(target),
-            artifact=self._ref(data, sha, chunk_size, mqtt_source, http_source),
+            artifact=self._ref(data, sha, chunk_size, mqtt_source, http_source, indexed),
             signature=model.signature,
             latency_budget_ms=latency_budget_ms,
             health=health or HealthPolicy(),
@@ -249,15 +256,27 @@ class TestPublisher:
             **golden_fields,  # type: ignore[arg-type]
         )
 
-    def _ref(self, data: bytes, sha: str, chunk_size: int, mqtt: bool, http: bool) -> ArtifactRef:
+    def _ref(
+        self, data: bytes, sha: str, chunk_size: int, mqtt: bool, http: bool, indexed: bool = False
+    ) -> ArtifactRef:
+        """The ref of ``data`` (added as ``sha``): chunk hashes inline, or in a chunk index the
+        publisher serves as a file of its own (in chunks that keep it within its bound)."""
         chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+        digests = tuple(hashlib.sha256(c).hexdigest() for c in chunks)
+        sources = {
+            "mqtt_topic": self.topics.artifact_chunks(sha) if mqtt else None,
+            "http_url": f"{self.http_base}/artifacts/{sha}" if http else None,
+        }
+        if not indexed:
+            return ArtifactRef(
+                sha256=sha, size=len(data), chunk_size=chunk_size, chunk_sha256=digests, **sources
+            )
+        raw = encode_chunk_index(digests)
+        index_chunk = max(4096, -(-len(raw) // DEFAULT_LIMITS.max_index_chunks))
+        index = self._ref(raw, self.add_artifact(raw, index_chunk), index_chunk, mqtt, http)
+        self.indexes[sha] = index
         return ArtifactRef(
-            sha256=sha,
-            size=len(data),
-            chunk_size=chunk_size,
-            chunk_sha256=tuple(hashlib.sha256(c).hexdigest() for c in chunks),
-            mqtt_topic=self.topics.artifact_chunks(sha) if mqtt else None,
-            http_url=f"{self.http_base}/artifacts/{sha}" if http else None,
+            sha256=sha, size=len(data), chunk_size=chunk_size, chunk_index=index, **sources
         )
 
     def sign(self, manifest: Manifest, key: Ed25519PrivateKey | None = None) -> SignedManifest:
@@ -320,6 +339,7 @@ def _range_handler(publisher: TestPublisher) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             sha = self.path.rsplit("/", 1)[-1]
+            publisher.http_paths.append(sha)
             data = publisher.served.get(sha)
             if data is None:
                 self.send_response(404)

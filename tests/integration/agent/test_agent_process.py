@@ -184,14 +184,26 @@ def bitmap_present(data_dir: Path, sha: str) -> set[int]:
     return {i for i in range(len(bits) * 8) if bits[i >> 3] & (1 << (i & 7))}
 
 
-def test_kill_9_mid_download_resumes_with_only_missing_chunks(daemon, publisher, watcher, tmp_path):
+@pytest.mark.parametrize("schema", [1, 2])
+def test_kill_9_mid_download_resumes_with_only_missing_chunks(
+    daemon, publisher, watcher, tmp_path, schema
+):
+    """Schema 2: the golden file and both chunk indexes come first; after the restart the small
+    indexes are fetched again, the artifact only for the chunks its bitmap lacks."""
     big = agent_models.linear_classifier(tmp_path / "big.onnx", seed=4, hidden=256)
     manifest = publisher.manifest(
-        big, device_id=DEVICE, serial=1, golden_inputs=GOLDEN, chunk_size=256
+        big, device_id=DEVICE, serial=1, golden_inputs=GOLDEN, chunk_size=256, schema=schema
     )
     sha, count = manifest.artifact.sha256, manifest.artifact.chunk_count
     assert count > 20
-    publisher.chunk_limit = 10
+    before = 0  # frames of the files fetched before the artifact's own chunks
+    if schema == 2:
+        golden, index = manifest.golden_ref, manifest.artifact.chunk_index
+        assert golden is not None
+        assert golden.chunk_index is not None
+        assert index is not None
+        before = golden.chunk_index.chunk_count + golden.chunk_count + index.chunk_count
+    publisher.chunk_limit = before + 10
     process = daemon()
     publisher.publish_desired(DEVICE, publisher.sign(manifest))
     wait_until(lambda: len(bitmap_present(daemon.data_dir, sha)) == 10, timeout=20)
@@ -202,7 +214,8 @@ def test_kill_9_mid_download_resumes_with_only_missing_chunks(daemon, publisher,
 
     daemon()
     started = watcher.wait_event(
-        EventType.DOWNLOAD_STARTED, where=lambda e: e.figures["resumed_chunks"] > 0
+        EventType.DOWNLOAD_STARTED,
+        where=lambda e: e.figures["resumed_chunks"] > 0 and e.figures["chunks"] == count,
     )
     assert started.figures["resumed_chunks"] == 10
     watcher.wait_event(EventType.SWAPPED)
@@ -210,7 +223,9 @@ def test_kill_9_mid_download_resumes_with_only_missing_chunks(daemon, publisher,
     # only the chunks missing from the on-disk bitmap were asked for again (a chunk may be
     # asked for twice if the machine is slow enough to hit chunk_timeout_s, never one we had)
     assert set(again) == set(range(count)) - have
-    done = watcher.wait_event(EventType.DOWNLOAD_DONE)
+    if schema == 2:  # the index was fetched again (it is dropped once read), whole
+        assert set(publisher.requested_indices(index.sha256)) == set(range(index.chunk_count))
+    done = watcher.wait_event(EventType.DOWNLOAD_DONE, where=lambda e: e.figures["chunks"] == count)
     assert done.figures["resumed_chunks"] == 10
 
 

@@ -1,7 +1,10 @@
 """Getting one artifact onto the disk: pick a source, resume, retry with backoff, report.
 
 Transports live in :mod:`edgefleet.agent.fetch`; this module decides which to use and when to
-give up, and finds a download an earlier run finished. Runs on the updater thread.
+give up, and finds a download an earlier run finished. A file whose chunk hashes travel in a
+chunk index (manifest schema 2) has its index fetched first through the same sources, verified
+by the index's own inline hashes and sha256, read and dropped; a resumed download fetches the
+small index again. Runs on the updater thread.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from edgefleet.agent.fetch import HttpRangeFetcher, MqttChunkFetcher
 from edgefleet.agent.report import Reporter
 from edgefleet.agent.settings import AgentSettings
 from edgefleet.shared.chunks import Reassembler
-from edgefleet.shared.errors import DownloadError
+from edgefleet.shared.errors import DownloadError, HashMismatchError, LengthMismatchError
 from edgefleet.shared.hashing import sha256_file
-from edgefleet.shared.manifest import Manifest
+from edgefleet.shared.manifest import ArtifactRef, Manifest, decode_chunk_index
 from edgefleet.shared.messages import EventType
 
 log = logging.getLogger(__name__)
@@ -35,14 +38,27 @@ def holds_artifact(path: Path, manifest: Manifest) -> bool:
     Raises:
         OSError: the file could not be read or removed.
     """
+    return holds_file(path, manifest.artifact)
+
+
+def holds_file(path: Path, ref: ArtifactRef) -> bool:
+    """Whether ``path`` holds exactly the bytes of ``ref``; a wrong file there is removed.
+
+    Raises:
+        OSError: the file could not be read or removed.
+    """
     if not path.exists():
         return False
-    artifact = manifest.artifact
-    if path.stat().st_size == artifact.size and sha256_file(path) == artifact.sha256:
+    if path.stat().st_size == ref.size and sha256_file(path) == ref.sha256:
         return True
     log.warning("%s does not hold the signed bytes; removing it", path)
     path.unlink(missing_ok=True)
     return False
+
+
+def _forget(path: Path) -> None:
+    for suffix in ("", ".partial", ".bitmap"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 class ArtifactDownloader:
@@ -70,9 +86,7 @@ class ArtifactDownloader:
 
     def discard(self, manifest: Manifest) -> None:
         """Forget a download (complete or partial) of this manifest's artifact."""
-        path = self.path_for(manifest)
-        for suffix in ("", ".partial", ".bitmap"):
-            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        _forget(self.path_for(manifest))
 
     def done_bytes(self) -> int:
         """Bytes the download in progress holds (whole chunks, capped at the size), else 0."""
@@ -111,24 +125,65 @@ class ArtifactDownloader:
                 disk lacks the space for it.
             HashMismatchError, LengthMismatchError: the bytes are not the signed ones.
         """
-        settings, artifact = self.settings, manifest.artifact
-        try:
-            reassembler = Reassembler(
-                self.path_for(manifest),
-                sha256=artifact.sha256,
-                size=artifact.size,
-                chunk_size=artifact.chunk_size,
-                chunk_sha256=artifact.chunk_sha256,
-                durable=settings.durable_writes,
-            )
-        except OSError as e:
-            raise StorageError(f"preparing the download of {artifact.sha256[:12]}", e) from e
+        artifact = manifest.artifact
+        reassembler = self._open(
+            self.path_for(manifest), artifact, self._chunk_digests(manifest, idle)
+        )
         self._current = reassembler
         try:
             self._check_space(reassembler)
-            return self._fill(manifest, reassembler, idle)
+            return self._fill(manifest, artifact, reassembler, idle)
         finally:
             self._current = None
+
+    def _open(self, path: Path, ref: ArtifactRef, chunk_sha256: tuple[str, ...]) -> Reassembler:
+        """Raises: StorageError: the download could not be prepared."""
+        try:
+            return Reassembler(
+                path,
+                sha256=ref.sha256,
+                size=ref.size,
+                chunk_size=ref.chunk_size,
+                chunk_sha256=chunk_sha256,
+                durable=self.settings.durable_writes,
+            )
+        except OSError as e:
+            raise StorageError(f"preparing the download of {ref.sha256[:12]}", e) from e
+
+    def _chunk_digests(self, manifest: Manifest, idle: Callable[[], None]) -> tuple[str, ...]:
+        """The chunk hashes of the manifest's artifact: inline, or read from its chunk index,
+        fetched like any file (no events: it is part of this download) and dropped once read.
+
+        Raises:
+            HashMismatchError, LengthMismatchError: the index is not the signed one, or does
+                not hold one digest per chunk (``what`` names the chunk index).
+            DownloadError, StoppingError, StorageError: as :meth:`download`.
+        """
+        artifact = manifest.artifact
+        index = artifact.chunk_index
+        if index is None or index.chunk_sha256 is None:  # inline (the ref validated one form)
+            assert artifact.chunk_sha256 is not None
+            return artifact.chunk_sha256
+        path = self.downloads_dir / index.sha256
+        what = f"chunk index {index.sha256[:12]} of {artifact.sha256[:12]}"
+        try:
+            if not holds_file(path, index):
+                reassembler = self._open(path, index, index.chunk_sha256)
+                self._check_space(reassembler)
+                self._fill(manifest, index, reassembler, idle, report=False)
+            raw = path.read_bytes()
+            return decode_chunk_index(raw, artifact)
+        except HashMismatchError as e:
+            raise HashMismatchError(f"{what}, {e.what}", e.expected, e.actual) from e
+        except LengthMismatchError as e:
+            raise LengthMismatchError(f"{what}, {e.what}", e.expected, e.actual) from e
+        except OSError as e:
+            raise StorageError(f"reading the {what}", e) from e
+        finally:
+            try:
+                _forget(path)
+            except OSError as e:
+                log.warning("could not remove the %s: %s", what, e)
 
     def _check_space(self, reassembler: Reassembler) -> None:
         """Refuse to start what would fill the disk: the slot state (and a rollback) must
@@ -152,13 +207,27 @@ class ArtifactDownloader:
             )
             raise StorageError(f"downloading {reassembler.sha256[:12]}", error)
 
-    def _fill(self, manifest: Manifest, reassembler: Reassembler, idle: Callable[[], None]) -> Path:
-        settings, artifact = self.settings, manifest.artifact
+    def _fill(
+        self,
+        manifest: Manifest,
+        artifact: ArtifactRef,
+        reassembler: Reassembler,
+        idle: Callable[[], None],
+        *,
+        report: bool = True,
+    ) -> Path:
+        """Fill ``reassembler`` with ``artifact`` (the manifest's, or its chunk index) from its
+        sources in turn, with backoff, until done or ``fetch_timeout_s``.
+
+        Raises: as :meth:`download`.
+        """
+        settings = self.settings
         figures = {
             "chunks": float(artifact.chunk_count),
             "resumed_chunks": float(reassembler.resumed_chunks),
         }
-        self.reporter.event(EventType.DOWNLOAD_STARTED, manifest=manifest, figures=figures)
+        if report:
+            self.reporter.event(EventType.DOWNLOAD_STARTED, manifest=manifest, figures=figures)
         idle()
         order = ["mqtt", "http"] if settings.fetch_prefer == "mqtt" else ["http", "mqtt"]
         sources = [s for s in order if (artifact.mqtt_topic if s == "mqtt" else artifact.http_url)]
@@ -195,5 +264,6 @@ class ArtifactDownloader:
         except OSError as e:
             raise StorageError(f"finishing the download of {artifact.sha256[:12]}", e) from e
         figures["seconds"] = time.monotonic() - started
-        self.reporter.event(EventType.DOWNLOAD_DONE, manifest=manifest, figures=figures)
+        if report:
+            self.reporter.event(EventType.DOWNLOAD_DONE, manifest=manifest, figures=figures)
         return path

@@ -22,6 +22,10 @@ class WireLimits(BaseModel):
     max_artifact_bytes: int = Field(default=512 * MIB, gt=0)
     max_chunks: int = Field(default=65536, gt=0)
     max_golden_pairs: int = Field(default=64, gt=0)
+    # A chunk index (manifest schema 2) is a file of 32-byte chunk digests named by its own
+    # inline chunk list, at most this long: a manifest's size is bounded by a constant however
+    # large the file it indexes (16 chunks of 128 KiB index 65536 chunks, an 8 GiB artifact).
+    max_index_chunks: int = Field(default=16, gt=0)
     # Checked before parsing: the deepest message (a manifest's golden tensors) nests 9 levels.
     max_json_depth: int = Field(default=32, gt=0)
     # Longer integer literals are refused before conversion (CPython's default limit, which the

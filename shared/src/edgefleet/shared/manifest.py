@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import (
@@ -12,11 +13,14 @@ from pydantic import (
     JsonValue,
     NonNegativeFloat,
     PositiveFloat,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
 from edgefleet.shared.bounds import LatencyMs, Serial, TensorDim, Timestamp, WindowCount
+from edgefleet.shared.errors import LengthMismatchError
 from edgefleet.shared.limits import DEFAULT_LIMITS
 from edgefleet.shared.messages import WireModel
 from edgefleet.shared.topics import DeviceId, Sha256Hex
@@ -112,31 +116,98 @@ class GoldenSet(WireModel):
     min_top1_agreement: float = Field(default=1.0, ge=0.0, le=1.0)
 
 
+DIGEST_BYTES = 32  # one raw sha256 digest in a chunk index
+
+
 class ArtifactRef(WireModel):
-    """The bytes of an artifact and where to get them."""
+    """The bytes of a file (an artifact, a golden file) and where to get them.
+
+    Each chunk's sha256 travels either inline in ``chunk_sha256`` (manifest schema 1, and the
+    chunk index itself) or in ``chunk_index`` (schema 2): a small file of the raw 32-byte
+    digests in chunk order, named by a ref of its own whose digests are inline and at most
+    ``max_index_chunks`` long, fetched and verified like any file before the file it indexes.
+    Either way ``chunk_count`` is the number of chunks ``size`` and ``chunk_size`` make.
+    """
 
     sha256: Sha256Hex
     size: int = Field(ge=1, le=DEFAULT_LIMITS.max_artifact_bytes)
     chunk_size: int = Field(ge=1, le=DEFAULT_LIMITS.max_chunk_bytes)
-    chunk_sha256: tuple[Sha256Hex, ...] = Field(min_length=1, max_length=DEFAULT_LIMITS.max_chunks)
+    chunk_sha256: tuple[Sha256Hex, ...] | None = Field(
+        default=None, min_length=1, max_length=DEFAULT_LIMITS.max_chunks
+    )
+    chunk_index: ArtifactRef | None = None
     mqtt_topic: str | None = Field(default=None, max_length=512)
     http_url: str | None = Field(default=None, max_length=2048)
 
     @model_validator(mode="after")
     def _consistent(self) -> ArtifactRef:
-        expected = -(-self.size // self.chunk_size)
-        if len(self.chunk_sha256) != expected:
+        expected = self.chunk_count
+        if expected > DEFAULT_LIMITS.max_chunks:
+            raise ValueError(
+                f"{self.size} bytes in chunks of {self.chunk_size} make {expected} chunks, over "
+                f"the limit of {DEFAULT_LIMITS.max_chunks}"
+            )
+        if (self.chunk_sha256 is None) == (self.chunk_index is None):
+            raise ValueError("a file carries exactly one of chunk_sha256 and chunk_index")
+        if self.chunk_sha256 is not None and len(self.chunk_sha256) != expected:
             raise ValueError(
                 f"{len(self.chunk_sha256)} chunk hashes for {self.size} bytes in chunks of "
                 f"{self.chunk_size}; expected {expected}"
             )
+        index = self.chunk_index
+        if index is not None:
+            if index.chunk_index is not None:
+                raise ValueError("a chunk index carries its own chunk hashes inline")
+            if index.chunk_count > DEFAULT_LIMITS.max_index_chunks:
+                raise ValueError(
+                    f"a chunk index of {index.chunk_count} chunks, over the limit of "
+                    f"{DEFAULT_LIMITS.max_index_chunks}"
+                )
+            if index.size != DIGEST_BYTES * expected:
+                raise ValueError(
+                    f"a chunk index of {index.size} bytes for {expected} chunks; expected "
+                    f"{DIGEST_BYTES * expected} ({DIGEST_BYTES} per chunk)"
+                )
         if self.mqtt_topic is None and self.http_url is None:
             raise ValueError("an artifact needs at least one source (mqtt_topic or http_url)")
         return self
 
+    @model_serializer(mode="wrap")
+    def _without_absent_chunk_form(self, handler: SerializerFunctionWrapHandler) -> object:
+        # The form not used is left out, not sent as null: a schema-1 ref stays the exact form
+        # v1 agents know (they refuse any field they do not), and a manifest's size stays its own.
+        data = handler(self)
+        if isinstance(data, dict):
+            for name in ("chunk_sha256", "chunk_index"):
+                if data.get(name, 0) is None:
+                    del data[name]
+        return data
+
     @property
     def chunk_count(self) -> int:
-        return len(self.chunk_sha256)
+        """How many chunks the file has (``size`` over ``chunk_size``, rounded up)."""
+        return -(-self.size // self.chunk_size)
+
+
+def encode_chunk_index(chunk_sha256: Sequence[str]) -> bytes:
+    """The chunk index of a file: its chunks' raw sha256 digests, in order.
+
+    Raises:
+        ValueError: a digest is not 64 hex digits.
+    """
+    return b"".join(bytes.fromhex(digest) for digest in chunk_sha256)
+
+
+def decode_chunk_index(raw: bytes, ref: ArtifactRef) -> tuple[str, ...]:
+    """The chunk digests of ``ref`` from its verified chunk index ``raw``.
+
+    Raises:
+        LengthMismatchError: ``raw`` does not hold one digest per chunk of ``ref``.
+    """
+    expected = DIGEST_BYTES * ref.chunk_count
+    if len(raw) != expected:
+        raise LengthMismatchError(f"chunk index of {ref.sha256[:12]}", expected, len(raw))
+    return tuple(raw[i : i + DIGEST_BYTES].hex() for i in range(0, expected, DIGEST_BYTES))
 
 
 class HealthPolicy(WireModel):
@@ -175,11 +246,13 @@ SCHEMA_2_FIELDS = frozenset({"golden_ref", "latency"})
 class Manifest(WireModel):
     """Desired state of one device. Signed by the controller; verified by the agent.
 
-    Schema 1 (wire v1 devices) carries the golden pairs inline and judges latency against
-    ``latency_budget_ms`` alone. Schema 2 (wire v2) carries ``golden_ref``, the golden set as a
-    content-addressed file fetched and verified like the artifact, so a manifest's size does not
-    depend on the model's inputs, and ``latency``; in both, ``latency_budget_ms`` is the
-    operator's budget for the device's class or, without one, ``MAX_LATENCY_MS`` (no budget).
+    Schema 1 (wire v1 devices) carries the golden pairs inline, the chunk hashes inline, and
+    judges latency against ``latency_budget_ms`` alone. Schema 2 (wire v2) carries
+    ``golden_ref``, the golden set as a content-addressed file fetched and verified like the
+    artifact, its files' chunk hashes in chunk indexes (see :class:`ArtifactRef`), so a
+    manifest's size depends on neither the model's inputs nor its size, and ``latency``; in
+    both, ``latency_budget_ms`` is the operator's budget for the device's class or, without
+    one, ``MAX_LATENCY_MS`` (no budget).
     """
 
     schema_version: Literal[1, 2] = 1
@@ -216,6 +289,8 @@ class Manifest(WireModel):
             raise ValueError("golden_ref and latency belong to manifest schema 2")
         if self.schema_version == 2 and self.golden is not None:
             raise ValueError("manifest schema 2 carries golden pairs as golden_ref, not inline")
+        if self.schema_version == 1 and self.artifact.chunk_index is not None:
+            raise ValueError("a chunk index belongs to manifest schema 2")
         return self
 
 

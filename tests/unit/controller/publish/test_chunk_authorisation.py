@@ -1,23 +1,47 @@
 """The chunk server serves a device only the artifacts it was issued a manifest for (read from a
-real database, SQLite and PostgreSQL, and cached), and only indices the artifact has."""
+real database, SQLite and PostgreSQL, and cached), the golden files and chunk indexes those
+manifests name, and only indices the artifact has."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.controller.config import Settings
+from edgefleet.controller.publish.artifact_urls import ArtifactUrlSigner
 from edgefleet.controller.publish.chunk_server import ChunkServer, IssuedArtifacts
+from edgefleet.controller.publish.manifests import ManifestSigner
+from edgefleet.controller.registry.records import ArtifactRecord
 from edgefleet.controller.registry.store import ArtifactStore
 from edgefleet.controller.rollouts.tables import RolloutDeviceRow, RolloutRow
 from edgefleet.controller.service import open_database
-from edgefleet.shared import ChunkRequest, Topics, decode_chunk_frame
+from edgefleet.shared import (
+    ChunkRequest,
+    GoldenPair,
+    GoldenSet,
+    IOSignature,
+    Manifest,
+    TensorData,
+    TensorSpec,
+    Topics,
+    decode_chunk_frame,
+    encode,
+    generate_signing_key,
+)
+from support.registry import fake_artifact
 
 CHUNK = 1024
+X = TensorData(dtype="float32", shape=(1, 1), data_b64=base64.b64encode(bytes(4)).decode())
+SIGNATURE = IOSignature(
+    inputs=(TensorSpec(name="x", dtype="float32", shape=(1, 1)),),
+    outputs=(TensorSpec(name="y", dtype="float32", shape=(1, 1)),),
+)
 
 
 @pytest.fixture
@@ -56,9 +80,11 @@ def issue(sessions: sessionmaker[Session], sha256: str) -> None:
 class Sent:
     def __init__(self) -> None:
         self.indices: list[int] = []
+        self.topics: list[str] = []
 
     async def __call__(self, topic: str, payload: bytes) -> None:
         self.indices.append(decode_chunk_frame(payload)[0].index)
+        self.topics.append(topic)
 
 
 async def until(condition, timeout: float = 10.0) -> None:
@@ -134,3 +160,61 @@ def test_a_device_issued_the_artifact_after_being_refused_is_served_once_the_ans
 
     asyncio.run(scenario())
     assert server.refused == {"not_issued": 1}
+
+
+def test_chunk_indexes_are_served_only_to_devices_issued_the_files_they_index(
+    sessions, tmp_path
+) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    new = fake_artifact(tmp_path / "build", "onnx-fp32", bytes(range(256)) * 12)
+    sha, size = store.put_file(new.file)
+    golden = GoldenSet(pairs=(GoldenPair(inputs={"x": X}, outputs={"y": X}),))
+    artifact = ArtifactRecord(
+        model="tiny", version="1", target="onnx-fp32", runtime="onnxruntime", sha256=sha,
+        size=size, path=store.path_for(sha), signature=SIGNATURE, golden=golden,
+        latency_budget_ms=5.0, report=new.report, created_at=datetime.now(UTC),
+    )  # fmt: skip
+    signer = ManifestSigner(
+        generate_signing_key(), Topics(), public_url="http://c", chunk_size=CHUNK,
+        ttl=timedelta(hours=1), urls=ArtifactUrlSigner(b"k" * 32), store=store,
+    )  # fmt: skip
+    signed = signer.sign("issued", artifact, 1, wire_version=2)
+    manifest = Manifest.model_validate(signed.manifest)
+    assert manifest.golden_ref is not None
+    artifact_index, golden_index = manifest.artifact.chunk_index, manifest.golden_ref.chunk_index
+    assert artifact_index is not None
+    assert golden_index is not None
+    with sessions.begin() as session:  # the row the engine writes when it signs that manifest
+        rollout = RolloutRow(
+            model="tiny", version="1", selector="all", waves=[1], wave_spec="100%",
+            policy={}, status="running",
+        )  # fmt: skip
+        rollout.devices = [
+            RolloutDeviceRow(
+                device_id="issued", wave=0, state="sent", sha256=sha, serial=1,
+                signed_manifest=encode(signed).decode(),
+                golden_sha256=manifest.golden_ref.sha256,
+                index_sha256=artifact_index.sha256, golden_index_sha256=golden_index.sha256,
+            ),
+        ]  # fmt: skip
+        session.add(rollout)
+    sent = Sent()
+    server = ChunkServer(
+        store, Topics(), sent, chunk_size=CHUNK, gather_s=0.0, issued=IssuedArtifacts(sessions)
+    )
+
+    async def scenario() -> None:
+        runner = asyncio.create_task(server.run(), name="chunk-server")
+        for index in (artifact_index, golden_index):
+            server.request(ChunkRequest(device_id="stranger", sha256=index.sha256, indices=(0,)))
+        await until(lambda: server.requests_refused == 2)
+        for index in (artifact_index, golden_index):
+            server.request(ChunkRequest(device_id="issued", sha256=index.sha256, indices=(0,)))
+        await until(lambda: len(sent.indices) == 2)
+        runner.cancel()
+
+    asyncio.run(scenario())
+    assert server.refused == {"not_issued": 2}
+    assert sorted(sent.topics) == sorted(
+        Topics().artifact_chunks(i.sha256) for i in (artifact_index, golden_index)
+    )

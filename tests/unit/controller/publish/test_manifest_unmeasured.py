@@ -60,7 +60,12 @@ def test_neither_schema_carries_golden_pairs_or_a_latency_reference(tmp_path) ->
     policy = v2.manifest["latency"]
     assert policy["max_ratio_to_active"] == 4.0
     assert (policy["reference_p95_ms"], policy["reference_host"]) == (None, None)
-    assert sorted(p.name for p in store.root.rglob("*") if p.is_file()) == blobs  # no golden file
+    # No golden file: the only new blob is the artifact's chunk index, which schema 2 names.
+    index = v2.manifest["artifact"]["chunk_index"]
+    assert "chunk_index" not in v1.manifest["artifact"]
+    assert sorted(p.name for p in store.root.rglob("*") if p.is_file()) == sorted(
+        [*blobs, index["sha256"]]
+    )
 
 
 def test_an_artifact_with_golden_pairs_still_gets_its_golden_ref(tmp_path) -> None:

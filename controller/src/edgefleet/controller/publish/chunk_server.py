@@ -54,7 +54,8 @@ class RefusalReason(StrEnum):
 
 class IssuedArtifacts:
     """Whether a device was issued a manifest for an artifact (or for the golden file a schema-2
-    manifest names): a rollout row of that device with that sha256 and a signed manifest.
+    manifest names, or the chunk index of either): a rollout row of that device with that
+    sha256 and a signed manifest.
     Answers are cached for ``ttl_s`` (at most ``max_entries`` of them) so a burst of requests
     costs no query each."""
 
@@ -95,6 +96,8 @@ class IssuedArtifacts:
                     or_(
                         RolloutDeviceRow.sha256 == sha256,
                         RolloutDeviceRow.golden_sha256 == sha256,
+                        RolloutDeviceRow.index_sha256 == sha256,
+                        RolloutDeviceRow.golden_index_sha256 == sha256,
                     ),
                     RolloutDeviceRow.signed_manifest.is_not(None),
                 )

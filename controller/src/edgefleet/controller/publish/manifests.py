@@ -6,6 +6,9 @@ artifact), so a manifest's size does not depend on the model's inputs, and a lat
 device judges with its own measurements. A v1 device gets schema 1 with the pairs inline.
 An artifact without golden pairs (an edgetpu one imported without its CPU twin) gets neither
 ``golden`` nor ``golden_ref``: the device checks its outputs' dtypes, shapes and finiteness.
+In schema 2 every file's chunk hashes travel in a chunk index, a content-addressed blob of raw
+32-byte digests in the store (:class:`ChunkIndexes`), so the manifest's size is bounded by a
+constant whatever the sizes of the artifact and its golden file; schema 1 lists them inline.
 Nothing larger than the broker takes is ever signed: :class:`ManifestTooLargeError` says so.
 """
 
@@ -36,7 +39,7 @@ from edgefleet.shared import (
     sign_manifest,
 )
 from edgefleet.shared.bounds import MAX_LATENCY_MS
-from edgefleet.shared.manifest import GoldenSet, runtime_for_target
+from edgefleet.shared.manifest import GoldenSet, encode_chunk_index, runtime_for_target
 
 
 class ChunkDigestCache:
@@ -57,7 +60,49 @@ class ChunkDigestCache:
         return cached
 
 
-class ManifestTooLargeError(ControllerError):
+class ChunkIndexes:
+    """Chunk indexes of stored files as content-addressed blobs (the raw sha256 of each chunk,
+    in order), written once per (file, chunk size); the blob's sha256 and size."""
+
+    def __init__(self, store: ArtifactStore, chunks: ChunkDigestCache) -> None:
+        self.store = store
+        self.chunks = chunks
+        self._blobs: dict[tuple[str, int], tuple[str, int]] = {}
+        self._lock = threading.Lock()
+
+    def blob(self, sha256: str, path: Path, chunk_size: int) -> tuple[str, int]:
+        """The chunk index of the stored file ``sha256`` at ``path``, in chunks of
+        ``chunk_size``, as a stored blob: its sha256 and size."""
+        key = (sha256, chunk_size)
+        with self._lock:
+            known = self._blobs.get(key)
+        if known is not None and self.store.contains(known[0]):
+            return known
+        digests = self.chunks.digests(sha256, path, chunk_size)
+        blob = self.store.put_bytes(encode_chunk_index(digests))
+        with self._lock:
+            self._blobs[key] = blob
+        return blob
+
+
+class ManifestNotSignedError(ControllerError):
+    """The manifest cannot be signed as asked (the reason is in the message)."""
+
+
+class ChunkIndexTooLargeError(ManifestNotSignedError):
+    """A file has more chunks than a bounded chunk index can name at this chunk size."""
+
+    def __init__(self, sha256: str, chunks: int, index_chunks: int, chunk_size: int) -> None:
+        super().__init__(
+            f"{sha256[:12]} has {chunks} chunks of {chunk_size} bytes: its chunk index would "
+            f"take {index_chunks} chunks, over the limit of {DEFAULT_LIMITS.max_index_chunks}; "
+            "a larger chunk_size fits it; not signed"
+        )
+        self.chunks = chunks
+        self.index_chunks = index_chunks
+
+
+class ManifestTooLargeError(ManifestNotSignedError):
     """The manifest would be larger than the broker's maximum payload: it is not signed."""
 
     def __init__(self, size: int, limit: int, *, schema: int) -> None:
@@ -119,7 +164,9 @@ class ManifestSigner:
         self.ttl = ttl
         self.health = health or HealthPolicy()
         self.urls = urls
+        self.store = store
         self.chunks = ChunkDigestCache()
+        self.indexes = ChunkIndexes(store, self.chunks)
         self.golden = GoldenFiles(store)
         self.max_payload_bytes = max_payload_bytes
 
@@ -144,6 +191,7 @@ class ManifestSigner:
 
         Raises:
             ManifestTooLargeError: it would not fit the broker's maximum payload.
+            ChunkIndexTooLargeError: a file's chunk index would exceed its bound (schema 2).
         """
         now = now or datetime.now(UTC)
         expires_at = now + self.ttl
@@ -154,7 +202,9 @@ class ManifestSigner:
         else:
             if artifact.golden is not None:  # without: dtypes, shapes and finiteness only
                 sha, size, path = self.golden.blob(artifact.sha256, artifact.golden)
-                fields["golden_ref"] = self._ref(device_id, sha, size, path, expires_at)
+                fields["golden_ref"] = self._ref(
+                    device_id, sha, size, path, expires_at, indexed=True
+                )
             fields["latency"] = _latency_policy(artifact, latency_budget_ms, latency_ratio)
         manifest = Manifest(
             schema_version=schema,
@@ -165,7 +215,12 @@ class ManifestSigner:
             target=artifact.target,
             runtime=runtime_for_target(artifact.target),
             artifact=self._ref(
-                device_id, artifact.sha256, artifact.size, artifact.path, expires_at
+                device_id,
+                artifact.sha256,
+                artifact.size,
+                artifact.path,
+                expires_at,
+                indexed=schema == 2,
             ),
             signature=artifact.signature,
             latency_budget_ms=latency_budget_ms or MAX_LATENCY_MS,
@@ -180,17 +235,47 @@ class ManifestSigner:
         return sign_manifest(manifest, self.key)
 
     def _ref(
-        self, device_id: str, sha256: str, size: int, path: Path, expires_at: datetime
+        self,
+        device_id: str,
+        sha256: str,
+        size: int,
+        path: Path,
+        expires_at: datetime,
+        *,
+        indexed: bool = False,
     ) -> ArtifactRef:
-        query = self.urls.query(device_id, sha256, int(expires_at.timestamp()))
-        return ArtifactRef(
-            sha256=sha256,
-            size=size,
-            chunk_size=self.chunk_size,
-            chunk_sha256=self.chunks.digests(sha256, path, self.chunk_size),
-            mqtt_topic=self.topics.artifact_chunks(sha256),
-            http_url=f"{self.public_url}/artifacts/{sha256}?{query}",
+        """The ref of a stored file for ``device_id``: its chunk hashes inline, or (``indexed``)
+        in its chunk index, a ref of its own with its sources signed for the same device.
+
+        Raises:
+            ChunkIndexTooLargeError: the index would exceed its bound.
+        """
+        sources = self._sources(device_id, sha256, expires_at)
+        if not indexed:
+            digests = self.chunks.digests(sha256, path, self.chunk_size)
+            return ArtifactRef(
+                sha256=sha256, size=size, chunk_size=self.chunk_size, chunk_sha256=digests,
+                **sources,
+            )  # fmt: skip
+        chunks = -(-size // self.chunk_size)
+        index_chunks = -(-chunks * 32 // self.chunk_size)
+        if index_chunks > DEFAULT_LIMITS.max_index_chunks:
+            raise ChunkIndexTooLargeError(sha256, chunks, index_chunks, self.chunk_size)
+        index_sha, index_size = self.indexes.blob(sha256, path, self.chunk_size)
+        index = self._ref(
+            device_id, index_sha, index_size, self.store.path_for(index_sha), expires_at
         )
+        return ArtifactRef(
+            sha256=sha256, size=size, chunk_size=self.chunk_size, chunk_index=index, **sources
+        )
+
+    def _sources(self, device_id: str, sha256: str, expires_at: datetime) -> dict[str, str]:
+        """Where ``device_id`` fetches ``sha256``: its chunk topic and a URL signed for it."""
+        query = self.urls.query(device_id, sha256, int(expires_at.timestamp()))
+        return {
+            "mqtt_topic": self.topics.artifact_chunks(sha256),
+            "http_url": f"{self.public_url}/artifacts/{sha256}?{query}",
+        }
 
 
 def _latency_policy(

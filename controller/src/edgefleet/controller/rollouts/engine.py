@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic import JsonValue
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.controller.errors import ControllerError
 from edgefleet.controller.fleet.selectors import device_facts
 from edgefleet.controller.fleet.tables import DeviceRow, TelemetryRow
-from edgefleet.controller.publish.manifests import ManifestSigner, ManifestTooLargeError
+from edgefleet.controller.publish.manifests import ManifestNotSignedError, ManifestSigner
 from edgefleet.controller.publish.variants import select_artifact_for
 from edgefleet.controller.registry.db import aware
 from edgefleet.controller.registry.records import ArtifactRecord
@@ -388,7 +389,7 @@ class RolloutEngine:
     ) -> None:
         try:
             self._sign_into(target, device, artifact, policy, now)
-        except ManifestTooLargeError as e:
+        except ManifestNotSignedError as e:
             target.state = TargetState.FAILED
             target.reason = str(e)
             target.updated_at = now
@@ -414,7 +415,8 @@ class RolloutEngine:
         its class (if any).
 
         Raises:
-            ManifestTooLargeError: the manifest would not fit the broker; nothing was changed.
+            ManifestNotSignedError: the manifest would not fit the broker, or a chunk index its
+                bound; nothing was changed.
         """
         serial = max(device.last_serial_issued or 0, device.reported_last_serial or 0) + 1
         runtimes = [r["name"] for r in device.runtimes or []]
@@ -431,8 +433,11 @@ class RolloutEngine:
         )
         device.last_serial_issued = serial
         target.signed_manifest = encode(signed).decode()
-        golden = signed.manifest.get("golden_ref")
-        target.golden_sha256 = str(golden["sha256"]) if isinstance(golden, dict) else None
+        artifact_ref, golden = signed.manifest.get("artifact"), signed.manifest.get("golden_ref")
+        target.golden_sha256 = _sha256_of(golden)
+        # The chunk indexes a schema-2 manifest names: served to this device like the files.
+        target.index_sha256 = _sha256_of(_chunk_index_of(artifact_ref))
+        target.golden_index_sha256 = _sha256_of(_chunk_index_of(golden))
         target.serial = serial
         target.sha256 = artifact.sha256
         target.target = artifact.target
@@ -549,7 +554,7 @@ class RolloutEngine:
                 self._sign_into(
                     target, device, artifact, GatePolicy.model_validate(rollout.policy), now
                 )
-            except ManifestTooLargeError as e:
+            except ManifestNotSignedError as e:
                 target.manifest_expires_at = None  # cannot be renewed: say so once
                 log.warning("cannot renew the desired state of %s: %s", device.id, e)
                 continue
@@ -644,3 +649,13 @@ def _windows(
         )  # fmt: skip
         rows += [(d, m, v, r, e, p, aware(w)) for d, m, v, r, e, p, w in session.execute(query)]
     return rows
+
+
+def _chunk_index_of(ref: JsonValue) -> JsonValue:
+    """The chunk index a signed file ref names (schema 2), else None."""
+    return ref.get("chunk_index") if isinstance(ref, dict) else None
+
+
+def _sha256_of(ref: JsonValue) -> str | None:
+    """The sha256 of a signed file ref, else None."""
+    return str(ref["sha256"]) if isinstance(ref, dict) and "sha256" in ref else None

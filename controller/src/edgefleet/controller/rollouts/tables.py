@@ -52,6 +52,8 @@ class RolloutDeviceRow(Base):
     __table_args__ = (
         UniqueConstraint("rollout_id", "device_id"),
         Index("ix_rollout_devices_golden", "golden_sha256"),
+        Index("ix_rollout_devices_index", "index_sha256"),
+        Index("ix_rollout_devices_golden_index", "golden_index_sha256"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -66,6 +68,9 @@ class RolloutDeviceRow(Base):
     signed_manifest: Mapped[str | None] = mapped_column(Text, nullable=True)
     # The golden file a schema-2 manifest names: served to this device like its artifact.
     golden_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The chunk indexes of the artifact and of the golden file a schema-2 manifest names.
+    index_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    golden_index_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     published: Mapped[bool] = mapped_column(Boolean, default=False)
     # Offline when its wave started: pending, not counted, until it comes back.
     offline_at_start: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
