@@ -70,6 +70,29 @@ class ToolNotFoundError(CompressionError):
         self.install_hint = install_hint
 
 
+class MissingPackageError(CompressionError):
+    """A target needs a Python package that is not installed."""
+
+    def __init__(self, target: str, package: str, hint: str) -> None:
+        super().__init__(f"building {target} needs {package}, which is not installed: {hint}")
+        self.target = target
+        self.package = package
+        self.hint = hint
+
+
+class MissingConverterError(UnsupportedStepError):
+    """No converter here takes this kind of source to this kind of target."""
+
+    def __init__(self, targets: Sequence[str], source: str, converter: str) -> None:
+        super().__init__(
+            f"targets {list(targets)} from a {source} source need {converter}, which edgefleet "
+            "does not have yet"
+        )
+        self.targets = tuple(targets)
+        self.source = source
+        self.converter = converter
+
+
 class ConversionError(CompressionError):
     """A converter or quantizer failed on a model it should accept."""
 

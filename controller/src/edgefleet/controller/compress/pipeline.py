@@ -41,10 +41,17 @@ from edgefleet.controller.compress.prune import (
 )
 from edgefleet.controller.compress.quantize import describe_failure
 from edgefleet.controller.compress.recipe import Recipe
-from edgefleet.controller.compress.runners import ORT_CHUNK, OnnxRunner, open_runner
+from edgefleet.controller.compress.runners import (
+    ORT_CHUNK,
+    ArtifactRunner,
+    LiteRtRunner,
+    OnnxRunner,
+    open_runner,
+)
 from edgefleet.controller.compress.sources import (
     ModelSource,
     OnnxSource,
+    TfliteSource,
     TorchSource,
     run_torch,
     torch_signature,
@@ -55,12 +62,13 @@ from edgefleet.controller.compress.steps import (
     distills,
     model_sparsity,
 )
-from edgefleet.controller.compress.targets import BuiltFile, TargetBuilder
+from edgefleet.controller.compress.targets import BuiltFile, TargetBuilder, TfliteTargetBuilder
 from edgefleet.controller.config import Settings, get_settings
 from edgefleet.controller.errors import (
     CompressionError,
     ConversionError,
     DataMismatchError,
+    MissingConverterError,
     UnsupportedStepError,
 )
 from edgefleet.controller.registry.records import ArtifactReport, NewArtifact, VersionRecord
@@ -69,6 +77,8 @@ from edgefleet.shared.hashing import sha256_file
 from edgefleet.shared.manifest import IOSignature, runtime_for_target
 
 TORCH_ONLY_TARGETS = frozenset({"tflite-fp32", "tflite-int8", "tflite-full-int8", "edgetpu"})
+# No square brackets: the CLI prints errors as rich markup.
+TFLITE_TO_ONNX = "a TFLite->ONNX converter (tf2onnx, with the controller's tensorflow extra)"
 
 
 @dataclass(frozen=True)
@@ -120,7 +130,7 @@ def compress(
     if "edgetpu" in recipe.targets:
         require_edgetpu_compiler()
     _check_calibration(recipe, data)
-    if isinstance(source, OnnxSource):
+    if isinstance(source, OnnxSource | TfliteSource):
         signature = source.signature
     else:
         signature = torch_signature(source, data.evaluation)
@@ -129,10 +139,22 @@ def compress(
     sequence = _sequence_summary(data.evaluation)
     data = _materialised(source, data, signature)
     work_dir.mkdir(parents=True, exist_ok=True)
-    if isinstance(source, OnnxSource):
+    builder: TargetBuilder | TfliteTargetBuilder
+    if isinstance(source, TfliteSource):
+        reference = _run_source(LiteRtRunner(source.path), data.evaluation)
+        source_path: Path = source.path
+        params, sparsity = source.params, source.contents.sparsity
+        summary = {
+            "source_format": "TFLite",
+            "source_weights": dict(source.contents.constants),
+            "original_params": params,
+            "final_params": params,
+        }
+        builder = TfliteTargetBuilder(work_dir, source.path, data.calibration or data.train)
+    elif isinstance(source, OnnxSource):
         reference = _run_source(OnnxRunner(source.path), data.evaluation)
         fp32_path, summary, params, sparsity = _onnx_working_model(source, recipe, work_dir)
-        source_path: Path = source.path
+        source_path = source.path
         builder = TargetBuilder(
             work_dir, fp32_path, recipe, data.calibration or data.train, check=data.evaluation
         )
@@ -228,6 +250,18 @@ def compress_and_register(
 
 def _check_recipe_fits(source: ModelSource, recipe: Recipe, student: nn.Module | None) -> None:
     """Refuse, before any work, steps and targets this kind of input cannot take."""
+    if isinstance(source, TfliteSource):
+        onnx_targets = sorted(t for t in recipe.targets if t.startswith("onnx-"))
+        if onnx_targets:
+            raise MissingConverterError(onnx_targets, "TFLite", TFLITE_TO_ONNX)
+        if recipe.prune_sparsity > 0 or recipe.structured_ratio > 0 or distills(recipe, student):
+            raise UnsupportedStepError(
+                "pruning and distillation need an ONNX or torch model; TFLite input supports "
+                "quantization (tflite-int8, tflite-full-int8) only"
+            )
+        if recipe.finetune_epochs > 0:
+            raise UnsupportedStepError("fine-tuning needs a torch model")
+        return
     if isinstance(source, TorchSource):
         if source.eager or distills(recipe, student):
             return  # a distilled student is an ordinary module whatever the teacher was
@@ -340,6 +374,8 @@ def _materialised(
         return data
     if isinstance(source, OnnxSource):
         call = float_call(OnnxRunner(source.path))
+    elif isinstance(source, TfliteSource):
+        call = float_call(LiteRtRunner(source.path))
     else:
         call = partial(run_torch, source.module, source.input_names)
 
@@ -359,7 +395,7 @@ def _materialised(
     )
 
 
-def _run_source(runner: OnnxRunner, evaluation: Dataset) -> dict[str, np.ndarray]:
+def _run_source(runner: ArtifactRunner, evaluation: Dataset) -> dict[str, np.ndarray]:
     """The source model's outputs on the evaluation data.
 
     Raises:

@@ -1,4 +1,4 @@
-"""The model to compress: an ONNX file, or a torch module
+"""The model to compress: an ONNX file, a float TFLite file, or a torch module
 (Python API, TorchScript file, torch.export archive).
 """
 
@@ -19,6 +19,13 @@ from torch import nn
 
 from edgefleet.controller.compress.data import Dataset
 from edgefleet.controller.compress.distill import as_eval
+from edgefleet.controller.compress.tflite_file import (
+    EDGETPU_CUSTOM_OP,
+    WEIGHT_DTYPES,
+    TfliteContents,
+    is_tflite,
+    read_tflite,
+)
 from edgefleet.controller.errors import DataMismatchError, ModelLoadError
 from edgefleet.shared.manifest import DType, IOSignature, TensorSpec
 
@@ -52,7 +59,21 @@ class TorchSource:
         return self.kind == "eager"
 
 
-ModelSource = OnnxSource | TorchSource
+@dataclass(frozen=True)
+class TfliteSource:
+    """A float TFLite model read from disk: its signature as LiteRT names its tensors (by its
+    serving signature when it has exactly one, else by the tensors' own names)."""
+
+    path: Path
+    signature: IOSignature
+    contents: TfliteContents
+
+    @property
+    def params(self) -> int:
+        return sum(self.contents.constants.get(d, 0) for d in WEIGHT_DTYPES)
+
+
+ModelSource = OnnxSource | TorchSource | TfliteSource
 
 
 def dtype_name(dtype: np.dtype | type) -> DType:
@@ -85,6 +106,64 @@ def onnx_source(path: Path) -> OnnxSource:
     return OnnxSource(path=path, model=model, signature=onnx_signature(model))
 
 
+def tflite_source(path: Path) -> TfliteSource:
+    """Load a float TFLite model (float16 or float32 weights, float IO) to compress.
+
+    Raises:
+        ModelLoadError: missing, not a TFLite model LiteRT can run, or not float: an Edge TPU
+            model, a full-integer one (quantized integer IO) or one with int8 weights is
+            registered as it is with ``model import``.
+    """
+    from edgefleet.controller.compress.runners import LiteRtRunner
+    from edgefleet.controller.errors import ConversionError
+
+    if not path.is_file():
+        raise ModelLoadError(str(path), "file does not exist")
+    if not is_tflite(path):
+        raise ModelLoadError(str(path), "not a TFLite flatbuffer (no TFL3 identifier)")
+    contents = read_tflite(path)
+    register = "register it as it is with `edgefleet model import NAME:VERSION --artifact"
+    if contents.edgetpu_ops:
+        raise ModelLoadError(
+            str(path),
+            f"compiled for the Edge TPU ({contents.edgetpu_ops} {EDGETPU_CUSTOM_OP} operators): "
+            f"nothing to compress; {register} edgetpu=PATH`",
+        )
+    try:
+        runner = LiteRtRunner(path)
+    except ConversionError as e:
+        raise ModelLoadError(str(path), e.reason) from e
+    quantized = _quantized_io(path)
+    if quantized:
+        raise ModelLoadError(
+            str(path),
+            f"a full-integer model (quantized integer tensors at its boundary: {quantized}), "
+            f"not a float one to compress; {register} tflite-full-int8=PATH`",
+        )
+    weights = sum(contents.constants.get(d, 0) for d in WEIGHT_DTYPES)
+    int8 = contents.constants.get("int8", 0) + contents.constants.get("uint8", 0)
+    if weights and int8 / weights >= 0.5:
+        raise ModelLoadError(
+            str(path),
+            f"already quantized ({int8 / weights:.0%} of its {weights:,} weight values are "
+            f"8-bit integers), not a float model to compress; {register} tflite-int8=PATH`",
+        )
+    return TfliteSource(path=path, signature=runner.signature, contents=contents)
+
+
+def _quantized_io(path: Path) -> list[str]:
+    """Input and output tensors holding quantized integers (an integer dtype with a scale)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    details = (*interpreter.get_input_details(), *interpreter.get_output_details())
+    return sorted(
+        str(d["name"])
+        for d in details
+        if d["quantization"][0] and np.issubdtype(np.dtype(d["dtype"]), np.integer)
+    )
+
+
 def onnx_signature(model: onnx.ModelProto) -> IOSignature:
     """Inputs (initializers excluded) and outputs of an ONNX graph; symbolic dims become None."""
     initializers = {init.name for init in model.graph.initializer}
@@ -113,7 +192,8 @@ def torch_source(module: nn.Module, input_names: tuple[str, ...] | None = None) 
 
 
 def load_model_file(path: Path) -> ModelSource:
-    """An ONNX file, a ``torch.export`` archive (``.pt2``) or a TorchScript file.
+    """An ONNX file, a float TFLite file (``.tflite``, or any file with the TFLite identifier),
+    a ``torch.export`` archive (``.pt2``) or a TorchScript file.
 
     Raises:
         ModelLoadError: the file is missing or none of the loaders accepts it.
@@ -122,6 +202,8 @@ def load_model_file(path: Path) -> ModelSource:
         raise ModelLoadError(str(path), "file does not exist")
     if path.suffix.lower() == ".onnx":
         return onnx_source(path)
+    if path.suffix.lower() == ".tflite" or is_tflite(path):
+        return tflite_source(path)
     errors: list[str] = []
     if zipfile.is_zipfile(path):
         try:
@@ -158,7 +240,9 @@ def load_model_file(path: Path) -> ModelSource:
         errors.append("ONNX: not a model")
     raise ModelLoadError(
         str(path),
-        "not an ONNX, TorchScript or torch.export model (" + "; ".join(errors) + ")",
+        "not an ONNX, TorchScript or torch.export model ("
+        + "; ".join([*errors, "TFLite: no TFL3 identifier"])
+        + ")",
     )
 
 

@@ -1,4 +1,5 @@
-"""Build one artifact file per target from the working model (torch module or ONNX graph)."""
+"""Build one artifact file per target from the working model (torch module or ONNX graph), or,
+for a float TFLite source, from that file (LiteRT targets only)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from edgefleet.controller.compress.quantize import (
 )
 from edgefleet.controller.compress.recipe import Recipe
 from edgefleet.controller.compress.sources import onnx_signature
+from edgefleet.controller.compress.tflite_quantize import quantize_tflite
 from edgefleet.controller.errors import (
     CompressionError,
     ConversionError,
@@ -183,6 +185,59 @@ class TargetBuilder:
             {**counts, "evaluated_on": "the full-int8 CPU model (no Edge TPU on this machine)"},
             evaluate_as=full.path,
         )
+
+    def _require_calibration(self, what: str) -> Dataset:
+        if self.calibration is None:
+            raise CompressionError(
+                f"{what} needs calibration data (--calib DATA.npz, or --train); evaluation data "
+                "is held out and never used to calibrate"
+            )
+        return self.calibration
+
+
+@dataclass
+class TfliteTargetBuilder:
+    """Builds LiteRT artifacts into ``work`` from a float TFLite ``source``: ``tflite-fp32`` is
+    the file as given; the int8 targets come from ai-edge-quantizer; ``edgetpu`` is compiled
+    from ``tflite-full-int8``."""
+
+    work: Path
+    source: Path
+    calibration: Dataset | None
+    built: dict[str, BuiltFile] = field(default_factory=dict)
+
+    def build(self, target: ArtifactTarget, notify: Callable[[str], None]) -> BuiltFile:
+        if target in self.built:
+            return self.built[target]
+        notify(f"building {target}")
+        if target == "tflite-fp32":
+            result = BuiltFile(target, self.source, {"built_from": "the source file, as given"})
+        elif target == "tflite-int8":
+            dst = self.work / "model-int8.tflite"
+            details = quantize_tflite(
+                self.source, dst, target, "dynamic", min_share=MIN_INT8_WEIGHT_SHARE
+            )
+            result = BuiltFile(target, dst, details)
+        elif target == "tflite-full-int8":
+            calib = _limit(self._require_calibration(target))
+            dst = self.work / "model-full-int8.tflite"
+            details = quantize_tflite(
+                self.source, dst, target, "static",
+                calibration=_single_samples(calib), min_share=MIN_INT8_WEIGHT_SHARE,
+            )  # fmt: skip
+            result = BuiltFile(target, dst, {**details, "calibration_samples": calib.size})
+        elif target == "edgetpu":
+            full = self.build("tflite-full-int8", notify)
+            compiled, counts = compile_edgetpu(full.path, self.work / "edgetpu")
+            result = BuiltFile(
+                target, compiled,
+                {**counts, "evaluated_on": "the full-int8 CPU model (no Edge TPU on this machine)"},
+                evaluate_as=full.path,
+            )  # fmt: skip
+        else:
+            raise CompressionError(f"{target} cannot be built from a TFLite source")
+        self.built[target] = result
+        return result
 
     def _require_calibration(self, what: str) -> Dataset:
         if self.calibration is None:
