@@ -235,6 +235,8 @@ def test_show_unknown_model_fails(files: dict[str, Path]) -> None:
     result = _invoke(files, "show", "ghost:9")
     assert result.exit_code == 1
     assert "no model 'ghost:9'" in result.stderr
+    brackets = _invoke(files, "show", "[bold]ghost:9")  # error text is never markup
+    assert "no model '[bold]ghost:9'" in brackets.stderr, brackets.stderr
 
 
 def test_structured_pruning_of_a_torchscript_file_is_refused(files: dict[str, Path]) -> None:

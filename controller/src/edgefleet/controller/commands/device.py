@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from edgefleet.controller.commands.render import fail
 from edgefleet.controller.config import Settings, get_settings
 from edgefleet.controller.private_files import ensure_private_dir
 from edgefleet.controller.security.admin_url import TRUST_FLAG, admin_url_for
@@ -75,18 +75,13 @@ TopicRootOption = Annotated[
 _ERRORS = (SecurityError, InvalidTopicError)
 
 
-def _fail(err: Exception) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {err}", highlight=False)
-    return typer.Exit(code=1)
-
-
 def _private_paths(data_dir: Path | None) -> SecurityPaths:
     """The security paths, with the data dir made private (0700) if this command creates it."""
     paths = default_paths(data_dir)
     try:
         ensure_private_dir(paths.data_dir)
     except OSError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     return paths
 
 
@@ -152,7 +147,7 @@ def init_broker(
         write_bootstrap_config(target, admin, force=force)
         admin.save(paths.admin_credentials)
     except _ERRORS as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     typer.echo(f"dynamic-security config: {target}")
     typer.echo(f"admin credentials (0600): {paths.admin_credentials}")
     if mosquitto_conf is not None:
@@ -178,7 +173,7 @@ def controller_identity(
             ).setup_controller()
         credentials.save(paths.controller_credentials)
     except _ERRORS as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     typer.echo(f"controller identity {credentials.username!r}: {paths.controller_credentials}")
 
 
@@ -250,7 +245,7 @@ def enroll(
                 identities.revoke_device(device_id)  # no identity without a bundle to use it
                 raise
     except (*_ERRORS, OSError) as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     typer.echo(f"enrolled {device_id} (groups: {', '.join(groups) or 'none'})")
     typer.echo(f"bundle: {bundle.directory}")
     typer.echo(f"on the device: edgefleet-agent run --config {bundle.config}")
@@ -272,5 +267,5 @@ def revoke(
                 device_id
             )
     except _ERRORS as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     typer.echo(f"revoked {device_id}")

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from edgefleet.controller.commands.render import (
+    fail,
     models_json,
     print_models,
     print_version,
@@ -37,11 +38,6 @@ JsonOption = Annotated[bool, typer.Option("--json", help="print JSON for scripts
 
 def _settings(data_dir: Path | None) -> Settings:
     return get_settings(data_dir=data_dir) if data_dir else get_settings()
-
-
-def _fail(err: Exception) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {err}", highlight=False)
-    return typer.Exit(code=1)
 
 
 @contextmanager
@@ -80,7 +76,13 @@ def _print_record(record: VersionRecord, as_json: bool) -> None:
 
 @model_app.command()
 def compress(
-    model: Annotated[Path, typer.Argument(help="ONNX, TorchScript or torch.export (.pt2) file")],
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="ONNX, float TFLite (.tflite: tflite-* targets), TorchScript or torch.export "
+            "(.pt2) file"
+        ),
+    ],
     name: Annotated[str, typer.Option(help="model name in the registry")],
     version: Annotated[str, typer.Option(help="version to register")],
     target: Annotated[list[str], typer.Option("--target", "-t", help="artifact target")],
@@ -196,7 +198,7 @@ def compress(
                 source_file=model,
             )
     except ControllerError as e:
-        raise _fail(e) from e
+        raise fail(e) from e
     _print_record(record, as_json)
 
 
@@ -250,7 +252,7 @@ def import_model(
                 task=task, settings=settings, notify=notify,  # type: ignore[arg-type]
             )  # fmt: skip
     except ControllerError as e:
-        raise _fail(e) from e
+        raise fail(e) from e
     _print_record(record, as_json)
 
 
@@ -260,7 +262,7 @@ def list_models(data_dir: DataDirOption = None, as_json: JsonOption = False) -> 
     try:
         models = ModelRegistry.from_settings(_settings(data_dir)).list_models()
     except ControllerError as e:
-        raise _fail(e) from e
+        raise fail(e) from e
     if as_json:
         typer.echo(json.dumps(models_json(models), indent=2))
     else:
@@ -278,7 +280,7 @@ def show(
     try:
         record = ModelRegistry.from_settings(_settings(data_dir)).get_version(name, version or None)
     except ControllerError as e:
-        raise _fail(e) from e
+        raise fail(e) from e
     _print_record(record, as_json)
 
 
@@ -300,5 +302,5 @@ def reference(
                 notify=notify,
             )  # fmt: skip
     except ControllerError as e:
-        raise _fail(e) from e
+        raise fail(e) from e
     _print_record(record, as_json)

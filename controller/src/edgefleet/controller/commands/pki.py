@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from edgefleet.controller.commands.render import fail
 from edgefleet.controller.security.errors import SecurityError
 from edgefleet.controller.security.paths import default_paths
 from edgefleet.controller.security.pki import init_pki, issue_client_certificate, load_ca
@@ -20,11 +20,6 @@ pki_app = typer.Typer(help="Certificates for MQTT over TLS: CA, broker and clien
 DataDirOption = Annotated[
     Path | None, typer.Option("--data-dir", help="controller data dir (default: settings)")
 ]
-
-
-def _fail(err: Exception) -> typer.Exit:
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {err}", highlight=False)
-    return typer.Exit(code=1)
 
 
 def _pki_dir(out: Path | None, data_dir: Path | None) -> Path:
@@ -50,7 +45,7 @@ def init(
     try:
         ips = tuple(ipaddress.ip_address(a) for a in ip or ())
     except ValueError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     try:
         files = init_pki(
             directory / "ca.crt",
@@ -62,7 +57,7 @@ def init(
             force=force,
         )
     except SecurityError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     ca_state = "created" if files.created_ca else "kept"
     server_state = "created" if files.created_server else "unchanged"
     typer.echo(f"CA {ca_state}: {files.ca_cert}")
@@ -86,5 +81,5 @@ def client_cert(
         ca = load_ca(directory / "ca.crt", directory / "ca.key")
         issue_client_certificate(ca, name, out / f"{name}.crt", out / f"{name}.key", force=force)
     except (SecurityError, InvalidTopicError) as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     typer.echo(f"client certificate: {out / f'{name}.crt'} (key {out / f'{name}.key'})")

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgefleet.controller.registry.records import ArtifactRecord, ModelSummary, VersionRecord
+
+
+def fail(err: Exception) -> typer.Exit:
+    """Print ``err`` as the command's one-line error (its text verbatim: brackets such as
+    ``[tensorflow]`` are not markup) and the exit to raise."""
+    Console(stderr=True).print(f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False)
+    return typer.Exit(code=1)
 
 
 def artifact_json(artifact: ArtifactRecord) -> dict[str, Any]:
