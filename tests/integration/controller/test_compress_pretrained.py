@@ -23,6 +23,7 @@ from edgefleet.controller.compress import (
 )
 from edgefleet.controller.compress.int8_coverage import int8_coverage
 from edgefleet.controller.compress.opset import ai_onnx_opset
+from edgefleet.controller.compress.quantize import choose_int8_mode
 from edgefleet.controller.compress.targets import build_onnx_int8
 from edgefleet.controller.config import Settings, get_settings
 from edgefleet.controller.errors import (
@@ -170,3 +171,12 @@ def test_silero_vad_scalar_input_given_batched_is_named(tmp_path: Path) -> None:
         )
     assert caught.value.blocker == "input 'sr'"
     assert "[ONNXRuntimeError]" not in str(caught.value)
+
+
+def test_auto_int8_mode_is_dynamic_for_a_recurrent_model_and_static_for_a_cnn() -> None:
+    """With calibration data, ``auto`` quantizes a CNN statically but a recurrent model
+    (its LSTM in the main graph or inside If branches) dynamically."""
+    assert choose_int8_mode(pretrained_model("ppocr-cls"), "auto", True) == "static"
+    assert choose_int8_mode(pretrained_model("silero-vad-op15"), "auto", True) == "dynamic"
+    assert choose_int8_mode(pretrained_model("silero-vad"), "auto", True) == "dynamic"
+    assert choose_int8_mode(pretrained_model("silero-vad"), "static", True) == "static"

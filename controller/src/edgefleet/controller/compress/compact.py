@@ -11,16 +11,16 @@ from pathlib import Path
 import onnx
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """``graph`` and every subgraph in it (If branches, Loop and Scan bodies), depth first."""
     yield graph
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attribute.g)
+                yield from all_graphs(attribute.g)
             elif attribute.type == onnx.AttributeProto.GRAPHS:
                 for sub in attribute.graphs:
-                    yield from _graphs(sub)
+                    yield from all_graphs(sub)
 
 
 def compact_model(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -41,7 +41,7 @@ def compact_model(model: onnx.ModelProto) -> onnx.ModelProto:
         return names[name]
 
     model.doc_string = ""
-    for graph in _graphs(main):
+    for graph in all_graphs(main):
         graph.doc_string = ""
         del graph.value_info[:]
         for tensor in graph.initializer:

@@ -30,6 +30,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
+from edgefleet.controller.compress.compact import all_graphs
 from edgefleet.controller.compress.int8_coverage import float_weight_nodes
 from edgefleet.controller.errors import ConversionError, QuantizationBlockedError
 
@@ -172,12 +173,21 @@ def convert_onnx_fp16(src: Path, dst: Path) -> Path:
     return dst
 
 
+RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
+
+
 def choose_int8_mode(
     model_path: Path, mode: Literal["auto", "dynamic", "static"], has_calibration: bool
 ) -> Literal["dynamic", "static"]:
-    """Static when asked, or in ``auto`` for convolutional graphs with calibration data."""
+    """Static when asked, or in ``auto`` for convolutional graphs with calibration data, unless
+    the model is recurrent anywhere (subgraphs included): static int8 activations on a state fed
+    back call after call compound their error (Silero VAD: 77.5 % of speech decisions kept
+    static, 100 % dynamic)."""
     if mode != "auto":
         return mode
+    model = onnx.load(str(model_path))
+    if any(n.op_type in RECURRENT_OPS for g in all_graphs(model.graph) for n in g.node):
+        return "dynamic"
     if has_calibration and has_op(model_path, {"Conv", "ConvTranspose"}):
         return "static"
     return "dynamic"
