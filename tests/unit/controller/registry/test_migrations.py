@@ -243,6 +243,40 @@ def test_concurrent_create_schema_migrates_once(database_url: str) -> None:
             engine.dispose()
 
 
+def test_controllers_started_together_on_fresh_sqlite_files_both_migrate(
+    tmp_path: Path,
+) -> None:
+    """A connection switching a SQLite file to WAL while another migrates it is answered
+    "database is locked" at once, without the busy wait: it must retry, not fail. Twenty fresh
+    files, as one start in six loses that race."""
+    for round_ in range(20):
+        url = f"sqlite:///{tmp_path / f'fresh-{round_}.db'}"
+        engines = [create_engine_for(url) for _ in range(2)]
+        start = threading.Barrier(len(engines))
+        errors: list[BaseException] = []
+
+        def migrate(
+            engine: Engine, start: threading.Barrier = start, errors: list[BaseException] = errors
+        ) -> None:
+            start.wait()
+            try:
+                create_schema(engine)
+            except BaseException as error:  # noqa: BLE001 - handed to the test thread
+                errors.append(error)
+
+        threads = [threading.Thread(target=migrate, args=(engine,)) for engine in engines]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        try:
+            assert errors == [], f"round {round_}: {errors}"
+            assert revision_of(engines[0]) == schema_head()
+        finally:
+            for engine in engines:
+                engine.dispose()
+
+
 def test_newer_database_is_refused(engine: Engine) -> None:
     create_schema(engine)
     with engine.begin() as connection:

@@ -8,6 +8,8 @@ revision in ``migrations/versions/``.
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -47,12 +49,36 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+_WAL_SWITCH_S = 10.0  # how long a new connection retries switching a fresh database to WAL
+
+
 def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
+    try:
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        _switch_to_wal(cursor)
+    finally:
+        cursor.close()
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, retried: while another connection is switching a fresh
+    database (two controllers started together), SQLite answers "database is locked" at once,
+    without waiting on the busy timeout.
+
+    Raises:
+        sqlite3.OperationalError: still locked after ``_WAL_SWITCH_S``, or any other error.
+    """
+    deadline = time.monotonic() + _WAL_SWITCH_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def create_engine_for(url: str, **kwargs: Any) -> Engine:
