@@ -30,6 +30,8 @@ def test_seq_increases_across_states_and_restarts(
     again = retained(lambda s: s.status == "serving" and s.seq > stopped.seq)
     # published again on reconnect: the outcome survived the restart in slots.json
     assert again.last_outcome == stopped.last_outcome
+    # the watcher has its own subscription: wait until it too has seen that state
+    watcher.wait_state(lambda s: s.seq == again.seq)
     seqs = [s.seq for s in watcher.states()]
     assert None not in seqs  # no will was needed: every state came from the agent
     assert len(run_one) >= 5
