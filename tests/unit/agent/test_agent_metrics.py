@@ -9,6 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgefleet.agent.metrics import LatencyHistogram, MetricsRegistry, bucket_of
+from edgefleet.shared.bounds import MAX_LATENCY_MS
+from edgefleet.shared.histogram import SCALE, Histogram, index_of, index_range, lower_bound
 
 
 def test_percentiles_within_two_percent_of_exact():
@@ -36,8 +38,14 @@ def test_extremes_and_empty():
     assert histogram.summary() is None
     assert histogram.percentile(0.5) == 0.0
     histogram.record(0.0)
-    histogram.record(1e9)
-    assert histogram.percentile(1.0) == 1e9
+    histogram.record(1e9)  # beyond the wire's maximum latency: counted in the last bucket
+    assert histogram.percentile(0.5) == 0.0
+    assert histogram.percentile(1.0) >= MAX_LATENCY_MS
+    summary, wire = histogram.summary(), histogram.wire()
+    assert summary is not None
+    assert wire is not None
+    assert summary.max == wire.max == MAX_LATENCY_MS  # clamped into the wire's bounds
+    assert (wire.zero_count, wire.counts, wire.count) == (1, (1,), 2)
 
 
 def test_windows_per_version_and_since_load():
@@ -105,12 +113,31 @@ def test_window_and_since_load_are_separate_views_of_one_count():
 @settings(max_examples=200, deadline=None)
 @given(st.floats(min_value=1e-6, max_value=1e6))
 def test_a_latency_falls_in_the_bucket_whose_bounds_hold_it(ms):
-    index = bucket_of(ms)
-    assert 0 <= index < len(LatencyHistogram().counts)
-    if ms > 0.001 and index < len(LatencyHistogram().counts) - 1:
-        lower, upper = 0.001 * 1.02 ** (index - 1), 0.001 * 1.02**index
+    position = bucket_of(ms)
+    assert 0 <= position < len(LatencyHistogram().counts)
+    if ms > 0.001 and position < len(LatencyHistogram().counts) - 1:
+        index = index_range(SCALE)[0] + position - 1
+        lower, upper = lower_bound(index, SCALE), lower_bound(index + 1, SCALE)
         assert lower * (1 - 1e-9) <= ms <= upper * (1 + 1e-9)
+        assert abs(index - index_of(ms)) <= 1  # the shared bucketing, exact at the edges
     registry, histogram = MetricsRegistry(), LatencyHistogram()
     registry.record_ok(("m", "1"), ms)  # its own, inlined, bucketing agrees
     histogram.record(ms)
     assert registry.since_load(("m", "1")).latency.counts == histogram.counts
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, max_value=1e6), min_size=1, max_size=300))
+def test_the_wire_histogram_is_the_shared_histogram_of_the_same_values(values):
+    histogram = LatencyHistogram()
+    for value in values:
+        histogram.record(value)
+    wire = histogram.wire()
+    assert wire is not None
+    assert wire.count == len(values)
+    shared = Histogram.of_values(min(v, MAX_LATENCY_MS) for v in values)
+    for q in (0.5, 0.9, 0.99, 1.0):
+        ours, theirs = Histogram.of(wire).percentile(q), shared.percentile(q)
+        assert ours is not None
+        assert theirs is not None
+        assert abs(ours - theirs) <= 0.023 * max(theirs, 0.001)  # at most one bucket apart

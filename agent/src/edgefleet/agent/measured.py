@@ -14,6 +14,7 @@ from edgefleet.shared.bounds import (
     MAX_CELSIUS,
     MAX_FIGURE,
     MAX_LATENCY_MS,
+    MAX_LATENCY_SUM_MS,
     MAX_PERCENT,
     MAX_PROCESS_CPU_PERCENT,
     MAX_THROUGHPUT_RPS,
@@ -33,6 +34,10 @@ def clamp(value: float, low: float, high: float) -> float:
 
 def latency_ms(value: float) -> float:
     return clamp(value, 0.0, MAX_LATENCY_MS)
+
+
+def latency_sum_ms(value: float) -> float:
+    return clamp(value, 0.0, MAX_LATENCY_SUM_MS)
 
 
 def percent(value: float) -> float:

@@ -26,8 +26,16 @@ MAX_CPUS = 4096  # far beyond any edge device; the column is a 32-bit INTEGER
 MAX_WINDOW_COUNT = 2**31 - 1  # telemetry counters land in 32-bit INTEGER columns
 MAX_RETRIES = 1_000_000
 MAX_TENSOR_DIM = 2**31 - 1  # ONNX and TFLite dimensions are int32/int64; no tensor is larger
+# Exponential histograms (OpenTelemetry's layout): the scales OpenTelemetry admits, bucket
+# indexes a signed 32-bit integer holds, and enough buckets for every latency the wire admits at
+# the agent's scale (5: 1 us to 2.8 hours is 1,064 buckets).
+MIN_HISTOGRAM_SCALE, MAX_HISTOGRAM_SCALE = -10, 20
+MAX_BUCKET_INDEX = 2**31 - 1
+MAX_HISTOGRAM_BUCKETS = 1100
 
 Serial = Annotated[int, Field(ge=1, le=MAX_SERIAL)]
+HistogramScale = Annotated[int, Field(ge=MIN_HISTOGRAM_SCALE, le=MAX_HISTOGRAM_SCALE)]
+BucketIndex = Annotated[int, Field(ge=-MAX_BUCKET_INDEX, le=MAX_BUCKET_INDEX)]
 SerialOrZero = Annotated[int, Field(ge=0, le=MAX_SERIAL)]  # 0: nothing accepted yet
 StateSeq = Annotated[int, Field(ge=0, le=MAX_SEQ)]
 ByteCount = Annotated[int, Field(ge=0, le=MAX_BYTES)]
@@ -46,8 +54,10 @@ MAX_PROCESS_CPU_PERCENT = MAX_PERCENT * MAX_CPUS  # one process may use every CP
 MIN_CELSIUS, MAX_CELSIUS = -100.0, 250.0  # beyond what silicon survives, short of bogus sensors
 MAX_THROUGHPUT_RPS = 1e9
 MAX_FIGURE = float(EXACT_INT)  # a figure may carry any serial or byte count exactly
+MAX_LATENCY_SUM_MS = MAX_LATENCY_MS * MAX_WINDOW_COUNT  # every request of a window at the maximum
 
 LatencyMs = Annotated[float, Field(ge=0.0, le=MAX_LATENCY_MS, allow_inf_nan=False)]
+LatencySumMs = Annotated[float, Field(ge=0.0, le=MAX_LATENCY_SUM_MS, allow_inf_nan=False)]
 Percent = Annotated[float, Field(ge=0.0, le=MAX_PERCENT, allow_inf_nan=False)]
 ProcessCpuPercent = Annotated[float, Field(ge=0.0, le=MAX_PROCESS_CPU_PERCENT, allow_inf_nan=False)]
 Celsius = Annotated[float, Field(ge=MIN_CELSIUS, le=MAX_CELSIUS, allow_inf_nan=False)]

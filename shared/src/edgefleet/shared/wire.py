@@ -6,10 +6,12 @@ travel as a binary frame (magic, header length, JSON header, raw bytes) so they 
 Compatibility rule between wire versions: a peer reads every version in
 ``SUPPORTED_SCHEMA_VERSIONS`` (the current one and the one before) and writes to each peer the
 version that peer speaks, which is the version of the envelopes it sends. v2 adds optional
-fields to ``state`` (``last_outcome``, ``progress``, ``seq``, ``desired_error``) and to
-``command`` (``serial``, ``expires_at``), the ``signed_command`` kind (a v2 device obeys only
-signed commands; a v1 device, one release behind, gets the unsigned v1 command it knows) and
-manifest schema 2 (golden pairs as a fetched file, a latency policy; v1 devices get schema 1).
+fields to ``state`` (``last_outcome``, ``progress``, ``seq``, ``desired_error``), to
+``command`` (``serial``, ``expires_at``) and to each model's ``telemetry`` figures
+(``latency_hist``, the window's latency histogram; a v1 agent's summaries still ingest), the
+``signed_command`` kind (a v2 device obeys only signed commands; a v1 device, one release
+behind, gets the unsigned v1 command it knows) and manifest schema 2 (golden pairs as a
+fetched file, a latency policy; v1 devices get schema 1).
 Every other body is the same in v1 and v2, so a v1 body parses as v2, and a v2 message without
 the new fields writes as v1.
 
@@ -58,6 +60,10 @@ _NEW_IN_V2: dict[type[WireModel], frozenset[str]] = {
     Command: frozenset({"serial", "expires_at"}),
 }
 
+_NESTED_NEW_IN_V2: dict[type[WireModel], dict[str, Any]] = {
+    Telemetry: {"models": {"__all__": {"latency_hist"}}},
+}
+
 KINDS: dict[str, type[WireModel]] = {
     "hello": Hello,
     "state": DeviceState,
@@ -88,8 +94,10 @@ def encode(message: WireModel, *, version: int = SCHEMA_VERSION) -> bytes:
         raise ValueError(f"cannot write wire version {version}: {list(SUPPORTED_SCHEMA_VERSIONS)}")
     if version < 2 and kind in _KINDS_FROM_V2:
         raise ValueError(f"a {kind!r} message does not exist in wire v{version}")
-    exclude = _NEW_IN_V2.get(type(message)) if version < 2 else None
-    body = message.model_dump_json(exclude=set(exclude) if exclude else None)
+    exclude: Any = None
+    if version < 2:
+        exclude = set(_NEW_IN_V2.get(type(message), ())) or _NESTED_NEW_IN_V2.get(type(message))
+    body = message.model_dump_json(exclude=exclude)
     return f'{{"v":{version},"kind":"{kind}","body":{body}}}'.encode()
 
 
