@@ -35,6 +35,8 @@ from edgefleet.shared import (
     sign_command,
     sign_manifest,
 )
+from edgefleet.shared.histogram import Histogram
+from edgefleet.shared.messages import LatencyHistogram
 
 NOW = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 SHA_A = hashlib.sha256(b"a").hexdigest()
@@ -224,9 +226,20 @@ def device_telemetry(
     version: str = "1",
     requests: int = 50,
     end: datetime | None = None,
+    histogram: bool = False,
 ) -> Telemetry:
-    """One 1 s window of one model version's figures, with plausible system figures."""
+    """One 1 s window of one model version's figures, with plausible system figures; with
+    ``histogram``, also the latency histogram a v2 agent sends (of latencies whose percentiles
+    are the summary's)."""
     end = end or datetime.now(UTC)
+    hist = None
+    if histogram and requests:
+        p50, p99, top = p95 / 2, p95 * 1.2, p95 * 2
+        values = [
+            p50 if i < 0.5 * requests else p95 if i < 0.95 * requests else p99
+            for i in range(1, requests)
+        ]
+        hist = LatencyHistogram.model_validate(Histogram.of_values([*values, top]).wire_fields())
     return Telemetry(
         device_id=device_id,
         window_start=end - timedelta(seconds=1),
@@ -239,6 +252,7 @@ def device_telemetry(
                 errors=0,
                 latency_ms=LatencySummary(p50=p95 / 2, p95=p95, p99=p95 * 1.2, max=p95 * 2),
                 throughput_rps=float(requests),
+                latency_hist=hist,
             ),
         ),
         system=SIM_SYSTEM,

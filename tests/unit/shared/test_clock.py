@@ -6,11 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
-from edgefleet.shared import Outcome, OutcomeResult
-from edgefleet.shared.bounds import DEFAULT_CLOCK_SKEW
+from edgefleet.shared import Outcome, OutcomeResult, generate_signing_key
+from edgefleet.shared.bounds import DEFAULT_CLOCK_SKEW, EARLIEST
 from edgefleet.shared.clock import clamp_future
-from support.samples import SHA_A, device_state, device_telemetry, slot
+from support.samples import SHA_A, device_state, device_telemetry, sample_messages, slot
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -50,3 +51,31 @@ def test_after_clamping_nothing_lies_beyond_the_skew(start, length, skew):
         assert value <= NOW + skew
         assert (name in clamped) == (original > NOW + skew)
         assert value == (NOW if name in clamped else original)
+
+
+def _datetimes(value: object, path: str = "") -> list[str]:
+    """Every timestamp in a message, found by walking all of it (what clamping must reach)."""
+    if isinstance(value, datetime):
+        return [path]
+    if isinstance(value, BaseModel):
+        return [
+            found
+            for name in type(value).model_fields
+            for found in _datetimes(getattr(value, name), f"{path}.{name}" if path else name)
+        ]
+    if isinstance(value, tuple | list):
+        return [found for i, item in enumerate(value) for found in _datetimes(item, f"{path}.{i}")]
+    return []
+
+
+def test_clamping_reaches_every_timestamp_of_every_message():
+    ahead = NOW + timedelta(days=365)
+    outcome = Outcome(serial=2, sha256=SHA_A, result=OutcomeResult.SWAPPED, at=ahead)
+    messages = [
+        *sample_messages(generate_signing_key()),
+        device_state("pi-1", active=slot()).model_copy(update={"last_outcome": outcome}),
+    ]
+    for message in messages:
+        everything = _datetimes(message)
+        _, clamped = clamp_future(message, EARLIEST)  # every timestamp lies after this
+        assert sorted(clamped) == sorted(everything), type(message).__name__

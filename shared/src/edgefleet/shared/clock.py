@@ -10,8 +10,11 @@ ahead becomes "now", and the receiver counts how many fields it changed.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Any, TypeVar
+import functools
+from datetime import date, datetime, timedelta
+from enum import Enum
+from typing import Any, Literal, TypeVar, get_args, get_origin
+from uuid import UUID
 
 from pydantic import BaseModel
 
@@ -29,6 +32,43 @@ def clamp_future(
     return _clamp(message, now, now + skew, "", clamped), clamped
 
 
+def _may_hold_time(annotation: Any) -> bool:
+    """Whether a field of this type can hold a timestamp, however deep (unknown types: yes)."""
+    if annotation is Any or isinstance(annotation, TypeVar):
+        return True
+    if isinstance(annotation, type):
+        if issubclass(annotation, datetime):
+            return True
+        if issubclass(annotation, BaseModel):
+            if annotation in _VISITING:  # a recursive model: looked into as it comes
+                return True
+            return bool(_time_fields(annotation))
+        if issubclass(annotation, str | int | float | bytes | Enum | UUID | date | timedelta):
+            return False
+        return annotation not in _NO_TIME_CONTAINERS  # a bare dict, list or tuple
+    args = get_args(annotation)
+    if get_origin(annotation) is Literal:
+        return False
+    return any(_may_hold_time(arg) for arg in args if arg is not Ellipsis and arg is not None)
+
+
+_NO_TIME_CONTAINERS: frozenset[type] = frozenset({type(None)})
+_VISITING: set[type[BaseModel]] = set()
+
+
+@functools.cache
+def _time_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of ``model`` that can hold a timestamp: the only ones :func:`clamp_future`
+    looks at (telemetry carries hundreds of integers, and a pydantic isinstance is slow)."""
+    _VISITING.add(model)
+    try:
+        return tuple(
+            name for name, info in model.model_fields.items() if _may_hold_time(info.annotation)
+        )
+    finally:
+        _VISITING.discard(model)
+
+
 def _clamp(value: Any, now: datetime, latest: datetime, path: str, clamped: list[str]) -> Any:
     if isinstance(value, datetime):
         if value > latest:
@@ -37,7 +77,7 @@ def _clamp(value: Any, now: datetime, latest: datetime, path: str, clamped: list
         return value
     if isinstance(value, BaseModel):
         changes = {}
-        for name in type(value).model_fields:
+        for name in _time_fields(type(value)):
             field = getattr(value, name)
             new = _clamp(field, now, latest, f"{path}.{name}" if path else name, clamped)
             if new is not field:
