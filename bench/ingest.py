@@ -60,7 +60,9 @@ def burst(topics: Topics, devices: int, windows: int) -> tuple[list[Message], in
     for w in range(windows):
         end = now + timedelta(seconds=w + 1)
         for device_id in ids:
-            telemetry = device_telemetry(device_id, 2.0 + w % 5, requests=40, end=end)
+            telemetry = device_telemetry(
+                device_id, 2.0 + w % 5, requests=40, end=end, histogram=True
+            )
             out.append((topics.telemetry(device_id), encode(telemetry), 0))
             n += 1
             if n % EVENT_EVERY == 0:
