@@ -140,6 +140,15 @@ class Settings(BaseSettings):
         default=120.0, ge=0, description="rollups stay this far behind now for late windows"
     )
     dashboard_refresh_s: float = Field(default=2.0, gt=0, description="dashboard poll interval")
+    metrics_group_label: str = Field(
+        default="group",
+        min_length=1,
+        max_length=64,
+        description="the device hello label whose value is a device's group in /metrics",
+    )
+    metrics_max_series: int = Field(
+        default=1000, ge=1, le=100_000, description="latency series (model, version, group) kept"
+    )
 
     @field_validator("http_allowed_hosts", mode="before")
     @classmethod

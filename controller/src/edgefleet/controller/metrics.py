@@ -1,6 +1,15 @@
 """Prometheus exposition: a collector that reads the fleet, rollouts, ingest and chunk-server
-counters (drops, dead letters and refusals by reason) at scrape time, and the ingest rate meter
-it reports.
+counters (drops, dead letters and refusals by reason) and the telemetry totals (latency
+histograms, requests and errors per model version and device group) at scrape time, and the
+ingest rate meter it reports.
+
+Latency is a classic histogram in seconds whose ``le`` edges are the powers of two of the agents'
+exponential histograms, so its buckets are exact counts and ``histogram_quantile`` over any sum
+of its series is a percentile of the merged distribution. There is no quantile gauge: a
+percentile of one device's last window aggregates to nothing (the dashboard and the series API
+compute percentiles from merged histograms). Native histograms are not exposed:
+prometheus-client writes neither the protobuf format Prometheus scrapes them from nor, outside
+its experimental OpenMetrics 2.0 text, any other.
 
 Concurrency: ``collect`` runs on the server's worker thread per scrape (one short read-only
 session); ``IngestRateMeter.run`` is the asyncio task ``ingest-rate`` sampling counters each second.
@@ -15,7 +24,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import select
 
@@ -23,6 +37,7 @@ from edgefleet.controller.fleet.tables import DeviceRow
 from edgefleet.controller.rollouts import facts
 from edgefleet.controller.rollouts.states import RolloutStatus
 from edgefleet.controller.rollouts.tables import RolloutDeviceRow, RolloutRow
+from edgefleet.controller.telemetry_totals import LE_EDGES_MS, TotalsSnapshot
 from edgefleet.shared.manifest import runtime_for_target
 
 if TYPE_CHECKING:
@@ -31,6 +46,8 @@ if TYPE_CHECKING:
 
 ROLLOUT_STATUSES = tuple(RolloutStatus)
 RECENT_ROLLOUTS = 20
+LE_SECONDS = tuple(repr(edge / 1000.0) for edge in LE_EDGES_MS)  # 7.8125e-06 ... 16.384
+SERIES_LABELS = ["model_id", "version", "group"]
 
 
 def device_online(row: DeviceRow, now: datetime, offline_after_s: float) -> bool:
@@ -89,6 +106,7 @@ class FleetCollector(Collector):
         yield from self._devices(devices, now)
         yield from self._rollouts(rollouts, Counter((rid, state) for rid, state in states))
         yield from self._ingest()
+        yield from telemetry_totals_metrics(self.service.telemetry_totals.snapshot())
 
     def _devices(self, devices: list[DeviceRow], now: datetime) -> Iterator[Metric]:
         after = self.service.settings.offline_after_s
@@ -99,11 +117,6 @@ class FleetCollector(Collector):
         up = sum(1 for d in devices if device_online(d, now, after))
         total.add_metric(["online"], up)
         total.add_metric(["offline"], len(devices) - up)
-        latency = GaugeMetricFamily(
-            "edgefleet_device_latency_seconds",
-            "Inference latency percentile over the device's last telemetry window",
-            labels=["device_id", "model_id", "version", "quantile"],
-        )
         requests = GaugeMetricFamily(
             "edgefleet_device_window_requests",
             "Inference requests in the device's last telemetry window",
@@ -128,10 +141,6 @@ class FleetCollector(Collector):
             for stats in telemetry.get("models", []):
                 labels = [device.id, stats["model_id"], stats["version"]]
                 requests.add_metric(labels, stats["requests"])
-                summary = stats.get("latency_ms")
-                if summary:
-                    for quantile, key in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99")):
-                        latency.add_metric([*labels, quantile], summary[key] / 1000.0)
             system = telemetry.get("system")
             if system:
                 cpu.add_metric([device.id], system["cpu_percent"])
@@ -145,7 +154,7 @@ class FleetCollector(Collector):
         )
         for (model, version, runtime), count in sorted(online_by.items()):
             by_version.add_metric([model, version, runtime], count)
-        yield from (total, by_version, latency, requests, cpu, mem, temp)
+        yield from (total, by_version, requests, cpu, mem, temp)
 
     def _rollouts(
         self, rollouts: list[RolloutRow], states: Counter[tuple[int, str]]
@@ -261,6 +270,76 @@ class FleetCollector(Collector):
             "Requested chunk indices beyond their artifact's chunk count",
             value=chunks.indices_dropped,
         )
+
+
+def telemetry_totals_metrics(totals: TotalsSnapshot) -> Iterator[Metric]:
+    """Latency histograms, request, error and window counters per model version and device
+    group, and what bounds them."""
+    label = totals.group_label
+    group = f"device group (the value of the device's hello label {label!r}, 'none' without it)"
+    latency = HistogramMetricFamily(
+        "edgefleet_model_latency_seconds",
+        f"Inference latency of the requests in telemetry windows with a latency histogram (wire "
+        f"v2), by model version and {group}; the buckets are exact: edges at powers of two",
+        labels=SERIES_LABELS,
+    )
+    requests = CounterMetricFamily(
+        "edgefleet_model_requests",
+        f"Inference requests reported in telemetry (every wire version), by model version and "
+        f"{group}",
+        labels=SERIES_LABELS,
+    )
+    errors = CounterMetricFamily(
+        "edgefleet_model_errors",
+        "Inference requests that failed on the device, by model version and device group",
+        labels=SERIES_LABELS,
+    )
+    client_errors = CounterMetricFamily(
+        "edgefleet_model_client_errors",
+        "Inference requests refused as bad requests, by model version and device group",
+        labels=SERIES_LABELS,
+    )
+    summary_only = CounterMetricFamily(
+        "edgefleet_model_summary_only_windows",
+        "Telemetry windows with requests but no latency histogram (wire v1 agents): their "
+        "requests are in edgefleet_model_requests_total, not in edgefleet_model_latency_seconds",
+        labels=SERIES_LABELS,
+    )
+    coarse = CounterMetricFamily(
+        "edgefleet_model_coarse_histogram_windows",
+        "Telemetry windows whose latency histogram is coarser than the buckets (scale below 0), "
+        "not in edgefleet_model_latency_seconds",
+        labels=SERIES_LABELS,
+    )
+    for series in totals.series:
+        labels = list(series.key)
+        t = series.totals
+        requests.add_metric(labels, t.requests)
+        errors.add_metric(labels, t.errors)
+        client_errors.add_metric(labels, t.client_errors)
+        summary_only.add_metric(labels, t.summary_only_windows)
+        if t.coarse_windows:
+            coarse.add_metric(labels, t.coarse_windows)
+        if series.buckets is not None:
+            buckets = [*zip(LE_SECONDS, series.buckets, strict=True), ("+Inf", t.histogram.count)]
+            latency.add_metric(labels, buckets, sum_value=t.histogram.sum / 1000.0)
+    yield from (latency, requests, errors, client_errors, summary_only, coarse)
+    yield GaugeMetricFamily(
+        "edgefleet_model_series",
+        f"(model, version, device group) series in the telemetry totals, at most "
+        f"{totals.max_series}",
+        value=len(totals.series),
+    )
+    yield CounterMetricFamily(
+        "edgefleet_model_series_dropped_windows",
+        "Model windows not counted: a new series while the series cap was reached",
+        value=totals.dropped_windows,
+    )
+    yield CounterMetricFamily(
+        "edgefleet_model_series_evicted",
+        "Idle series forgotten to make room for new ones (their counters restart if they return)",
+        value=totals.evicted_series,
+    )
 
 
 def build_registry(service: ControllerService) -> CollectorRegistry:

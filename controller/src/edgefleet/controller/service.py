@@ -34,6 +34,7 @@ from edgefleet.controller.security.paths import SecurityPaths
 from edgefleet.controller.security.signing_key import ensure_signing_key, load_or_create_secret
 from edgefleet.controller.telemetry import HistoryKeeper, RetentionPolicy
 from edgefleet.controller.telemetry import tables as telemetry_tables  # noqa: F401
+from edgefleet.controller.telemetry_totals import TelemetryTotals, labels_in_database
 from edgefleet.shared import (
     SCHEMA_VERSION,
     Command,
@@ -126,6 +127,11 @@ class ControllerService:
             self.sessions, self.retention, interval_s=settings.telemetry_rollup_interval_s
         )
         self.ingest_rate = IngestRateMeter()
+        self.telemetry_totals = TelemetryTotals(
+            labels_in_database(self.sessions),
+            group_label=settings.metrics_group_label,
+            max_series=settings.metrics_max_series,
+        )
         self._tasks: list[asyncio.Task[Any]] = []
 
     @property
@@ -211,6 +217,7 @@ class ControllerService:
             offline_after_s=settings.offline_after_s,
         )
         self.ingest.after_batch.append(self.rollouts.nudge)
+        self.ingest.after_write.append(self.telemetry_totals.add_written)
         for name, coro in (
             ("mqtt-bridge", self.bridge.run()),
             ("fleet-ingest", self.ingest.run()),

@@ -218,6 +218,9 @@ class FleetIngest:
         self._idle = asyncio.Event()
         self._idle.set()
         self.after_batch: list[Callable[[], None]] = []
+        # Called with each batch's messages once stored (not those dead-lettered), on a worker
+        # thread: the /metrics totals (``edgefleet.controller.telemetry_totals``).
+        self.after_write: list[Callable[[list[WireModel]], None]] = []
         self.wire_versions: dict[str, int] = {}  # one entry per device that said hello
 
     def submit(self, topic: str, payload: bytes) -> None:
@@ -349,6 +352,17 @@ class FleetIngest:
         for refused in write.refused:
             kind = _CHANNEL_OF[type(refused.message)].value
             self.counters.dead_letter(kind, type(refused.error).__name__)
+        if self.after_write:
+            refused_ids = {id(r.message) for r in write.refused}
+            stored = [m for m in batch if id(m) not in refused_ids]
+            await asyncio.to_thread(self._after_write, stored)
+
+    def _after_write(self, stored: list[WireModel]) -> None:
+        for callback in self.after_write:
+            try:
+                callback(stored)
+            except Exception:  # an observer's failure never stops ingest
+                log.exception("after-write %r failed on %d messages", callback, len(stored))
 
     def _advance(self, write: BatchWrite) -> None:
         """Write what is pending, then dead-letter what was refused (worker thread).
