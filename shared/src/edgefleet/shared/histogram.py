@@ -19,6 +19,7 @@ Pure Python, no numpy: the agent, the controller and the wire validation all use
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -191,6 +192,23 @@ class Histogram:
             self.counts.extend([0] * (index - self.offset - len(self.counts) + 1))
         self.counts[index - self.offset] += n
 
+    def _add_counts(self, offset: int, counts: Sequence[int]) -> None:
+        """Add dense ``counts`` starting at bucket ``offset`` (same scale)."""
+        if not counts:
+            return
+        if not self.counts:
+            self.offset, self.counts = offset, list(counts)
+            return
+        if offset < self.offset:
+            self.counts[:0] = [0] * (self.offset - offset)
+            self.offset = offset
+        missing = offset + len(counts) - (self.offset + len(self.counts))
+        if missing > 0:
+            self.counts.extend([0] * missing)
+        start = offset - self.offset
+        stop = start + len(counts)
+        self.counts[start:stop] = map(operator.add, self.counts[start:stop], counts)
+
     def downscaled(self, scale: int) -> Histogram:
         """This histogram at a coarser (or the same) ``scale``."""
         if scale > self.scale:
@@ -214,9 +232,7 @@ class Histogram:
             self.scale, self.offset, self.counts = coarser.scale, coarser.offset, coarser.counts
         elif theirs.scale > self.scale:
             theirs = theirs.downscaled(self.scale)
-        for k, n in enumerate(theirs.counts):
-            if n:
-                self._add_bucket(theirs.offset + k, n)
+        self._add_counts(theirs.offset, theirs.counts)
         self.zero_count += theirs.zero_count
         self.count += theirs.count
         self.sum += theirs.sum

@@ -233,7 +233,7 @@ def _fast_envelope(model: type[WireModel]) -> type[_Envelope]:
     return create_model(
         f"{model.__name__}Envelope",
         __base__=_Envelope,
-        kind=(Literal[_KIND_OF[model]], ...),  # type: ignore[valid-type]
+        kind=(Literal[_KIND_OF[model]], ...),
         body=(model, ...),
     )
 
