@@ -39,11 +39,24 @@ def test_error_rate_no_worse_than_before_is_kept():
 
 def test_p95_regression_rolls_back_at_window_end():
     w = watch(stats(100, 0, 1.0))
-    assert w.check(stats(50, 0, 2.0), now=105.0) is False
-    verdict = w.check(stats(50, 0, 2.0), now=110.0)
+    assert w.check(stats(50, 0, 2.5), now=105.0) is False
+    verdict = w.check(stats(50, 0, 2.5), now=110.0)
     assert isinstance(verdict, RollbackVerdict)
     assert "p95" in verdict.reason
+    assert "50 requests" in verdict.reason
+    assert verdict.figures["previous_requests"] == 100
     assert w.check(stats(50, 0, 1.4), now=110.0) is True  # within +50 %
+
+
+def test_a_tiny_absolute_increase_is_no_regression():
+    # 0.107 -> 0.208 ms is +94 %, but a tenth of a millisecond: not worth a rollback
+    w = watch(stats(21, 0, 0.107))
+    assert w.check(stats(21, 0, 0.208), now=110.0) is True
+    strict = HealthWatch(
+        new=("m", "2"), previous=("m", "1"), started=100.0, baseline=stats(21, 0, 0.107),
+        policy=POLICY.model_copy(update={"min_p95_regression_ms": 0.05}),
+    )  # fmt: skip
+    assert isinstance(strict.check(stats(21, 0, 0.208), now=110.0), RollbackVerdict)
 
 
 def test_no_baseline_means_no_latency_verdict():

@@ -336,3 +336,13 @@ def test_a_schema_1_manifest_is_signed_without_the_schema_2_fields():
     signed = sign_manifest(make_manifest(), KEY)
     assert not {"golden_ref", "latency"} & set(signed.manifest)
     assert verify_manifest(signed, PUB, now=NOW).manifest.golden_ref is None
+
+
+def test_a_schema_1_manifest_carries_no_schema_2_health_field():
+    manifest = make_manifest()
+    assert manifest.schema_version == 1
+    signed = sign_manifest(manifest, KEY)
+    assert "min_p95_regression_ms" not in signed.manifest["health"]  # a v1 agent refuses it
+    assert "max_p95_regression" in signed.manifest["health"]
+    schema_2 = manifest.model_copy(update={"schema_version": 2, "golden": None})
+    assert sign_manifest(schema_2, KEY).manifest["health"]["min_p95_regression_ms"] == 1.0

@@ -51,10 +51,20 @@ class HealthWatch:
         if stats.requests >= enough and self.baseline.requests >= enough:
             p95 = stats.latency.percentile(0.95)
             before = self.baseline.latency.percentile(0.95)
-            if before > 0 and p95 > before * (1.0 + policy.max_p95_regression):
+            if (
+                before > 0
+                and p95 > before * (1.0 + policy.max_p95_regression)
+                and p95 - before > policy.min_p95_regression_ms
+            ):
                 return RollbackVerdict(
-                    f"p95 latency {p95:.3f} ms regressed more than "
-                    f"{policy.max_p95_regression:.0%} over the previous {before:.3f} ms",
-                    {"p95_ms": p95, "previous_p95_ms": before, "requests": float(stats.requests)},
+                    f"p95 latency {p95:.3f} ms over {stats.requests} requests regressed more "
+                    f"than {policy.max_p95_regression:.0%} and {policy.min_p95_regression_ms} ms "
+                    f"over the previous {before:.3f} ms ({self.baseline.requests} requests)",
+                    {
+                        "p95_ms": p95,
+                        "previous_p95_ms": before,
+                        "requests": float(stats.requests),
+                        "previous_requests": float(self.baseline.requests),
+                    },
                 )
         return True

@@ -219,6 +219,11 @@ class HealthPolicy(WireModel):
     max_p95_regression: float = Field(
         default=0.5, ge=0.0, description="allowed relative p95 increase over the previous version"
     )
+    min_p95_regression_ms: LatencyMs = Field(
+        default=1.0,
+        description="a p95 increase smaller than this is no regression, whatever the ratio "
+        "(manifest schema 2; schema 1 agents judge the ratio alone)",
+    )
 
 
 class LatencyPolicy(WireModel):
@@ -241,6 +246,7 @@ class LatencyPolicy(WireModel):
 
 # What manifest schema 2 adds: never written into a schema-1 manifest.
 SCHEMA_2_FIELDS = frozenset({"golden_ref", "latency"})
+SCHEMA_2_HEALTH_FIELDS = frozenset({"min_p95_regression_ms"})
 
 
 class Manifest(WireModel):

@@ -34,7 +34,12 @@ from edgefleet.shared.errors import (
     WrongDeviceError,
     field_error,
 )
-from edgefleet.shared.manifest import SCHEMA_2_FIELDS, Manifest, SignedManifest
+from edgefleet.shared.manifest import (
+    SCHEMA_2_FIELDS,
+    SCHEMA_2_HEALTH_FIELDS,
+    Manifest,
+    SignedManifest,
+)
 from edgefleet.shared.messages import Command, SignedCommand
 
 if TYPE_CHECKING:
@@ -166,8 +171,11 @@ def _check_signature(
 def sign_manifest(manifest: Manifest, private_key: Ed25519PrivateKey) -> SignedManifest:
     """Sign the canonical JSON of ``manifest``; a schema-1 manifest without the schema-2 fields
     (a v1 agent refuses any field it does not know)."""
-    v1 = manifest.schema_version == 1
-    body = manifest.model_dump(mode="json", exclude=set(SCHEMA_2_FIELDS) if v1 else None)
+    exclude: dict[str, Any] | None = None
+    if manifest.schema_version == 1:
+        exclude = dict.fromkeys(SCHEMA_2_FIELDS, True)
+        exclude["health"] = dict.fromkeys(SCHEMA_2_HEALTH_FIELDS, True)
+    body = manifest.model_dump(mode="json", exclude=exclude)
     signature = private_key.sign(canonical_json(body))
     return SignedManifest(
         manifest=body,
