@@ -148,14 +148,15 @@ def test_bad_inputs_fail_clearly_and_leave_the_store_unchanged(
                 registry, "two", "1", source, Recipe(), CompressionData(data), settings=settings
             )
 
-    def tflite_from_onnx(registry: ModelRegistry) -> None:
+    def finetune_onnx(registry: ModelRegistry) -> None:
+        # (an ONNX source's tflite-* targets come from onnx2tf now: test_compress_onnx_to_tflite)
         with pytest.raises(UnsupportedStepError, match="torch model"):
             compress_and_register(
                 registry,
                 "two",
                 "1",
                 source,
-                Recipe(targets=("tflite-fp32",)),
+                Recipe(targets=("onnx-fp32",), finetune_epochs=1),
                 good,
                 settings=settings,
             )
@@ -166,7 +167,7 @@ def test_bad_inputs_fail_clearly_and_leave_the_store_unchanged(
                 registry, "two", "1", source, Recipe(structured_ratio=0.5), good, settings=settings
             )
 
-    for case in (missing_name, wrong_shape, tflite_from_onnx, distill_onnx):
+    for case in (missing_name, wrong_shape, finetune_onnx, distill_onnx):
         _bad(settings, case)
 
 

@@ -93,6 +93,22 @@ class MissingConverterError(UnsupportedStepError):
         self.converter = converter
 
 
+class MissingExtraError(CompressionError):
+    """An input or target needs an optional extra of the controller that is not installed
+    (e.g. a Keras source, or TFLite targets from ONNX, need the ``tensorflow`` extra)."""
+
+    def __init__(self, needed_for: str, package: str, extra: str, cause: str = "") -> None:
+        self.install = f"pip install 'edgefleet-controller[{extra}]'"
+        because = f" ({cause})" if cause else ""
+        super().__init__(
+            f"{needed_for} needs {package}, which is not installed{because}: {self.install}"
+        )
+        self.needed_for = needed_for
+        self.package = package
+        self.extra = extra
+        self.cause = cause
+
+
 class ConversionError(CompressionError):
     """A converter or quantizer failed on a model it should accept."""
 
@@ -108,6 +124,18 @@ class QuantizationBlockedError(ConversionError):
     def __init__(self, target: str, blocker: str, reason: str) -> None:
         super().__init__(target, f"{blocker}: {reason}")
         self.blocker = blocker  # "node 'name' (OpType)" or "input 'name'"
+
+
+class UnconvertibleNodeError(ConversionError):
+    """A converter cannot translate one node of the model (e.g. an ONNX operator onnx2tf has no
+    conversion for)."""
+
+    def __init__(self, target: str, converter: str, node: str, op_type: str, reason: str) -> None:
+        what = f"node {node!r} ({op_type})" if op_type else f"node {node!r}"
+        super().__init__(target, f"{converter} cannot convert {what}: {reason}")
+        self.converter = converter
+        self.node = node
+        self.op_type = op_type
 
 
 class ArtifactTargetMismatchError(CompressionError):

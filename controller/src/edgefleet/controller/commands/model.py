@@ -80,7 +80,8 @@ def compress(
         Path,
         typer.Argument(
             help="ONNX, float TFLite (.tflite: tflite-* targets), TorchScript or torch.export "
-            "(.pt2) file"
+            "(.pt2) file; with the tensorflow extra also a Keras .keras or .h5 file or a "
+            "SavedModel directory (every target), and tflite-* targets from ONNX"
         ),
     ],
     name: Annotated[str, typer.Option(help="model name in the registry")],

@@ -1,5 +1,6 @@
 """The compression pipeline: check inputs, run the recipe's steps, build and evaluate one artifact
-per target, and register them. Everything is validated before anything touches the registry."""
+per target, and register them. Everything is validated before anything touches the registry.
+Artifacts of an ONNX, TFLite or Keras source present the source's own signature (checked)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,13 @@ from edgefleet.controller.compress.evaluate import (
     run_data,
     time_call,
 )
+from edgefleet.controller.compress.keras_convert import KerasTfliteBuilder, keras_onnx_builder
+from edgefleet.controller.compress.keras_source import (
+    SERVING,
+    KerasRunner,
+    serving_model,
+    source_identity,
+)
 from edgefleet.controller.compress.prune import (
     onnx_weight_stats,
     param_count,
@@ -48,7 +56,9 @@ from edgefleet.controller.compress.runners import (
     OnnxRunner,
     open_runner,
 )
+from edgefleet.controller.compress.signatures import require_same_signature
 from edgefleet.controller.compress.sources import (
+    KerasSource,
     ModelSource,
     OnnxSource,
     TfliteSource,
@@ -62,7 +72,15 @@ from edgefleet.controller.compress.steps import (
     distills,
     model_sparsity,
 )
-from edgefleet.controller.compress.targets import BuiltFile, TargetBuilder, TfliteTargetBuilder
+from edgefleet.controller.compress.targets import (
+    ArtifactBuilder,
+    BuiltFile,
+    SplitTargetBuilder,
+    TargetBuilder,
+    TfliteTargetBuilder,
+    onnx_litert_builder,
+)
+from edgefleet.controller.compress.tensorflow_extra import require_onnx2tf
 from edgefleet.controller.config import Settings, get_settings
 from edgefleet.controller.errors import (
     CompressionError,
@@ -76,7 +94,7 @@ from edgefleet.controller.registry.service import ModelRegistry
 from edgefleet.shared.hashing import sha256_file
 from edgefleet.shared.manifest import IOSignature, runtime_for_target
 
-TORCH_ONLY_TARGETS = frozenset({"tflite-fp32", "tflite-int8", "tflite-full-int8", "edgetpu"})
+LITERT_TARGETS = frozenset({"tflite-fp32", "tflite-int8", "tflite-full-int8", "edgetpu"})
 # No square brackets: the CLI prints errors as rich markup.
 TFLITE_TO_ONNX = "a TFLite->ONNX converter (tf2onnx, with the controller's tensorflow extra)"
 
@@ -123,6 +141,8 @@ def compress(
         DataMismatchError: data names, shapes or dtypes do not fit the model.
         UnsupportedStepError: a step or target does not apply to this kind of input.
         ToolNotFoundError: a target needs a tool that is not installed (``edgetpu``).
+        MissingExtraError: LiteRT targets from ONNX without the ``tensorflow`` extra.
+        SignatureMismatchError: an artifact's inputs or outputs differ from the source's.
         CompressionError: any other step failure (each leaf carries its figures).
     """
     settings = settings or get_settings()
@@ -130,17 +150,49 @@ def compress(
     if "edgetpu" in recipe.targets:
         require_edgetpu_compiler()
     _check_calibration(recipe, data)
-    if isinstance(source, OnnxSource | TfliteSource):
+    work_dir.mkdir(parents=True, exist_ok=True)
+    serving = None
+    if isinstance(source, KerasSource):
+        notify(f"reading the {source.format} model's serving signature")
+        serving = serving_model(source, work_dir)
+        signature = serving.signature
+    elif isinstance(source, OnnxSource | TfliteSource):
         signature = source.signature
     else:
         signature = torch_signature(source, data.evaluation)
     data = _checked(data, signature, torch=isinstance(source, TorchSource))
     notify("evaluating the original model")
     sequence = _sequence_summary(data.evaluation)
-    data = _materialised(source, data, signature)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    builder: TargetBuilder | TfliteTargetBuilder
-    if isinstance(source, TfliteSource):
+    source_runner = KerasRunner(serving) if serving is not None else None
+    data = _materialised(source, data, signature, source_runner)
+    builder: ArtifactBuilder
+    source_sha: str | None = None
+    calibration = data.calibration or data.train
+    if isinstance(source, KerasSource):
+        assert serving is not None
+        assert source_runner is not None
+        reference = _run_source(source_runner, data.evaluation)
+        source_sha, source_size = source_identity(source.path)
+        # Sizes compare with the weights: a .keras file also holds optimizer state, a SavedModel
+        # its graphs; neither is what a device would run.
+        original_size = serving.weight_bytes
+        params, sparsity = serving.params, serving.sparsity
+        summary = {
+            "source_format": source.format,
+            "serving_signature": SERVING,
+            "source_bytes": source_size,
+            "size_baseline": f"the model's weights, {original_size:,} bytes (the source "
+            f"holds its graph, metadata and any optimizer state too: {source_size:,} bytes)",
+            "original_params": params,
+            "final_params": params,
+        }
+        builder = SplitTargetBuilder(
+            onnx=partial(
+                keras_onnx_builder, work_dir, serving, recipe, calibration, data.evaluation
+            ),
+            litert=lambda _: KerasTfliteBuilder(work_dir, serving, calibration),
+        )
+    elif isinstance(source, TfliteSource):
         reference = _run_source(LiteRtRunner(source.path), data.evaluation)
         source_path: Path = source.path
         params, sparsity = source.params, source.contents.sparsity
@@ -150,13 +202,17 @@ def compress(
             "original_params": params,
             "final_params": params,
         }
-        builder = TfliteTargetBuilder(work_dir, source.path, data.calibration or data.train)
+        builder = TfliteTargetBuilder(work_dir, source.path, calibration)
     elif isinstance(source, OnnxSource):
         reference = _run_source(OnnxRunner(source.path), data.evaluation)
         fp32_path, summary, params, sparsity = _onnx_working_model(source, recipe, work_dir)
         source_path = source.path
-        builder = TargetBuilder(
-            work_dir, fp32_path, recipe, data.calibration or data.train, check=data.evaluation
+        onnx_builder = TargetBuilder(
+            work_dir, fp32_path, recipe, calibration, check=data.evaluation
+        )
+        builder = SplitTargetBuilder(
+            onnx=lambda _: onnx_builder,
+            litert=partial(onnx_litert_builder, work_dir, fp32_path, calibration, data.evaluation),
         )
     else:
         reference = run_torch(source.module, source.input_names, data.evaluation.inputs)
@@ -177,19 +233,21 @@ def compress(
         eager = source.eager or distills(recipe, student)
         params, sparsity = param_count(working), model_sparsity(working, eager=eager)
         builder = TargetBuilder(
-            work_dir, fp32_path, recipe, data.calibration or data.train,
+            work_dir, fp32_path, recipe, calibration,
             module=working, input_names=source.input_names,
             sample=data.evaluation.sample_feed(0), check=data.evaluation,
         )  # fmt: skip
     if sequence:
         summary["sequence"] = sequence
-    original_size = source_path.stat().st_size
+    if source_sha is None:
+        source_sha, source_size = sha256_file(source_path), source_path.stat().st_size
+        original_size = source_size
     classifier = is_classifier(reference, data.evaluation.labels, recipe.task)
     result = CompressionResult(
         artifacts=[],
         summary=summary,
-        source_sha256=sha256_file(source_path),
-        source_size=original_size,
+        source_sha256=source_sha,
+        source_size=source_size,
         signature=signature,
     )
     for target in recipe.targets:
@@ -199,6 +257,8 @@ def compress(
             built, recipe, data.evaluation, reference, classifier,
             original_size=original_size, params=params, sparsity=sparsity, settings=settings,
         )  # fmt: skip
+        if not isinstance(source, TorchSource):  # a torch model's signature comes from its data
+            require_same_signature(target, signature, artifact.signature)
         result.artifacts.append(artifact)
         result.reports[target] = artifact.report
     return result
@@ -234,7 +294,7 @@ def compress_and_register(
             source, recipe, data, Path(tmp), student=student, settings=settings, notify=notify
         )
         source_sha, source_size = result.source_sha256, result.source_size
-        if source_file is not None:
+        if source_file is not None and source_file.is_file():  # a directory: the result's digest
             source_sha, source_size = sha256_file(source_file), source_file.stat().st_size
         notify("registering artifacts")
         return registry.register_version(
@@ -249,7 +309,22 @@ def compress_and_register(
 
 
 def _check_recipe_fits(source: ModelSource, recipe: Recipe, student: nn.Module | None) -> None:
-    """Refuse, before any work, steps and targets this kind of input cannot take."""
+    """Refuse, before any work, steps and targets this kind of input cannot take.
+
+    Raises:
+        UnsupportedStepError: a step this kind of source cannot take (naming what to give).
+        MissingConverterError: a target no converter here builds from this source.
+        MissingExtraError: LiteRT targets from ONNX without the tensorflow extra.
+    """
+    if isinstance(source, KerasSource):
+        if recipe.prune_sparsity > 0 or recipe.structured_ratio > 0 or distills(recipe, student):
+            raise UnsupportedStepError(
+                f"pruning and distillation need an ONNX or torch model; {source.format} input "
+                "supports conversion and quantization (every onnx-* and tflite-* target)"
+            )
+        if recipe.finetune_epochs > 0:
+            raise UnsupportedStepError("fine-tuning needs a torch model")
+        return
     if isinstance(source, TfliteSource):
         onnx_targets = sorted(t for t in recipe.targets if t.startswith("onnx-"))
         if onnx_targets:
@@ -270,19 +345,16 @@ def _check_recipe_fits(source: ModelSource, recipe: Recipe, student: nn.Module |
                 f"structured pruning and fine-tuning need an ordinary nn.Module (Python API); a "
                 f"{source.description} file does not expose its layers"
             )
-        torch_only = sorted(TORCH_ONLY_TARGETS & set(recipe.targets))
+        torch_only = sorted(LITERT_TARGETS & set(recipe.targets))
         if source.kind == "torchscript" and torch_only:
             raise UnsupportedStepError(
                 f"targets {torch_only} are converted with litert-torch, which needs torch.export: "
                 "give a torch.export (.pt2) file or an nn.Module, not TorchScript"
             )
         return
-    torch_only = sorted(TORCH_ONLY_TARGETS & set(recipe.targets))
-    if torch_only:
-        raise UnsupportedStepError(
-            f"targets {torch_only} are converted from torch with litert-torch; give a torch model "
-            "(torch.export file or nn.Module), not ONNX"
-        )
+    litert = sorted(LITERT_TARGETS & set(recipe.targets))
+    if litert:  # converted by onnx2tf (the tensorflow extra), quantized by ai-edge-quantizer
+        require_onnx2tf(f"converting an ONNX model to {', '.join(litert)}")
     if recipe.structured_ratio > 0 or distills(recipe, student):
         raise UnsupportedStepError(
             "structured pruning and distillation need a torch model; ONNX input supports "
@@ -360,7 +432,10 @@ def _sequence_summary(evaluation: Dataset) -> dict[str, Any]:
 
 
 def _materialised(
-    source: ModelSource, data: CompressionData, signature: IOSignature
+    source: ModelSource,
+    data: CompressionData,
+    signature: IOSignature,
+    source_runner: ArtifactRunner | None,
 ) -> CompressionData:
     """Sequence data as single calls, each fed-back input holding what the source model (in
     float) output on the call before: what calibration, evaluation and golden pairs use.
@@ -372,11 +447,14 @@ def _materialised(
     given = (data.evaluation, data.calibration, data.train)
     if not any(ds is not None and ds.layout.sequence is not None for ds in given):
         return data
-    if isinstance(source, OnnxSource):
+    if source_runner is not None:
+        call = float_call(source_runner)
+    elif isinstance(source, OnnxSource):
         call = float_call(OnnxRunner(source.path))
     elif isinstance(source, TfliteSource):
         call = float_call(LiteRtRunner(source.path))
     else:
+        assert isinstance(source, TorchSource)  # a Keras source comes with its runner
         call = partial(run_torch, source.module, source.input_names)
 
     def flat(ds: Dataset | None, what: str) -> Dataset | None:

@@ -1,5 +1,6 @@
-"""The model to compress: an ONNX file, a float TFLite file, or a torch module
-(Python API, TorchScript file, torch.export archive).
+"""The model to compress: an ONNX file, a float TFLite file, a torch module (Python API,
+TorchScript file, torch.export archive), or, with the ``tensorflow`` extra, a Keras model
+(``.keras``, ``.h5``) or a TensorFlow SavedModel directory.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import inspect
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -30,6 +31,12 @@ from edgefleet.controller.errors import DataMismatchError, ModelLoadError
 from edgefleet.shared.manifest import DType, IOSignature, TensorSpec
 
 TorchKind = Literal["eager", "torchscript", "exported"]
+KerasKind = Literal["keras", "h5", "saved_model"]
+KERAS_FORMATS: dict[KerasKind, str] = {
+    "keras": "Keras (.keras)",
+    "h5": "Keras (legacy .h5)",
+    "saved_model": "TensorFlow SavedModel",
+}
 _DTYPES: frozenset[str] = frozenset(
     ("float16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
 )
@@ -73,7 +80,21 @@ class TfliteSource:
         return sum(self.contents.constants.get(d, 0) for d in WEIGHT_DTYPES)
 
 
-ModelSource = OnnxSource | TorchSource | TfliteSource
+@dataclass(frozen=True)
+class KerasSource:
+    """A Keras model or a SavedModel read from disk (``model``: the ``keras.Model``, or what
+    ``tf.saved_model.load`` returned); :mod:`.keras_source` loads and converts it."""
+
+    path: Path
+    kind: KerasKind
+    model: Any
+
+    @property
+    def format(self) -> str:
+        return KERAS_FORMATS[self.kind]
+
+
+ModelSource = OnnxSource | TorchSource | TfliteSource | KerasSource
 
 
 def dtype_name(dtype: np.dtype | type) -> DType:
@@ -193,11 +214,17 @@ def torch_source(module: nn.Module, input_names: tuple[str, ...] | None = None) 
 
 def load_model_file(path: Path) -> ModelSource:
     """An ONNX file, a float TFLite file (``.tflite``, or any file with the TFLite identifier),
-    a ``torch.export`` archive (``.pt2``) or a TorchScript file.
+    a ``torch.export`` archive (``.pt2``), a TorchScript file, or a Keras ``.keras`` / ``.h5``
+    file or SavedModel directory (these need the ``tensorflow`` extra).
 
     Raises:
         ModelLoadError: the file is missing or none of the loaders accepts it.
+        MissingExtraError: a Keras or SavedModel source without TensorFlow installed.
     """
+    from edgefleet.controller.compress.keras_source import is_keras_path, keras_source
+
+    if is_keras_path(path):
+        return keras_source(path)
     if not path.is_file():
         raise ModelLoadError(str(path), "file does not exist")
     if path.suffix.lower() == ".onnx":

@@ -1,12 +1,13 @@
 """Build one artifact file per target from the working model (torch module or ONNX graph), or,
-for a float TFLite source, from that file (LiteRT targets only)."""
+for a float TFLite source, from that file (LiteRT targets only). An ONNX graph's LiteRT targets
+come from its onnx2tf conversion (the ``tensorflow`` extra), quantized as a TFLite source is."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import onnx
@@ -63,6 +64,48 @@ class BuiltFile:
     evaluate_as: Path | None = None  # a CPU-runnable stand-in (edgetpu -> its full-int8 source)
 
 
+Notify = Callable[[str], None]
+
+
+class ArtifactBuilder(Protocol):
+    def build(self, target: ArtifactTarget, notify: Notify) -> BuiltFile: ...
+
+
+@dataclass
+class SplitTargetBuilder:
+    """ONNX targets (``onnx-*``) from one builder, LiteRT targets (``tflite-*``, ``edgetpu``)
+    from another, each made on first use: a conversion runs only when a target needs it."""
+
+    onnx: Callable[[Notify], ArtifactBuilder]
+    litert: Callable[[Notify], ArtifactBuilder]
+    made: dict[str, ArtifactBuilder] = field(default_factory=dict)
+
+    def build(self, target: ArtifactTarget, notify: Notify) -> BuiltFile:
+        side = "onnx" if target.startswith("onnx-") else "litert"
+        if side not in self.made:
+            self.made[side] = (self.onnx if side == "onnx" else self.litert)(notify)
+        return self.made[side].build(target, notify)
+
+
+def onnx_litert_builder(
+    work: Path, fp32_onnx: Path, calibration: Dataset | None, check: Dataset, notify: Notify
+) -> TfliteTargetBuilder:
+    """LiteRT targets of an ONNX graph: ``tflite-fp32`` converted by onnx2tf (checked against the
+    graph on ``check``), the others quantized from it as from a float TFLite source.
+
+    Raises:
+        MissingExtraError, UnconvertibleNodeError, ConversionError, SignatureMismatchError: see
+            :func:`~edgefleet.controller.compress.onnx_to_tflite.onnx_to_tflite`.
+    """
+    from edgefleet.controller.compress.onnx_to_tflite import onnx_to_tflite
+
+    notify("converting ONNX to TFLite (onnx2tf)")
+    path, details = onnx_to_tflite(fp32_onnx, work, check)
+    builder = TfliteTargetBuilder(work, path, calibration)
+    builder.built["tflite-fp32"] = BuiltFile("tflite-fp32", path, details)
+    return builder
+
+
 @dataclass
 class TargetBuilder:
     """Builds artifacts into ``work`` from an fp32 ONNX file and, when present, a torch module."""
@@ -102,7 +145,7 @@ class TargetBuilder:
         )
         calibration = None
         if mode == "static":
-            calib = _limit(self._require_calibration("onnx-int8 (static)"))
+            calib = limit_calibration(self._require_calibration("onnx-int8 (static)"))
             calibration = calib.feeds(self._call_batch(calib))
         check: list[Feed] = []
         if self.check is not None:
@@ -158,18 +201,18 @@ class TargetBuilder:
         return BuiltFile("tflite-int8", dst, {"quantization": "dynamic-range (PT2E)"})
 
     def _tflite_full_int8(self) -> BuiltFile:
-        calib = _limit(self._require_calibration("tflite-full-int8"))
+        calib = limit_calibration(self._require_calibration("tflite-full-int8"))
         dst = self.work / "model-full-int8.tflite"
         export_tflite_int8(
             self._torch("tflite-full-int8"),
             self.input_names,
             self._sample(),
             dst,
-            calibration=_single_samples(calib),
+            calibration=single_samples(calib),
             per_channel=self.recipe.per_channel_for(static=True, convolutional=self._conv()),
             target="tflite-full-int8",
         )
-        _require_integer_io(dst)
+        require_integer_io(dst)
         return BuiltFile(
             "tflite-full-int8",
             dst,
@@ -187,12 +230,7 @@ class TargetBuilder:
         )
 
     def _require_calibration(self, what: str) -> Dataset:
-        if self.calibration is None:
-            raise CompressionError(
-                f"{what} needs calibration data (--calib DATA.npz, or --train); evaluation data "
-                "is held out and never used to calibrate"
-            )
-        return self.calibration
+        return require_calibration(self.calibration, what)
 
 
 @dataclass
@@ -219,11 +257,11 @@ class TfliteTargetBuilder:
             )
             result = BuiltFile(target, dst, details)
         elif target == "tflite-full-int8":
-            calib = _limit(self._require_calibration(target))
+            calib = limit_calibration(self._require_calibration(target))
             dst = self.work / "model-full-int8.tflite"
             details = quantize_tflite(
                 self.source, dst, target, "static",
-                calibration=_single_samples(calib), min_share=MIN_INT8_WEIGHT_SHARE,
+                calibration=single_samples(calib), min_share=MIN_INT8_WEIGHT_SHARE,
             )  # fmt: skip
             result = BuiltFile(target, dst, {**details, "calibration_samples": calib.size})
         elif target == "edgetpu":
@@ -240,16 +278,15 @@ class TfliteTargetBuilder:
         return result
 
     def _require_calibration(self, what: str) -> Dataset:
-        if self.calibration is None:
-            raise CompressionError(
-                f"{what} needs calibration data (--calib DATA.npz, or --train); evaluation data "
-                "is held out and never used to calibrate"
-            )
-        return self.calibration
+        return require_calibration(self.calibration, what)
 
 
-def _require_integer_io(path: Path) -> None:
-    """The Edge TPU needs integer tensors at the model's boundary; refuse anything else."""
+def require_integer_io(path: Path) -> None:
+    """The Edge TPU needs integer tensors at the model's boundary; refuse anything else.
+
+    Raises:
+        ConversionError: naming the float tensors left at the model's boundary.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
     runner = Interpreter(model_path=str(path)).get_signature_runner()
@@ -259,11 +296,23 @@ def _require_integer_io(path: Path) -> None:
         raise ConversionError("tflite-full-int8", f"float tensors left at the boundary: {floating}")
 
 
-def _limit(data: Dataset) -> Dataset:
+def require_calibration(calibration: Dataset | None, what: str) -> Dataset:
+    """Raises: CompressionError: no calibration data (evaluation data never calibrates)."""
+    if calibration is None:
+        raise CompressionError(
+            f"{what} needs calibration data (--calib DATA.npz, or --train); evaluation data "
+            "is held out and never used to calibrate"
+        )
+    return calibration
+
+
+def limit_calibration(data: Dataset) -> Dataset:
+    """The first :data:`MAX_CALIBRATION_SAMPLES` samples."""
     return data.take(slice(0, MAX_CALIBRATION_SAMPLES))
 
 
-def _single_samples(data: Dataset) -> Iterator[dict[str, np.ndarray]]:
+def single_samples(data: Dataset) -> Iterator[dict[str, np.ndarray]]:
+    """Each sample as one call at batch 1, named as the model's inputs."""
     for i in range(data.size):
         yield data.sample_feed(i)
 
