@@ -1,8 +1,10 @@
 """Benchmark of the compression pipeline: the digits reference recipe, structured pruning of a
 CNN where compute (not per-call overhead) dominates latency, and real pretrained models
-(``bench/compress_real.py``). Prints JSON on its last line.
+(``bench/compress_real.py``, which also runs alone: size ratio, accuracy or agreement, latency
+ratio and the int8 artifact's bytes by role, per model and target). Prints JSON on its last line.
 
     python bench/compress.py [--quick] [--no-real-models]
+    python bench/compress_real.py [--quick]
 """
 
 from __future__ import annotations

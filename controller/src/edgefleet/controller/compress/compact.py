@@ -1,62 +1,90 @@
-"""Compacting a built ONNX artifact: what a runtime does not read (shape annotations, doc strings,
-node names) is dropped and internal tensor names shortened. A quantizer's long derived names
-(``conv11_se_1_weights_quantized_scale``, one per tensor and node) are a third of a small int8
-model; the graph's inputs and outputs keep their names, so its signature is unchanged."""
+"""Compacting a built ONNX artifact, exactly: what a runtime does not read (shape notes, doc
+strings, node names, attributes at their defaults, all-zero zero points of stored tensors) is
+dropped; what it reads is stored once (Constant nodes as initializers, identical tensors merged
+across subgraphs, bias scales derived from the two scales they are the product of); internal
+tensors get the shortest names, the most used first. A quantizer's derived names and per-tensor
+bookkeeping are a third of a small int8 model; the graph's inputs and outputs keep their names,
+so its signature is unchanged, and every output is computed from the same numbers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import string
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import helper, numpy_helper
+
+# Scales the quantizer stores once per bias although they are x_scale * w_scale (QDQ format).
+_BIAS_OPS = frozenset({"Conv", "ConvTranspose", "Gemm"})
+_KERNEL_OPS = frozenset({"Conv", "ConvTranspose", "QLinearConv"})  # kernel_shape = W.shape[2:]
+# Defaults the ONNX spec states in words rather than in the schema (all 1 / all 0 when absent).
+_SPATIAL_OPS = frozenset(
+    {"Conv", "ConvTranspose", "QLinearConv", "ConvInteger", "MaxPool", "AveragePool", "LpPool"}
+)
+_SPATIAL_DEFAULTS = {"dilations": 1, "strides": 1, "pads": 0}
+_FIRST = string.ascii_letters + "_"
+_REST = _FIRST + string.digits
+_MIN_DERIVED_SCALE = 5  # a Mul node costs what about four stored floats do
+GraphPath = tuple[int, ...]
+_ValueKey = tuple[GraphPath, str]  # a value: the graph defining it and its name there
 
 
 def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """``graph`` and every subgraph in it (If branches, Loop and Scan bodies), depth first."""
     yield graph
     for node in graph.node:
-        for attribute in node.attribute:
+        for sub in subgraphs(node):
+            yield from all_graphs(sub)
+
+
+def graph_tree(
+    graph: onnx.GraphProto, path: GraphPath = ()
+) -> Iterator[tuple[GraphPath, onnx.GraphProto]]:
+    """``all_graphs`` with each graph's path from ``graph`` (node, attribute and graph indices
+    per level): a key that stays valid across walks, which ``id()`` of a protobuf view is not."""
+    yield path, graph
+    for i, node in enumerate(graph.node):
+        for j, attribute in enumerate(node.attribute):
             if attribute.type == onnx.AttributeProto.GRAPH:
-                yield from all_graphs(attribute.g)
+                yield from graph_tree(attribute.g, (*path, i, j, 0))
             elif attribute.type == onnx.AttributeProto.GRAPHS:
-                for sub in attribute.graphs:
-                    yield from all_graphs(sub)
+                for k, sub in enumerate(attribute.graphs):
+                    yield from graph_tree(sub, (*path, i, j, k))
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The graphs held in ``node``'s attributes."""
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            yield attribute.g
+        elif attribute.type == onnx.AttributeProto.GRAPHS:
+            yield from attribute.graphs
 
 
 def compact_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` without value_info, doc strings and node names, its internal tensors renamed
-    ``t0``, ``t1``, ... (one map over all graphs, so names a subgraph takes from its outer scope
-    stay consistent); in place, and returned."""
-    main = model.graph
-    kept = {v.name for v in (*main.input, *main.output)}
-    names: dict[str, str] = {}
-
-    def short(name: str) -> str:
-        if not name or name in kept:  # "" marks an omitted optional input
-            return name
-        if name not in names:
-            names[name] = f"t{len(names):x}"
-            while names[name] in kept:  # never collide with a kept name
-                names[name] = f"t_{names[name]}"
-        return names[name]
-
+    """``model`` compacted (see the module docstring); in place, and returned."""
+    fold_constants(model)
+    _drop_zero_points(model)
+    _derive_bias_scales(model)
+    _rename(model)  # unique names in every scope first: merged tensors may then move up a scope
+    _merge_duplicates(model)
+    _drop_default_attributes(model)
+    _drop_unused_initializers(model)
+    _rename(model)
+    _drop_unused_opsets(model)
     model.doc_string = ""
-    for graph in all_graphs(main):
+    for graph in all_graphs(model.graph):
         graph.doc_string = ""
         del graph.value_info[:]
-        for tensor in graph.initializer:
-            tensor.name = short(tensor.name)
-            tensor.doc_string = ""
-        for sparse in graph.sparse_initializer:
-            sparse.values.name = short(sparse.values.name)
-        for value in (*graph.input, *graph.output):
-            value.name = short(value.name)
+        for value in (*graph.input, *graph.output, *graph.initializer):
             value.doc_string = ""
         for node in graph.node:
             node.name = ""
             node.doc_string = ""
-            node.input[:] = [short(n) for n in node.input]
-            node.output[:] = [short(n) for n in node.output]
     return model
 
 
@@ -66,3 +94,370 @@ def compact_file(path: Path) -> int:
     model = compact_model(onnx.load(str(path)))
     onnx.save(model, str(path))
     return before - path.stat().st_size
+
+
+# --- storing each number once ------------------------------------------------------------------
+
+
+def fold_constants(model: onnx.ModelProto) -> int:
+    """Constant nodes holding a tensor become initializers of their graph (a node costs a few
+    dozen bytes more than an initializer, and quantizers only look for weights there); the
+    number folded. Models below IR 4 keep them: their initializers must be graph inputs."""
+    if model.ir_version < 4:
+        return 0
+    folded = 0
+    for graph in all_graphs(model.graph):
+        outputs = {value.name for value in graph.output}
+        kept = []
+        for node in graph.node:
+            tensor = _constant_tensor(node) if node.output[0] not in outputs else None
+            if tensor is None:
+                kept.append(node)
+                continue
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+            folded += 1
+        if folded:
+            del graph.node[:]
+            graph.node.extend(kept)
+    return folded
+
+
+def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attribute) != 1:
+        return None
+    attribute = node.attribute[0]
+    value = helper.get_attribute_value(attribute)
+    if attribute.name == "value":
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(value)
+        return tensor
+    dtypes = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
+              "value_ints": np.int64}  # fmt: skip
+    if attribute.name not in dtypes:
+        return None  # strings and sparse tensors stay as they are
+    return numpy_helper.from_array(np.asarray(value, dtypes[attribute.name]))
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for graph in all_graphs(model.graph) for t in graph.initializer}
+
+
+def _drop_zero_points(model: onnx.ModelProto) -> None:
+    """DequantizeLinear of a stored tensor (weights, biases) reads a missing zero point as 0 of
+    the tensor's type, so an all-zero one (symmetric weights, int32 biases) is dropped; a
+    per-channel all-zero weight zero point of QLinearConv becomes one scalar."""
+    stored = _initializers(model)
+
+    def zeros(name: str, like: str | None = None) -> bool:
+        zero, other = stored.get(name), stored.get(like) if like else None
+        if zero is None or (
+            like is not None and (other is None or other.data_type != zero.data_type)
+        ):
+            return False
+        return not numpy_helper.to_array(zero).any()
+
+    for graph in all_graphs(model.graph):
+        for node in graph.node:
+            if node.op_type == "DequantizeLinear" and len(node.input) == 3:
+                if zeros(node.input[2], like=node.input[0]):
+                    del node.input[2]
+            elif node.op_type == "QLinearConv" and zeros(node.input[5]):
+                zero = stored[node.input[5]]
+                if len(zero.dims) != 1 or zero.dims[0] < 2:
+                    continue
+                name = f"{zero.name}_scalar"
+                if name not in stored:
+                    dtype = helper.tensor_dtype_to_np_dtype(zero.data_type)
+                    stored[name] = numpy_helper.from_array(np.zeros((), dtype), name)
+                    graph.initializer.append(stored[name])
+                node.input[5] = name
+
+
+def _derive_bias_scales(model: onnx.ModelProto) -> None:
+    """A QDQ bias ``DequantizeLinear(b_int32, s_b)`` of a Conv/ConvTranspose/Gemm whose ``s_b``
+    is bit for bit ``x_scale * w_scale`` (float32, as a Mul computes it) gets that Mul instead
+    of a stored copy: one float per output channel saved, the same numbers fed."""
+    stored = _initializers(model)
+    uses = Counter(
+        name for graph in all_graphs(model.graph) for n in graph.node for name in n.input
+    )
+    taken = set(stored) | {out for g in all_graphs(model.graph) for n in g.node for out in n.output}
+    for graph in all_graphs(model.graph):
+        producers = {out: i for i, node in enumerate(graph.node) for out in node.output}
+        derived: dict[int, onnx.NodeProto] = {}  # bias DQ index -> the Mul to put before it
+        for node in graph.node:
+            if node.op_type not in _BIAS_OPS or len(node.input) < 3:
+                continue
+            found = [producers.get(name) for name in node.input[:3]]
+            dqs = [graph.node[i] for i in found if i is not None]
+            if len(dqs) != 3 or any(q.op_type != "DequantizeLinear" for q in dqs):
+                continue
+            names = [q.input[1] for q in dqs]
+            if not all(name in stored for name in names) or uses[names[2]] != 1:
+                continue
+            x_scale, w_scale, b_scale = (numpy_helper.to_array(stored[n]) for n in names)
+            product = np.multiply(x_scale, w_scale, dtype=np.float32)
+            if b_scale.size < _MIN_DERIVED_SCALE or product.shape != b_scale.shape:
+                continue
+            if product.dtype != b_scale.dtype or product.tobytes() != b_scale.tobytes():
+                continue
+            out = f"{names[2]}_derived"
+            while out in taken:
+                out += "_"
+            taken.add(out)
+            bias_dq = found[2]
+            assert bias_dq is not None
+            derived[bias_dq] = helper.make_node("Mul", names[:2], [out])
+            dqs[2].input[1] = out
+        if derived:
+            nodes = [m for i, node in enumerate(graph.node) for m in (derived.get(i), node)]
+            del graph.node[:]
+            graph.node.extend(m for m in nodes if m is not None)
+
+
+def _merge_duplicates(model: onnx.ModelProto) -> None:
+    """Identical initializers (same type, shape and bytes) are kept once, in the innermost
+    graph enclosing every user; names are unique in every scope by now, so moving a tensor up
+    to an outer graph cannot be shadowed."""
+    graphs = dict(graph_tree(model.graph))
+    kept_names = {value.name for graph in graphs.values() for value in graph.input}
+    kept_names |= {value.name for value in model.graph.output}
+    groups: dict[tuple[int, tuple[int, ...], str], list[tuple[GraphPath, int]]] = {}
+    for path, graph in graphs.items():
+        for i, tensor in enumerate(graph.initializer):
+            if tensor.name in kept_names or tensor.data_location == onnx.TensorProto.EXTERNAL:
+                continue
+            digest = hashlib.sha256(numpy_helper.to_array(tensor).tobytes()).hexdigest()
+            key = (tensor.data_type, tuple(tensor.dims), digest)
+            groups.setdefault(key, []).append((path, i))
+    renamed: dict[str, str] = {}
+    drop: dict[GraphPath, set[int]] = {}
+    for copies in groups.values():
+        if len(copies) < 2:
+            continue
+        first_path, first = copies[0]
+        keep = graphs[first_path].initializer[first]
+        for path, i in copies[1:]:
+            renamed[graphs[path].initializer[i].name] = keep.name
+            drop.setdefault(path, set()).add(i)
+        home = _common_ancestor([path for path, _ in copies])
+        if home != first_path:
+            graphs[home].initializer.append(keep)  # a copy: protobuf appends by value
+            drop.setdefault(first_path, set()).add(first)
+    for path, graph in graphs.items():
+        gone = drop.get(path, set())
+        if gone:
+            kept = [t for i, t in enumerate(graph.initializer) if i not in gone]
+            del graph.initializer[:]
+            graph.initializer.extend(kept)
+        for node in graph.node:
+            node.input[:] = [renamed.get(name, name) for name in node.input]
+        for value in graph.output:
+            value.name = renamed.get(value.name, value.name)
+
+
+def _common_ancestor(paths: list[GraphPath]) -> GraphPath:
+    """The innermost graph holding all of ``paths`` (three indices per level of nesting)."""
+    common = paths[0]
+    for path in paths[1:]:
+        length = 0
+        while length < min(len(common), len(path)) and common[length] == path[length]:
+            length += 1
+        common = common[: length - length % 3]
+    return common
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {
+        name
+        for graph in all_graphs(model.graph)
+        for name in (
+            *(i for node in graph.node for i in node.input),
+            *(value.name for value in (*graph.output, *graph.input)),
+        )
+    }
+    for graph in all_graphs(model.graph):
+        kept = [t for t in graph.initializer if t.name in used]
+        if len(kept) != len(graph.initializer):
+            del graph.initializer[:]
+            graph.initializer.extend(kept)
+
+
+# --- dropping what a runtime does not read ----------------------------------------------------
+
+
+def _drop_default_attributes(model: onnx.ModelProto) -> None:
+    """Attributes equal to their schema default at the model's opset (ONNX domain only), and
+    ``kernel_shape`` of convolutions whose stored weight has that shape (it is inferred from
+    the weight when absent)."""
+    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    shapes = {t.name: tuple(t.dims) for t in _initializers(model).values()}
+    for graph in all_graphs(model.graph):
+        producers = {out: node for node in graph.node for out in node.output}
+        for node in graph.node:
+            domain = node.domain or "ai.onnx"
+            if domain != "ai.onnx" or not node.attribute:
+                continue
+            try:
+                schema = onnx.defs.get_schema(node.op_type, opsets.get(domain, 1), "")
+            except onnx.defs.SchemaError:
+                continue
+            kernel = _weight_shape(node, producers, shapes)
+            kept = [
+                a
+                for a in node.attribute
+                if not _at_default(a, schema)
+                and not (node.op_type in _SPATIAL_OPS and _spatial_default(a))
+                and not (
+                    a.name == "kernel_shape" and kernel is not None and tuple(a.ints) == kernel[2:]
+                )
+            ]
+            if len(kept) != len(node.attribute):
+                del node.attribute[:]
+                node.attribute.extend(kept)
+
+
+def _at_default(attribute: onnx.AttributeProto, schema: onnx.defs.OpSchema) -> bool:
+    declared = schema.attributes.get(attribute.name)
+    if declared is None or declared.default_value.type != attribute.type:
+        return False  # no default (required, or optional with behaviour of its own when absent)
+    if attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+        return False
+    value = helper.get_attribute_value(attribute)
+    return bool(helper.get_attribute_value(declared.default_value) == value)
+
+
+def _spatial_default(attribute: onnx.AttributeProto) -> bool:
+    default = _SPATIAL_DEFAULTS.get(attribute.name)
+    if default is None or attribute.type != onnx.AttributeProto.INTS:
+        return False
+    return all(v == default for v in attribute.ints)
+
+
+def _weight_shape(
+    node: onnx.NodeProto,
+    producers: dict[str, onnx.NodeProto],
+    shapes: dict[str, tuple[int, ...]],
+) -> tuple[int, ...] | None:
+    """The stored shape of a convolution's weight (through a DequantizeLinear), if stored."""
+    if node.op_type not in _KERNEL_OPS:
+        return None
+    name = node.input[3 if node.op_type == "QLinearConv" else 1]
+    source = producers.get(name)
+    if source is not None and source.op_type == "DequantizeLinear":
+        name = source.input[0]
+    return shapes.get(name)
+
+
+def _drop_unused_opsets(model: onnx.ModelProto) -> None:
+    used = {node.domain or "" for graph in all_graphs(model.graph) for node in graph.node}
+    kept = [o for o in model.opset_import if o.domain in ("", "ai.onnx") or o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+
+
+# --- names -------------------------------------------------------------------------------------
+
+
+def _short_names(taken: set[str]) -> Iterator[str]:
+    """C identifiers, shortest first (52 of one character, 3,339 of two, ...), none in ``taken``."""
+    length = 1
+    while True:
+        for first in _FIRST:
+            for rest in _suffixes(length - 1):
+                name = first + rest
+                if name not in taken:
+                    yield name
+        length += 1
+
+
+def _suffixes(length: int) -> Iterator[str]:
+    if length == 0:
+        yield ""
+        return
+    for head in _REST:
+        for tail in _suffixes(length - 1):
+            yield head + tail
+
+
+class _Scopes:
+    """Every name of a model resolved to the value it means: a definition (graph input,
+    initializer, node output) of the innermost enclosing graph that has one, so a subgraph
+    shadowing an outer name is told apart from one reading it."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.uses: Counter[_ValueKey] = Counter()
+        self.unresolved: set[str] = set()
+        self._walk(model.graph, (), {}, self._count)
+
+    def _count(self, key: _ValueKey | None, name: str) -> str:
+        if key is None:
+            self.unresolved.add(name)
+        else:
+            self.uses[key] += 1
+        return name
+
+    def rewrite(self, model: onnx.ModelProto, names: dict[_ValueKey, str]) -> None:
+        """Every definition and reference renamed to ``names`` of the value it means."""
+        self._walk(model.graph, (), {}, lambda key, name: names.get(key, name) if key else name)
+
+    def _walk(
+        self,
+        graph: onnx.GraphProto,
+        path: GraphPath,
+        outer: dict[str, _ValueKey],
+        visit: Callable[[_ValueKey | None, str], str],
+    ) -> None:
+        scope = dict(outer)
+        defined = [
+            *(value.name for value in graph.input),
+            *(tensor.name for tensor in graph.initializer),
+            *(sparse.values.name for sparse in graph.sparse_initializer),
+            *(out for node in graph.node for out in node.output if out),
+        ]
+        for name in defined:
+            scope[name] = (path, name)
+        for value in graph.input:
+            value.name = visit(scope[value.name], value.name)
+        for tensor in graph.initializer:
+            tensor.name = visit(scope[tensor.name], tensor.name)
+        for sparse in graph.sparse_initializer:
+            sparse.values.name = visit(scope[sparse.values.name], sparse.values.name)
+        for i, node in enumerate(graph.node):
+            node.input[:] = [visit(scope.get(n), n) if n else n for n in node.input]
+            for j, attribute in enumerate(node.attribute):
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    self._walk(attribute.g, (*path, i, j, 0), scope, visit)
+                elif attribute.type == onnx.AttributeProto.GRAPHS:
+                    for k, sub in enumerate(attribute.graphs):
+                        self._walk(sub, (*path, i, j, k), scope, visit)
+            node.output[:] = [visit(scope[n], n) if n else n for n in node.output]
+        for value in graph.output:
+            value.name = visit(scope.get(value.name), value.name)
+
+
+def _rename(model: onnx.ModelProto) -> None:
+    """Internal values renamed to short C identifiers, unique across all graphs, the most used
+    shortest; the main graph's inputs and outputs keep theirs."""
+    main = model.graph
+    scopes = _Scopes(model)
+    kept_names = {value.name for value in (*main.input, *main.output)}
+    kept = {key for key in scopes.uses if key[0] == () and key[1] in kept_names}
+    fresh = _short_names(kept_names | scopes.unresolved)
+    names = {key: key[1] if key in kept else next(fresh) for key, _ in scopes.uses.most_common()}
+    scopes.rewrite(model, names)
+
+
+def outer_names(node: onnx.NodeProto) -> set[str]:
+    """Names the subgraphs of ``node`` read from enclosing scopes (its implicit inputs)."""
+    names: set[str] = set()
+    for sub in subgraphs(node):
+        defined = {v.name for v in sub.input} | {t.name for t in sub.initializer}
+        defined |= {out for inner in sub.node for out in inner.output}
+        read = {name for inner in sub.node for name in inner.input if name}
+        read |= {value.name for value in sub.output}
+        for inner in sub.node:
+            read |= outer_names(inner)
+        names |= read - defined
+    return names

@@ -1,6 +1,7 @@
 """What a quantized ONNX graph really holds in int8: its heavy operators (convolutions, matrix
 products, recurrent cells; inside If/Loop/Scan subgraphs too) and whether their constant weights
-are 8-bit integers, followed back through DequantizeLinear and shape-only nodes."""
+are 8-bit integers, followed back through DequantizeLinear and shape-only nodes; and where the
+file's bytes go (:func:`artifact_bytes`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import onnx
+
+from edgefleet.controller.compress.compact import all_graphs, subgraphs
 
 # Operators whose constant weights hold a model's size and arithmetic, and the inputs holding them.
 HEAVY_OPS: dict[str, tuple[int, ...]] = {
@@ -133,9 +136,8 @@ class _Constants:
                     if attr.name == "value":
                         size = int(np.prod(attr.t.dims, dtype=np.int64))
                         self.tensors[node.output[0]] = (attr.t.data_type, size)
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    self._collect(attr.g)
+            for sub in subgraphs(node):
+                self._collect(sub)
 
     def resolve(self, name: str, depth: int = 0) -> tuple[str, int, int] | None:
         """(stored tensor, elem type, elements) behind ``name``, through DequantizeLinear and
@@ -187,9 +189,8 @@ def _walk(graph: onnx.GraphProto, holder: str = "") -> Iterator[tuple[onnx.NodeP
     for node in graph.node:
         yield node, holder
         if node.op_type in _CONTROL_FLOW:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    yield from _walk(attr.g, holder or node.name or node.output[0])
+            for sub in subgraphs(node):
+                yield from _walk(sub, holder or node.name or node.output[0])
 
 
 def float_weight_nodes(model: onnx.ModelProto, op_types: tuple[str, ...]) -> list[str]:
@@ -203,3 +204,47 @@ def float_weight_nodes(model: onnx.ModelProto, op_types: tuple[str, ...]) -> lis
             if weights and all(dtype not in _INTEGER_TYPES for _, dtype, _ in weights):
                 names.append(node.name)
     return names
+
+
+_QUANTIZED_KERNELS = frozenset({"DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear"})
+_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16})
+_BIAS_SLOTS = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2, "QLinearConv": 8}
+
+
+def artifact_bytes(model: onnx.ModelProto) -> dict[str, int]:
+    """Where the bytes of a (quantized) ONNX file go, by what each stored tensor is for
+    (subgraphs included): int8 weights, float weights of heavy operators, biases, per-channel
+    scales, scalars (activation scales and zero points, constants), other tensors; the rest is
+    graph structure (nodes, names, attributes, Constant nodes)."""
+    graphs = list(all_graphs(model.graph))
+    readers: dict[str, list[tuple[str, int]]] = {}
+    for graph in graphs:
+        for node in graph.node:
+            for i, name in enumerate(node.input):
+                readers.setdefault(name, []).append((node.op_type, i))
+    found: Counter[str] = Counter()
+    for graph in graphs:
+        for tensor in graph.initializer:
+            found[_role(tensor, readers.get(tensor.name, []))] += tensor.ByteSize()
+    found["graph structure"] = model.ByteSize() - sum(found.values())
+    return dict(found)
+
+
+def _role(tensor: onnx.TensorProto, readers: list[tuple[str, int]]) -> str:
+    size = int(np.prod(tensor.dims, dtype=np.int64))
+    if size <= 1:
+        return "scalars"
+    if tensor.data_type in _INTEGER_TYPES:
+        return "int8 weights"
+    if tensor.data_type == onnx.TensorProto.INT32:
+        return "int32 biases"
+    if tensor.data_type not in _FLOAT_TYPES:
+        return "other tensors"
+    if any(op in HEAVY_OPS and i in HEAVY_OPS[op] for op, i in readers):
+        return "float heavy weights"
+    if any(_BIAS_SLOTS.get(op) == i for op, i in readers):
+        return "float biases"
+    if readers and all(op in _QUANTIZED_KERNELS or op in INTEGER_OPS or op.startswith("QLinear")
+                       or op == "Mul" for op, _ in readers):  # fmt: skip
+        return "per-channel scales"
+    return "other tensors"

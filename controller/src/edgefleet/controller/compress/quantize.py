@@ -4,7 +4,9 @@ result holds in int8 is measured in :mod:`~edgefleet.controller.compress.int8_co
 Every path runs ``quant_pre_process`` (shape inference + graph optimisation) first. Dynamic mode
 quantizes MatMul and LSTM (inside If/Loop/Scan subgraphs too), not Conv: the ConvInteger it would
 emit is slow where CPU onnxruntime runs it at all; its quantizer also skips Gemm, so Gemm nodes
-with constant weights are rewritten as MatMul + Add first. Static mode does not enter subgraphs.
+with constant weights are rewritten as MatMul + Add first. Static mode does not enter subgraphs
+and leaves the float tail (what follows the last heavy operator) float. Convolutions neither
+reaches get weight-only int8 (:mod:`~edgefleet.controller.compress.weight_only`).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from edgefleet.controller.compress.compact import all_graphs
-from edgefleet.controller.compress.int8_coverage import float_weight_nodes
+from edgefleet.controller.compress.compact import all_graphs, outer_names, subgraphs
+from edgefleet.controller.compress.int8_coverage import HEAVY_OPS, float_weight_nodes
+from edgefleet.controller.compress.weight_only import quantize_weights_only
 from edgefleet.controller.errors import ConversionError, QuantizationBlockedError
 
 log = logging.getLogger(__name__)
@@ -80,11 +83,17 @@ def preprocess(src: Path, dst: Path) -> Path:
 
 
 def has_op(model_path: Path, op_types: set[str]) -> bool:
-    return any(n.op_type in op_types for n in onnx.load(str(model_path)).graph.node)
+    """Whether the graph holds one of ``op_types``, inside If/Loop/Scan subgraphs too."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return any(n.op_type in op_types for g in all_graphs(graph) for n in g.node)
 
 
 def quantize_onnx_dynamic(src: Path, dst: Path, work: Path, *, per_channel: bool) -> Path:
-    """Dynamic int8: int8 weights, activations quantized at run time (MatMul, LSTM).
+    """Dynamic int8: int8 weights, activations quantized at run time (MatMul, LSTM). Conv,
+    ConvTranspose and Gemm get weight-only int8 where static mode would do no better: inside
+    If/Loop/Scan subgraphs (no calibration reaches them) and anywhere in a recurrent model
+    (calibrated activations break those, see :func:`choose_int8_mode`); a feed-forward
+    model's top-level convolutions are left to static mode.
 
     Raises:
         QuantizationBlockedError, ConversionError: the quantizer fails (named where it can be).
@@ -103,6 +112,7 @@ def quantize_onnx_dynamic(src: Path, dst: Path, work: Path, *, per_channel: bool
         )
     except Exception as e:
         raise blocked("onnx-int8", e, "dynamic quantization") from e
+    _weights_only(dst, subgraphs_only=not is_recurrent(onnx.load(str(pre))))
     return dst
 
 
@@ -114,12 +124,19 @@ def quantize_onnx_static(
     *,
     per_channel: bool,
 ) -> Path:
-    """Static int8 QDQ: int8 weights (per channel when asked) and calibrated int8 activations.
+    """Static int8 QDQ: int8 weights (per channel when asked) and calibrated int8 activations,
+    except the float tail (see :func:`float_tail`); heavy operators the calibrator cannot reach
+    (inside If/Loop/Scan subgraphs) get weight-only int8 (Conv, ConvTranspose, Gemm; MatMul and
+    LSTM there are left to :func:`quantize_leftovers_dynamic`).
 
     Raises:
         QuantizationBlockedError, ConversionError: calibration or the quantizer fails.
     """
     pre = preprocess(src, work / "static-pre.onnx")
+    model = onnx.load(str(pre))
+    name_nodes(model)
+    tail = float_tail(model)
+    onnx.save(model, str(pre))
     try:
         quantize_static(
             pre,
@@ -130,11 +147,61 @@ def quantize_onnx_static(
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=tail,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
     except Exception as e:
         raise blocked("onnx-int8", e, "static quantization") from e
+    _weights_only(dst, subgraphs_only=False)
     return dst
+
+
+def _weights_only(path: Path, *, subgraphs_only: bool) -> None:
+    model = onnx.load(str(path))
+    done = quantize_weights_only(model, subgraphs_only=subgraphs_only)
+    if done:
+        log.info("weight-only int8 for %d operators (%s, ...)", len(done), done[0].node)
+        onnx.save(model, str(path))
+
+
+def name_nodes(model: onnx.ModelProto) -> None:
+    """A unique name for every unnamed top-level node (quantizers select nodes by name)."""
+    names = {node.name for node in model.graph.node}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+            while node.name in names:
+                node.name += "_"
+            names.add(node.name)
+
+
+def float_tail(model: onnx.ModelProto) -> list[str]:
+    """Top-level nodes after which no heavy operator follows: what computes the outputs (and
+    any state a caller feeds back) from the last convolution, matrix product or recurrent cell.
+    Static int8 leaves them float: int8 there would only round what the caller reads, and a
+    rounded state fed back compounds its error call after call."""
+    graph = model.graph
+    readers: dict[str, list[int]] = {}
+    for i, node in enumerate(graph.node):
+        for name in {*node.input, *outer_names(node)}:
+            readers.setdefault(name, []).append(i)
+    tail: set[int] = set()
+    for i in reversed(range(len(graph.node))):
+        node = graph.node[i]
+        if node.op_type in HEAVY_OPS or _holds_heavy(node):
+            continue
+        if all(r in tail for out in node.output if out for r in readers.get(out, [])):
+            tail.add(i)
+    return [graph.node[i].name for i in sorted(tail)]
+
+
+def _holds_heavy(node: onnx.NodeProto) -> bool:
+    return any(
+        inner.op_type in HEAVY_OPS
+        for sub in subgraphs(node)
+        for graph in all_graphs(sub)
+        for inner in graph.node
+    )
 
 
 def quantize_leftovers_dynamic(src: Path, dst: Path, *, per_channel: bool) -> list[str]:
@@ -176,17 +243,22 @@ def convert_onnx_fp16(src: Path, dst: Path) -> Path:
 RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
 
 
+def is_recurrent(model: onnx.ModelProto) -> bool:
+    """Whether an LSTM, GRU or RNN is anywhere in the model, subgraphs included."""
+    return any(n.op_type in RECURRENT_OPS for g in all_graphs(model.graph) for n in g.node)
+
+
 def choose_int8_mode(
     model_path: Path, mode: Literal["auto", "dynamic", "static"], has_calibration: bool
 ) -> Literal["dynamic", "static"]:
-    """Static when asked, or in ``auto`` for convolutional graphs with calibration data, unless
-    the model is recurrent anywhere (subgraphs included): static int8 activations on a state fed
-    back call after call compound their error (Silero VAD: 77.5 % of speech decisions kept
-    static, 100 % dynamic)."""
+    """Static when asked, or in ``auto`` for convolutional graphs (subgraphs included) with
+    calibration data, unless the model is recurrent anywhere: calibrated int8 activations break
+    such models (Silero VAD keeps 86 % of its speech decisions static even with its fed-back
+    state and outputs left float, int8 audio and spectrum at its front end alone costing 5-8 %;
+    99 % dynamic, its convolutions weight-only)."""
     if mode != "auto":
         return mode
-    model = onnx.load(str(model_path))
-    if any(n.op_type in RECURRENT_OPS for g in all_graphs(model.graph) for n in g.node):
+    if is_recurrent(onnx.load(str(model_path))):
         return "dynamic"
     if has_calibration and has_op(model_path, {"Conv", "ConvTranspose"}):
         return "static"

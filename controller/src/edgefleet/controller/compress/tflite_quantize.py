@@ -11,10 +11,11 @@ only float32 weights and reads only the current operator-code field.
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ HEAVY_TFLITE_OPS = frozenset(
     }
 )  # fmt: skip
 _INT8_TYPES = frozenset({"INT8", "UINT8", "INT4"})
+_RECIPES = {"dynamic-range": "dynamic_wi8_afp32", "full integer (static)": "static_wi8_ai8"}
 Mode = Literal["dynamic", "static"]
 
 
@@ -51,6 +53,7 @@ class TfliteInt8Coverage:
     quantized_ops: dict[str, int]
     int8_weights: int
     float_weights: int
+    float_ops: dict[str, int] = field(default_factory=dict)  # heavy operators left float
 
     @property
     def weight_share(self) -> float:
@@ -273,6 +276,7 @@ def tflite_int8_coverage(path: Path) -> TfliteInt8Coverage:
     types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     heavy: Counter[str] = Counter()
     quantized: Counter[str] = Counter()
+    floating_ops: Counter[str] = Counter()
     int8: dict[tuple[int, int], int] = {}
     floating: dict[tuple[int, int], int] = {}
     for g in range(model.SubgraphsLength()):
@@ -297,6 +301,8 @@ def tflite_int8_coverage(path: Path) -> TfliteInt8Coverage:
             heavy[name] += 1
             if all(types.get(t.Type()) in _INT8_TYPES for _, t, _ in weights):
                 quantized[name] += 1
+            else:
+                floating_ops[name] += 1
             for index, tensor, shape in weights:
                 size = int(np.prod(shape))
                 into = int8 if types.get(tensor.Type()) in _INT8_TYPES else floating
@@ -306,6 +312,7 @@ def tflite_int8_coverage(path: Path) -> TfliteInt8Coverage:
         quantized_ops=dict(quantized),
         int8_weights=sum(int8.values()),
         float_weights=sum(floating.values()),
+        float_ops=dict(floating_ops),
     )
 
 
@@ -361,11 +368,28 @@ def _require_int8_weights(
             "constant weights."
         )
     else:
-        reason = "ai-edge-quantizer left them float."
+        left = ", ".join(f"{op} x{n}" for op, n in sorted(coverage.float_ops.items()))
+        reason = f"ai-edge-quantizer left {left} float ({coverage.float_weights:,} weight values)"
+        recipe_ops = sorted(_heavy_ops_of_recipe(mode))
+        reason += f"; its recipe quantizes {', '.join(recipe_ops)} only." if recipe_ops else "."
     raise Int8CoverageError(
         target, mode, found, coverage.quantized_ops, coverage.weight_share,
         f"{reason} An int8 artifact needs at least {min_share:.0%} of those weights in int8.",
     )  # fmt: skip
+
+
+def _heavy_ops_of_recipe(mode: str) -> set[str]:
+    """The heavy operators ai-edge-quantizer's default policy quantizes in ``mode``'s recipe
+    (empty when the policy cannot be read)."""
+    try:
+        from ai_edge_quantizer import default_policy
+
+        policy = json.loads(default_policy.DEFAULT_JSON_POLICY)
+        ops = set(policy["ops_per_config"][_RECIPES[mode]])
+    except (ImportError, AttributeError, KeyError, ValueError):
+        return set()
+    renamed = {"CONV_2D_TRANSPOSE": "TRANSPOSE_CONV"}  # the policy's name for the builtin
+    return {renamed.get(op, op) for op in ops} & HEAVY_TFLITE_OPS
 
 
 def _require_integer_io(path: Path, target: str) -> None:

@@ -1,0 +1,100 @@
+"""Compaction on real quantized graphs (tests/support/pretrained.py): the PaddleOCR direction
+classifier statically quantized per channel, and Silero VAD dynamically quantized (its LSTM
+weights, which the quantizer stores once per If branch that reads them, kept once). The
+compacted files compute exactly what the quantizer's files compute."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from edgefleet.controller.compress.compact import all_graphs, compact_file
+from edgefleet.controller.compress.int8_coverage import artifact_bytes, int8_coverage
+from edgefleet.controller.compress.opset import upgrade_opset
+from edgefleet.controller.compress.quantize import quantize_onnx_dynamic, quantize_onnx_static
+from support.pretrained import pretrained_model
+from support.pretrained_data import text_lines
+
+
+def _session(path: Path, optimize: bool = True) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # dynamic int8 kernels are exact only at a fixed split
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _compacted_copy(path: Path) -> Path:
+    copy = path.with_name(f"{path.stem}-compacted.onnx")
+    shutil.copy(path, copy)
+    assert compact_file(copy) > 0
+    return copy
+
+
+def test_the_paddleocr_classifier_compacts_exactly(tmp_path: Path) -> None:
+    lines, _ = text_lines(24, seed=3)
+    feeds = [{"x": lines[i : i + 8]} for i in range(0, 24, 8)]
+    upgraded = upgrade_opset(pretrained_model("ppocr-cls"), tmp_path, 17, feeds[:1])
+    quantized = quantize_onnx_static(
+        upgraded.path, tmp_path / "int8.onnx", tmp_path, feeds, per_channel=True
+    )
+    compacted = _compacted_copy(quantized)
+    for optimize in (True, False):
+        want = _session(quantized, optimize).run(None, {"x": lines})[0]
+        np.testing.assert_array_equal(
+            _session(compacted, optimize).run(None, {"x": lines})[0], want
+        )
+    before, after = (artifact_bytes(onnx.load(str(p))) for p in (quantized, compacted))
+    assert after["int8 weights"] >= int8_coverage(onnx.load(str(compacted))).int8_weights
+    assert "float heavy weights" not in after
+    # names, zero points, derived bias scales and defaults: the structure, not the numbers
+    assert after["graph structure"] < before["graph structure"] / 3
+    assert after["int8 weights"] <= before["int8 weights"]
+    source = pretrained_model("ppocr-cls").stat().st_size
+    assert source / compacted.stat().st_size > 3.2  # was 2.65 (bench/compress_real.py)
+
+
+def _lstm_weights(model: onnx.ModelProto) -> Counter[str]:
+    """Where the int8 LSTM weights live: graph name -> tensors."""
+    readers = {
+        name
+        for graph in all_graphs(model.graph)
+        for node in graph.node
+        if node.op_type == "DynamicQuantizeLSTM"
+        for name in node.input[1:3]
+    }
+    return Counter(
+        graph.name or "main"
+        for graph in all_graphs(model.graph)
+        for tensor in graph.initializer
+        if tensor.name in readers
+    )
+
+
+def test_silero_vad_keeps_each_lstm_weight_once_and_computes_the_same(tmp_path: Path) -> None:
+    quantized = quantize_onnx_dynamic(
+        pretrained_model("silero-vad"), tmp_path / "int8.onnx", tmp_path, per_channel=False
+    )
+    before = _lstm_weights(onnx.load(str(quantized)))
+    compacted = _compacted_copy(quantized)
+    after = _lstm_weights(onnx.load(str(compacted)))
+    # two LSTMs per sample-rate branch read one cell's weights: 8 tensors stored, 4 needed
+    assert sum(before.values()) == 8
+    assert sum(after.values()) == 4
+    rng = np.random.default_rng(5)
+    for sr, samples in ((16000, 576), (8000, 288)):  # each If branch
+        state = np.zeros((2, 3, 128), np.float32)
+        want_state = got_state = state
+        for _ in range(3):  # consecutive calls, each model fed its own state
+            audio = rng.normal(0, 0.1, (3, samples)).astype(np.float32)
+            feed = {"input": audio, "sr": np.array(sr, np.int64)}
+            want, want_state = _session(quantized).run(None, {**feed, "state": want_state})
+            got, got_state = _session(compacted).run(None, {**feed, "state": got_state})
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(got_state, want_state)
+    assert compacted.stat().st_size < quantized.stat().st_size - 4 * 65536
