@@ -207,3 +207,27 @@ def test_a_series_stays_within_the_wire_range_at_the_agents_scale_whatever_is_se
     assert len(histogram.counts) <= high - low + 1 <= MAX_HISTOGRAM_BUCKETS
     assert s.buckets == tuple(exact_counts([0.0011, MAX_LATENCY_MS, 0.5]))
     assert histogram.count == 3
+
+
+def test_versions_the_registry_does_not_hold_take_at_most_a_tenth_of_the_series() -> None:
+    deployed = {("tiny", str(v)) for v in range(5)}
+    asked: list[tuple[str, str]] = []
+
+    def registered(model_id: str, version: str) -> bool:
+        asked.append((model_id, version))
+        return (model_id, version) in deployed
+
+    totals = TelemetryTotals(LabelTable(), max_series=20, registered=registered)
+    # a hostile device reports 50 invented versions: 2 of them (a tenth of 20) get a series
+    for n in range(50):
+        totals.add_written([window("evil", model_stats([1.0], version=f"made-up-{n}"))])
+    for version in range(5):  # the deployed versions all find room, in every group
+        totals.add_written([window("pi-1", model_stats([1.0], version=str(version)))])
+        totals.add_written([window("pi-2", model_stats([1.0], version=str(version)))])
+    snapshot = totals.snapshot()
+    versions = sorted(s.key.version for s in snapshot.series)
+    assert versions == sorted(["made-up-0", "made-up-1", *[str(v) for v in range(5)]])
+    assert snapshot.dropped_windows == 48  # counted, not silently lost
+    # the registry is asked once per version without a series, not once per window
+    totals.add_written([window("pi-1", model_stats([1.0], version="0"))])
+    assert asked.count(("tiny", "0")) == 1

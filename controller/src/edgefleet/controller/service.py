@@ -34,7 +34,11 @@ from edgefleet.controller.security.paths import SecurityPaths
 from edgefleet.controller.security.signing_key import ensure_signing_key, load_or_create_secret
 from edgefleet.controller.telemetry import HistoryKeeper, RetentionPolicy
 from edgefleet.controller.telemetry import tables as telemetry_tables  # noqa: F401
-from edgefleet.controller.telemetry_totals import TelemetryTotals, labels_in_database
+from edgefleet.controller.telemetry_totals import (
+    TelemetryTotals,
+    labels_in_database,
+    versions_in_registry,
+)
 from edgefleet.shared import (
     SCHEMA_VERSION,
     Command,
@@ -131,6 +135,7 @@ class ControllerService:
             labels_in_database(self.sessions),
             group_label=settings.metrics_group_label,
             max_series=settings.metrics_max_series,
+            registered=versions_in_registry(self.sessions),
         )
         self._tasks: list[asyncio.Task[Any]] = []
 

@@ -8,7 +8,10 @@ heard of before this process started, read once from the database. Memory is bou
 ``max_series`` series, where a new series may replace the least recently fed one only when that
 one has been idle for ``evict_idle_s`` (a forgotten series that comes back restarts at zero, a
 counter reset Prometheus handles); otherwise the window is dropped and counted. At most
-``max_devices`` device groups are remembered.
+``max_devices`` device groups are remembered. Devices name the model and version they report
+on, so a hostile one could invent names to fill every slot: versions the registry does not hold
+may take at most a tenth of the slots (``max_unregistered``; what is over is dropped and
+counted), so what a hostile device invents never crowds out the versions actually deployed.
 
 Concurrency: :meth:`TelemetryTotals.add_written` runs on ingest's worker thread after each
 batch is written, :meth:`TelemetryTotals.snapshot` on a scrape's worker thread; one lock guards
@@ -18,6 +21,7 @@ the totals, and no histogram arithmetic of a scrape runs under it.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -29,6 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.controller.fleet.tables import DeviceRow
+from edgefleet.controller.registry.tables import ModelRow, ModelVersionRow
 from edgefleet.shared import Hello, Telemetry, WireModel
 from edgefleet.shared.histogram import SCALE, Histogram, le_edges
 from edgefleet.shared.messages import ModelStats
@@ -46,6 +51,8 @@ DEFAULT_EVICT_IDLE_S = 3_600.0
 DEFAULT_MAX_DEVICES = 100_000
 
 LabelLookup = Callable[[Collection[str]], Mapping[str, Mapping[str, str]]]
+VersionLookup = Callable[[str, str], bool]  # (model, version) -> registered?
+REGISTRY_REFRESH_S = 2.0
 
 
 class SeriesKey(NamedTuple):
@@ -101,6 +108,29 @@ def labels_in_database(sessions: sessionmaker[Session]) -> LabelLookup:
     return lookup
 
 
+def versions_in_registry(
+    sessions: sessionmaker[Session], clock: Callable[[], float] = time.monotonic
+) -> VersionLookup:
+    """Whether the registry holds a model version, from a cached set read again (at most every
+    :data:`REGISTRY_REFRESH_S`) when asked about a version it does not hold."""
+    known: set[tuple[str, str]] = set()
+    read_at = -math.inf
+
+    def lookup(model_id: str, version: str) -> bool:
+        nonlocal known, read_at
+        if (model_id, version) in known:
+            return True
+        if clock() - read_at < REGISTRY_REFRESH_S:
+            return False
+        query = select(ModelRow.name, ModelVersionRow.version).join(ModelVersionRow.model)
+        with sessions() as session:
+            known = {(name, v) for name, v in session.execute(query)}
+        read_at = clock()
+        return (model_id, version) in known
+
+    return lookup
+
+
 class TelemetryTotals:
     """Latency histograms, requests and errors per (model, version, group), fed by ingest."""
 
@@ -112,6 +142,7 @@ class TelemetryTotals:
         max_series: int = DEFAULT_MAX_SERIES,
         evict_idle_s: float = DEFAULT_EVICT_IDLE_S,
         max_devices: int = DEFAULT_MAX_DEVICES,
+        registered: VersionLookup | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_series < 1 or max_devices < 1:
@@ -124,10 +155,14 @@ class TelemetryTotals:
         self.evict_idle_s = evict_idle_s
         self.max_devices = max_devices
         self.clock = clock
+        self.registered = registered  # None: every version counts as registered
+        self.max_unregistered = max(1, max_series // 10)
         self.dropped_windows = 0  # model windows of a new series while the cap was reached
+        self.unregistered_dropped_windows = 0  # ... of an unregistered version over its share
         self.evicted_series = 0
         self._lock = threading.Lock()
         self._series: OrderedDict[SeriesKey, SeriesTotals] = OrderedDict()  # least fed first
+        self._unregistered: set[SeriesKey] = set()
         self._groups: dict[str, str] = {}  # device id -> group, oldest learnt first
 
     def group_in(self, labels: Mapping[str, str]) -> str:
@@ -146,6 +181,7 @@ class TelemetryTotals:
                     telemetry.append(message)
             unknown = {t.device_id for t in telemetry} - self._groups.keys()
         found = self.lookup_labels(unknown) if unknown else {}  # a query, outside the lock
+        registered = self._registration(telemetry)  # queries too, outside the lock
         with self._lock:
             groups = {d: self.group_in(found.get(d, {})) for d in unknown}
             for device_id, group in groups.items():
@@ -155,7 +191,19 @@ class TelemetryTotals:
                 device_id = window.device_id
                 group = groups.get(device_id) or self._groups.get(device_id, NO_GROUP)
                 for stats in window.models:
-                    self._add(SeriesKey(stats.model_id, stats.version, group), stats, now)
+                    key = SeriesKey(stats.model_id, stats.version, group)
+                    self._add(key, stats, now, registered.get((stats.model_id, stats.version)))
+
+    def _registration(self, telemetry: list[Telemetry]) -> dict[tuple[str, str], bool]:
+        """Whether each version of the batch that has no series yet is registered."""
+        if self.registered is None:
+            return {}
+        with self._lock:
+            open_versions = {(k.model_id, k.version) for k in self._series}
+        wanted = {
+            (stats.model_id, stats.version) for window in telemetry for stats in window.models
+        } - open_versions
+        return {pair: self.registered(*pair) for pair in wanted}
 
     def _remember(self, device_id: str, group: str) -> None:
         self._groups.pop(device_id, None)
@@ -163,13 +211,21 @@ class TelemetryTotals:
         while len(self._groups) > self.max_devices:
             del self._groups[next(iter(self._groups))]
 
-    def _add(self, key: SeriesKey, stats: ModelStats, now: float) -> None:
+    def _add(self, key: SeriesKey, stats: ModelStats, now: float, registered: bool | None) -> None:
         series = self._series.get(key)
         if series is None:
+            if registered is None and self.registered is not None:  # another group's series
+                version = (key.model_id, key.version)
+                registered = all((k.model_id, k.version) != version for k in self._unregistered)
+            if registered is False and len(self._unregistered) >= self.max_unregistered:
+                self.unregistered_dropped_windows += 1
+                return
             series = self._open(key, now)
             if series is None:
                 self.dropped_windows += 1
                 return
+            if registered is False:
+                self._unregistered.add(key)
         else:
             self._series.move_to_end(key)
         series.fed_at = now
@@ -191,6 +247,7 @@ class TelemetryTotals:
             if now - series.fed_at < self.evict_idle_s:
                 return None
             del self._series[oldest]
+            self._unregistered.discard(oldest)
             self.evicted_series += 1
             log.info("forgot the idle /metrics series %s to make room for %s", oldest, key)
         series = self._series[key] = SeriesTotals()
@@ -203,7 +260,8 @@ class TelemetryTotals:
                 (key, replace(totals, histogram=Histogram.of(totals.histogram)))
                 for key, totals in self._series.items()
             ]
-            dropped, evicted = self.dropped_windows, self.evicted_series
+            dropped = self.dropped_windows + self.unregistered_dropped_windows
+            evicted = self.evicted_series
         series = [
             SeriesSnapshot(key, totals, _cumulative(totals.histogram)) for key, totals in copied
         ]
