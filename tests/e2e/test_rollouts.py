@@ -62,11 +62,18 @@ def test_slow_model_is_stopped_at_the_canary_and_rolled_back(fleet):
         ),
         timeout=60,
     )
+    # tiny:3 is about 1 ms slower than tiny:1 on this host (0.8 -> 2.0 ms p95): the gate's
+    # absolute floor goes under that, or a fast host would make the regression noise.
     bad = fleet.rollout(
         "3",
         expect={"rolled_back", "completed"},
         waves="1,100%",
-        policy={"soak_s": 4, "max_p95_regression": 0.5, "min_requests": 5},
+        policy={
+            "soak_s": 4,
+            "max_p95_regression": 0.5,
+            "min_p95_regression_ms": 0.2,
+            "min_requests": 5,
+        },
         timeout=150,
     )
     assert bad["status"] == "rolled_back", (bad["reason"], bad["gate"], bad["devices"])

@@ -239,14 +239,20 @@ def run_scenario(world: DemoWorld) -> bool:
     start_traffic(world)
     console.rule("rollout 1: digits:1 to site=plant-3, canary first, gated on telemetry")
     first = run_rollout(
-        world, "1", {"soak_s": 4, "max_p95_regression": 0.5, "min_requests": 20}, "1,50%,100%"
+        world,
+        "1",
+        {"soak_s": 4, "max_p95_regression": 0.5, "min_p95_regression_ms": 0.25, "min_requests": 20},
+        "1,50%,100%",
     )
     ok = bool(first["status"] == "completed")
     console.print(f"rollout 1: [bold]{first['status']}[/] ({first['reason']})")
     time.sleep(6)  # a few telemetry windows of the good version: the baseline the gate uses
     console.rule("rollout 2: digits:2, a bad version (10x slower), to the same devices")
     second = run_rollout(
-        world, "2", {"soak_s": 6, "max_p95_regression": 0.5, "min_requests": 20}, "1,100%"
+        world,
+        "2",
+        {"soak_s": 6, "max_p95_regression": 0.5, "min_p95_regression_ms": 0.25, "min_requests": 20},
+        "1,100%",
     )
     console.print(f"rollout 2: [bold]{second['status']}[/] ({second['reason']})")
     ok = ok and bool(second["status"] == "rolled_back")

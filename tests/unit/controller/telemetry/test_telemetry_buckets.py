@@ -19,8 +19,9 @@ T0 = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
 
 
 def sample(second: int, p95: float | None, requests: int, device: str = "d") -> LatencySample:
+    """A v1 agent's window: a summary, no histogram."""
     at = T0.replace(second=second)
-    return LatencySample(at, device, "m", "1", 1, requests, 1, p95, p95, p95, p95)
+    return LatencySample.of_window(at, device, "m", "1", requests, 1, (p95, p95, p95, p95), None)
 
 
 def test_buckets_align_to_the_epoch_and_naive_times_are_utc():
@@ -40,7 +41,7 @@ def test_nice_step_keeps_points_under_the_limit(span_s, points, minimum, step):
     assert span_s / step <= points or step == minimum
 
 
-def test_latency_merges_request_weighted_and_counts_everything():
+def test_v1_latency_merges_request_weighted_and_counts_everything():
     buckets = bucket_latency([sample(0, 10.0, 30), sample(20, 2.0, 10), sample(40, None, 5)], 60)
     ((key, acc),) = buckets.items()
     assert key == ("d", "m", "1", T0)
@@ -48,6 +49,7 @@ def test_latency_merges_request_weighted_and_counts_everything():
     _p50, p95, _p99 = acc.percentiles()
     assert p95 == pytest.approx((10.0 * 30 + 2.0 * 10) / 40)
     assert acc.max_ms == 10.0
+    assert not acc.exact  # a mean of percentiles, not a percentile
 
 
 def test_latency_across_devices_merges_only_when_asked():

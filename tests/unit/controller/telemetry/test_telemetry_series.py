@@ -63,7 +63,7 @@ def test_every_request_is_counted_once_whatever_the_resolution(history, policy, 
     assert [(m.type, m.version) for m in series.markers] == [("swapped", "2")]
 
 
-def test_group_merges_devices_weighting_percentiles_by_requests(history):
+def test_group_of_v1_devices_weights_their_percentiles_by_requests_and_says_so(history):
     with history() as session:
         series = query_series(
             session, device_ids=None, since=NOW - timedelta(minutes=10), until=NOW, now=NOW,
@@ -72,6 +72,7 @@ def test_group_merges_devices_weighting_percentiles_by_requests(history):
     point = series.latency[("m", "2")][-1]
     assert point.requests == 2 * 10 + 2 * 1  # two windows of each device in the last minute
     assert point.p95_ms == pytest.approx((1.0 * 10 + 2.0 * 10 + 1.0 + 1.0) / 22)
+    assert not point.exact
     assert series.step_s == 60
 
 

@@ -157,6 +157,23 @@ class EventPublic(BaseModel):
     figures: dict[str, float]
 
 
+class LatencyHistogramPublic(BaseModel):
+    """Latencies (ms) as a base-2 exponential histogram (OpenTelemetry's layout): bucket
+    ``offset + k`` holds ``counts[k]`` latencies in ``(base**i, base**(i + 1)]``, with
+    ``base = 2 ** (2 ** -scale)``; ``zero_count`` those of at most 1 us."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    scale: int
+    zero_count: int
+    offset: int
+    counts: list[int]
+    count: int
+    sum: float
+    min: float | None
+    max: float | None
+
+
 class TelemetryPoint(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -170,6 +187,9 @@ class TelemetryPoint(BaseModel):
     p95_ms: float | None
     p99_ms: float | None
     max_ms: float | None
+    latency_hist: LatencyHistogramPublic | None = Field(
+        default=None, description="the window's latency histogram; none from a v1 agent"
+    )
 
 
 class LatencyBudgetIn(LatencyBudget):
@@ -202,11 +222,21 @@ class RolloutPolicy(GatePolicy):
     max_p95_regression: float = Field(
         default=0.2, ge=0.0, le=1000.0, allow_inf_nan=False, description="0.2: p95 may rise 20%"
     )
+    min_p95_regression_ms: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1e7,
+        allow_inf_nan=False,
+        description="a p95 rise breaches only when it is also more than this many ms",
+    )
     soak_s: float = Field(
         default=60.0, ge=0.0, le=30 * 24 * 3600, allow_inf_nan=False, description="soak per wave"
     )
     min_requests: int = Field(
-        default=20, ge=0, le=1_000_000_000, description="below this, latency is not judged"
+        default=20,
+        ge=0,
+        le=1_000_000_000,
+        description="requests needed on each side (new, previous) to judge latency",
     )
     latency_budgets: tuple[LatencyBudgetIn, ...] = Field(
         default=(),

@@ -56,6 +56,13 @@ def _seconds(text: str) -> float:
     return float(match.group(1)) * scale
 
 
+def _milliseconds(text: str) -> float:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(us|ms|s)?\s*", text)
+    if not match:
+        raise typer.BadParameter(f"{text!r} is not a latency like 1ms, 500us or 0.5s")
+    return float(match.group(1)) * {"us": 0.001, "ms": 1.0, None: 1.0, "s": 1000.0}[match.group(2)]
+
+
 def rollout_table(rollout: dict[str, Any]) -> Table:
     counts = rollout.get("counts", {})
     title = (
@@ -106,6 +113,14 @@ def start(
     waves: Annotated[str, typer.Option(help="cumulative waves, canary first")] = "1,10%,50%,100%",
     max_failures: Annotated[str, typer.Option(help="failed devices allowed: N or N%")] = "0",
     max_p95_regression: Annotated[str, typer.Option(help="e.g. 20%")] = "20%",
+    min_p95_regression: Annotated[
+        str,
+        typer.Option(help="a p95 rise breaches only when it is also more than this, e.g. 1ms"),
+    ] = "1ms",
+    min_requests: Annotated[
+        int,
+        typer.Option(min=0, help="requests needed on each side (new, previous) to judge p95"),
+    ] = 20,
     max_error_rate: Annotated[str, typer.Option(help="e.g. 1%")] = "1%",
     soak: Annotated[str, typer.Option(help="observation window per wave, e.g. 60s")] = "60s",
     on_breach: Annotated[str, typer.Option(help="pause or rollback")] = "rollback",
@@ -159,6 +174,8 @@ def start(
         "policy": {
             "max_failures": max_failures,
             "max_p95_regression": _percent(max_p95_regression),
+            "min_p95_regression_ms": _milliseconds(min_p95_regression),
+            "min_requests": min_requests,
             "max_error_rate": _percent(max_error_rate),
             "soak_s": _seconds(soak),
             "on_breach": on_breach,

@@ -1,5 +1,8 @@
 """SVG line charts rendered on the server: time axis, value axis with its unit, a legend, points
 with hover titles, and vertical markers (model swaps, rollbacks). Pure functions of their input.
+
+A point can be marked approximate (a latency percentile that v1 agents' summaries went into):
+it is drawn hollow, and its title says so.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ TIME_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 1
 MAX_POINT_DOTS = 400
 
 
+APPROXIMATE_NOTE = "approximate: v1 agents' percentiles averaged"
+
+
 @dataclass(frozen=True)
 class Line:
     label: str
@@ -24,6 +30,8 @@ class Line:
     values: Sequence[float | None]
     color: str
     dash: str = ""
+    # Per point, True where the value is approximate; empty: every point is exact.
+    approximate: Sequence[bool] = ()
 
 
 @dataclass(frozen=True)
@@ -177,7 +185,8 @@ def _path(
     segments: list[str] = []
     current: list[str] = []
     circles: list[str] = []
-    for t, v in zip(line.t_ms, line.values, strict=True):
+    approximate = line.approximate or [False] * len(line.values)
+    for t, v, rough in zip(line.t_ms, line.values, approximate, strict=True):
         if v is None:
             if current:
                 segments.append("M" + " L".join(current))
@@ -187,10 +196,11 @@ def _path(
         current.append(f"{px:.1f},{py:.1f}")
         if dots:
             when = datetime.fromtimestamp(t / 1000, UTC).strftime("%H:%M:%S")
+            note = f" ({APPROXIMATE_NOTE})" if rough else ""
             circles.append(
-                f'<circle class="point" cx="{px:.1f}" cy="{py:.1f}" r="2.6">'
-                f"<title>{e(line.label)}: {e(value_text(v))} {e(unit)} at {when} UTC</title>"
-                "</circle>"
+                f'<circle class="point{" approx" if rough else ""}" cx="{px:.1f}" '
+                f'cy="{py:.1f}" r="2.6"><title>{e(line.label)}: {e(value_text(v))} {e(unit)} '
+                f"at {when} UTC{e(note)}</title></circle>"
             )
     if current:
         segments.append("M" + " L".join(current))

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edgefleet.controller.dashboard.charts import PALETTE, Line, VMarker, line_chart
-from edgefleet.controller.dashboard.fleet_page import active_label
+from edgefleet.controller.dashboard.fleet_page import active_label, approximate_note
 from edgefleet.controller.dashboard.html import badge, card, e, link, num, size, table, when
 from edgefleet.controller.fleet.tables import DeviceRow, EventRow
 from edgefleet.controller.metrics import device_online
@@ -62,9 +62,10 @@ def latency_chart(series: DeviceSeries, start_ms: int, end_ms: int) -> str:
     for i, ((model, version), points) in enumerate(sorted(series.latency.items())):
         color = PALETTE[i % len(PALETTE)]
         t = [p.t_ms for p in points]
+        rough = [not p.exact for p in points]
         for name, dash in PERCENTILE_DASH:
             values = [getattr(p, f"{name}_ms") for p in points]
-            lines.append(Line(f"{model}:{version} {name}", t, values, color, dash))
+            lines.append(Line(f"{model}:{version} {name}", t, values, color, dash, rough))
     markers = [
         VMarker(
             m.t_ms,
@@ -123,8 +124,9 @@ def render_device(
         for m, label in RANGES
     )
     note = (
-        f'<p class="muted">{e(series.resolution)} data, one point per {series.step_s} s; '
-        "dotted p50, solid p95, dashed p99; ⇄ swap, ↶ rollback</p>"
+        f'<p class="muted">{e(series.resolution)} data, one point per {series.step_s} s, '
+        "percentiles of its merged latency histograms; dotted p50, solid p95, dashed p99; "
+        f"⇄ swap, ↶ rollback{approximate_note(series)}</p>"
     )
     parts = [
         _facts(device, online, now),

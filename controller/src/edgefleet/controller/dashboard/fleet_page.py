@@ -28,7 +28,7 @@ from edgefleet.controller.metrics import device_online
 from edgefleet.controller.rollouts.states import UNFINISHED
 from edgefleet.controller.rollouts.tables import RolloutRow
 from edgefleet.controller.service import ControllerService
-from edgefleet.controller.telemetry.series import query_series
+from edgefleet.controller.telemetry.series import DeviceSeries, query_series
 from edgefleet.shared.manifest import runtime_for_target
 
 MAX_DEVICE_ROWS = 200
@@ -50,6 +50,18 @@ def last_p95(device: DeviceRow) -> float | None:
         if summary:
             return float(summary["p95"])
     return None
+
+
+def approximate_note(series: DeviceSeries) -> str:
+    """What the chart's note adds when some of its points are v1 agents' summaries."""
+    points = [p for pts in series.latency.values() for p in pts]
+    rough = sum(1 for p in points if not p.exact)
+    if not rough:
+        return ""
+    return (
+        f"; hollow points ({rough} of {len(points)}) are approximate: v1 agents send "
+        "percentiles, not histograms, and those are averaged weighted by requests"
+    )
 
 
 def rollout_summary(rollout: RolloutRow) -> str:
@@ -225,7 +237,7 @@ def _fleet_chart(service: ControllerService, session: Session, now: datetime) ->
         start_ms = max(start_ms, min(first - 5_000, int(now.timestamp() * 1000) - 120_000))
     lines = [
         Line(f"{model}:{version} p95", [p.t_ms for p in pts], [p.p95_ms for p in pts],
-             PALETTE[i % len(PALETTE)])
+             PALETTE[i % len(PALETTE)], approximate=[not p.exact for p in pts])
         for i, ((model, version), pts) in enumerate(sorted(series.latency.items()))
     ]  # fmt: skip
     chart = line_chart(
@@ -233,8 +245,8 @@ def _fleet_chart(service: ControllerService, session: Session, now: datetime) ->
         end_ms=int(now.timestamp() * 1000), width=1200, height=260,
     )  # fmt: skip
     note = (
-        f'<p class="muted">request-weighted mean of device p95 per {series.step_s} s, '
-        f"up to the last {CHART_MINUTES} min</p>"
+        f'<p class="muted">p95 of every device\'s requests per {series.step_s} s (their latency '
+        f"histograms merged), up to the last {CHART_MINUTES} min{approximate_note(series)}</p>"
     )
     html = card("Fleet latency (p95)", chart + note, wide=True)
     _chart_cache[id(service)] = (time.monotonic(), html)

@@ -46,6 +46,15 @@ def _figure(name: str, value: float | None) -> str:
     return num(value, digits=0) if float(value).is_integer() else num(value)
 
 
+def _verdict(check: dict[str, Any]) -> str:
+    """passed, breached, or not judged (a p95 check short of requests on a side)."""
+    if not check["passed"]:
+        return "breached"
+    figures = check.get("figures")
+    judged = not figures or "regression_ms" in figures  # (gates before 0006 kept no figures)
+    return "passed" if judged else "not judged"
+
+
 def _gate(rollout: RolloutRow) -> str:
     policy: dict[str, Any] = rollout.policy or {}
     thresholds = table(
@@ -54,8 +63,12 @@ def _gate(rollout: RolloutRow) -> str:
             [e("failed devices allowed"), e(policy.get("max_failures"))],
             [e("max error rate"), f"{float(policy.get('max_error_rate', 0)):.2%}"],
             [e("max p95 regression"), f"+{float(policy.get('max_p95_regression', 0)):.0%}"],
+            [
+                e("and at least (absolute)"),
+                num(policy.get("min_p95_regression_ms", GatePolicy().min_p95_regression_ms), "ms"),
+            ],
             [e("soak per wave"), num(policy.get("soak_s"), "s", 1)],
-            [e("min requests to judge latency"), num(policy.get("min_requests"))],
+            [e("min requests to judge latency, each side"), num(policy.get("min_requests"))],
             [e("on breach"), e(policy.get("on_breach"))],
             [e("install deadline per device"), num(policy.get("install_timeout_s"), "s", 0)],
             [
@@ -71,7 +84,7 @@ def _gate(rollout: RolloutRow) -> str:
         ["check", "measured", "threshold", "result", "detail"],
         (
             [e(c["name"]), _figure(c["name"], c.get("value")), _figure(c["name"], c["threshold"]),
-             badge("passed" if c["passed"] else "breached"), e(c.get("detail", ""))]
+             badge(_verdict(c)), e(c.get("detail", ""))]
             for c in checks
         ),
         empty="no wave has been judged yet (gates run after a wave settles and soaks)",

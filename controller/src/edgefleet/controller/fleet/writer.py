@@ -1,4 +1,5 @@
-"""Applying device messages to the database: upserts of devices, events and telemetry.
+"""Applying device messages to the database: upserts of devices, events and telemetry (each
+window's latency histogram stored as sent, next to its p50/p95/p99).
 
 Synchronous; :class:`BatchWrite` gives each batch one transaction, and a batch the database
 refuses is halved, each half in a transaction of its own, until what it refuses is one message
@@ -34,10 +35,12 @@ from edgefleet.shared import (
     Event,
     EventType,
     Hello,
+    LatencyHistogram,
     OutcomeResult,
     Telemetry,
     WireModel,
 )
+from edgefleet.shared.histogram import Histogram
 
 # Columns ingest only ever assigns: not loaded (nor JSON-decoded) with the batch's devices.
 _WRITE_ONLY_COLUMNS = (
@@ -47,6 +50,8 @@ _WRITE_ONLY_COLUMNS = (
     defer(DeviceRow.labels),
     defer(DeviceRow.previous),
 )
+
+_LAST_TELEMETRY_EXCLUDES: Any = {"models": {"__all__": {"latency_hist"}}}
 
 # A v1 agent reports no outcome in its state: its failure events stand in for one.
 V1_OUTCOME_OF_EVENT = {
@@ -222,10 +227,13 @@ def _write_telemetry(session: Session, batch: list[Telemetry], now: datetime) ->
     # Telemetry says when a device was last heard of, never that it is online: ingest writes a
     # batch's states before its telemetry, so a window sent just before the device's last will
     # can land after it. Only a hello or a state brings a device (back) online.
+    # The device's last window as a summary: its histogram is in its telemetry row, and would
+    # make every device row (and ``/api/devices``) carry up to a thousand buckets per model.
     updates = [
-        {"device": device_id, "last_seen": now, "last_telemetry": t.model_dump(mode="json")}
+        {"device": device_id, "last_seen": now,
+         "last_telemetry": t.model_dump(mode="json", exclude=_LAST_TELEMETRY_EXCLUDES)}
         for device_id, t in latest.items()
-    ]
+    ]  # fmt: skip
     devices = _table(DeviceRow)
     connection.execute(update(devices).where(devices.c.id == bindparam("device")), updates)
 
@@ -321,11 +329,28 @@ def _v1_outcome(row: DeviceRow, event: Event) -> None:
     }
 
 
+def _summary_of(
+    hist: LatencyHistogram | None,
+) -> tuple[float | None, float | None, float | None, float | None]:
+    """p50, p95, p99 and max of a window that sent its histogram without a summary."""
+    if hist is None or hist.count == 0:
+        return None, None, None, None
+    histogram = Histogram.of(hist)
+    p50, p95, p99 = (histogram.percentile(q) for q in (0.50, 0.95, 0.99))
+    return p50, p95, p99, hist.max if hist.max is not None else p99
+
+
 def _telemetry_rows(
     telemetry: Telemetry, points: list[dict[str, Any]], samples: list[dict[str, Any]]
 ) -> None:
     for stats in telemetry.models:
         latency = stats.latency_ms
+        hist = stats.latency_hist
+        p50, p95, p99, top = (
+            (latency.p50, latency.p95, latency.p99, latency.max)
+            if latency is not None
+            else _summary_of(hist)
+        )
         points.append(
             dict(
                 device_id=telemetry.device_id,
@@ -336,11 +361,12 @@ def _telemetry_rows(
                 requests=stats.requests,
                 errors=stats.errors,
                 client_errors=stats.client_errors,
-                p50_ms=latency.p50 if latency else None,
-                p95_ms=latency.p95 if latency else None,
-                p99_ms=latency.p99 if latency else None,
-                max_ms=latency.max if latency else None,
+                p50_ms=p50,
+                p95_ms=p95,
+                p99_ms=p99,
+                max_ms=top,
                 throughput_rps=stats.throughput_rps,
+                latency_hist=hist if hist is not None and hist.count else None,
             )
         )
     system = telemetry.system

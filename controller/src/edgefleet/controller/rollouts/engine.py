@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,6 +41,7 @@ from edgefleet.controller.rollouts.gates import (
     GateCheck,
     GatePolicy,
     GateResult,
+    LatencyWindow,
     check_failures,
     combine_figures,
     evaluate_gates,
@@ -54,6 +55,7 @@ from edgefleet.controller.rollouts.states import (
 )
 from edgefleet.controller.rollouts.tables import RolloutDeviceRow, RolloutRow
 from edgefleet.shared import Topics, encode
+from edgefleet.shared.histogram import Histogram
 
 log = logging.getLogger(__name__)
 
@@ -571,36 +573,36 @@ class RolloutEngine:
         scope: list[RolloutDeviceRow],
     ) -> GateResult:
         """Gate figures for the wave: the new version since the rollout began, against each
-        device's previous version before it swapped. Two queries, whatever the wave's size."""
+        device's previous version before it swapped, each side's windows merged into one
+        distribution as they stream in. Two queries, whatever the wave's size."""
         failed = sum(1 for d in scope if d.state in FAILURES)
         active = [t for t in scope if t.state == TargetState.ACTIVE]
         created = aware(rollout.created_at)
         ids = [t.device_id for t in active]
-        new_windows = [
-            (r, e, p)
-            for _, model, version, r, e, p, _ in _windows(session, ids, since=created)
+        new = combine_figures(
+            LatencyWindow(r, e, p, hist)
+            for _, model, version, r, e, p, hist, _ in _windows(session, ids, since=created)
             if (model, version) == (rollout.model, rollout.version)
-        ]
+        )
         previous = {
             t.device_id: (t.previous, aware(t.converged_at))
             for t in active
             if t.previous and t.converged_at is not None
         }
-        base_windows = []
-        for device_id, model, version, r, e, p, end in _windows(
-            session, list(previous), since=created - BASELINE_WINDOW
-        ):
+
+        def ran_before(device_id: str, model: str, version: str, end: datetime) -> bool:
+            """A window of the version the device ran before, ending before it swapped."""
             slot, swapped_at = previous[device_id]
-            if (model, version) == (slot["model_id"], slot["version"]) and end <= swapped_at:
-                base_windows.append((r, e, p))
-        baseline = combine_figures(base_windows) if base_windows else None
-        return evaluate_gates(
-            policy,
-            failed=failed,
-            devices=len(scope),
-            new=combine_figures(new_windows),
-            baseline=baseline,
+            return (model, version) == (slot["model_id"], slot["version"]) and end <= swapped_at
+
+        baseline = combine_figures(
+            LatencyWindow(r, e, p, hist)
+            for device_id, model, version, r, e, p, hist, end in _windows(
+                session, list(previous), since=created - BASELINE_WINDOW
+            )
+            if ran_before(device_id, model, version, end)
         )
+        return evaluate_gates(policy, failed=failed, devices=len(scope), new=new, baseline=baseline)
 
 
 def _current_desired(*columns: Any) -> Any:
@@ -633,22 +635,24 @@ def _tally(targets: list[RolloutDeviceRow]) -> str:
     return ", ".join(f"{n} {state}" for state, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-def _windows(
-    session: Session, device_ids: list[str], *, since: datetime
-) -> list[tuple[str, str, str, int, int, float | None, datetime]]:
-    """Telemetry windows of these devices ending after ``since``, any model version."""
-    rows: list[tuple[str, str, str, int, int, float | None, datetime]] = []
+# device, model, version, requests, errors, p95 (v1), histogram (v2), window end
+_Window = tuple[str, str, str, int, int, float | None, Histogram | None, datetime]
+
+
+def _windows(session: Session, device_ids: list[str], *, since: datetime) -> Iterator[_Window]:
+    """Telemetry windows of these devices ending after ``since``, any model version, streamed
+    (each carries a histogram: a long rollout of a large wave has many)."""
     for start in range(0, len(device_ids), 500):  # keep IN lists short
         query = select(
             TelemetryRow.device_id, TelemetryRow.model_id, TelemetryRow.version,
             TelemetryRow.requests, TelemetryRow.errors, TelemetryRow.p95_ms,
-            TelemetryRow.window_end,
+            TelemetryRow.latency_hist, TelemetryRow.window_end,
         ).where(
             TelemetryRow.device_id.in_(device_ids[start : start + 500]),
             TelemetryRow.window_end >= since,
         )  # fmt: skip
-        rows += [(d, m, v, r, e, p, aware(w)) for d, m, v, r, e, p, w in session.execute(query)]
-    return rows
+        for d, m, v, r, e, p, hist, w in session.execute(query.execution_options(yield_per=2000)):
+            yield d, m, v, r, e, p, hist, aware(w)
 
 
 def _chunk_index_of(ref: JsonValue) -> JsonValue:

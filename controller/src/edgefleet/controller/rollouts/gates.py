@@ -1,18 +1,28 @@
 """Rollout gates: whether a wave's own telemetry says it is safe to go on. Pure functions.
 
 Gates compare the new version's figures on the wave's devices with the same devices' figures
-for the version they ran before.
+for the version they ran before. Latency is judged on distributions: the histograms of every
+window of each side merged (see :mod:`edgefleet.controller.telemetry.latency`), never on a mean
+of per-window percentiles, which is not a percentile of anything (a tail on one busy device can
+move it sevenfold while the p95 of the wave's requests stays put); v1 agents' summaries, which
+cannot be merged, enter as their request-weighted mean, and the check says so.
+A p95 regression is a breach only when it is both relative (``max_p95_regression``) and absolute
+(``min_p95_regression_ms``), judged on at least ``min_requests`` requests on each side: a jump of
+0.1 ms on a 0.1 ms model is noise, not a reason to roll back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgefleet.controller.fleet.selectors import parse_selector
+from edgefleet.controller.telemetry.latency import MergedLatency
+from edgefleet.shared.bounds import MAX_LATENCY_MS
+from edgefleet.shared.histogram import Histogram
 from edgefleet.shared.manifest import HealthPolicy
 
 _DURATION_MS = {"ms": 1.0, "s": 1000.0}
@@ -60,9 +70,18 @@ class GatePolicy(BaseModel):
     max_failures: str = Field(default="0", description="failed devices allowed: N or N%")
     max_error_rate: float = Field(default=0.01, ge=0.0, le=1.0)
     max_p95_regression: float = Field(default=0.2, ge=0.0, le=1000.0)
+    min_p95_regression_ms: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1e7,
+        description="a p95 rise breaches only when it is also more than this many ms",
+    )
     soak_s: float = Field(default=60.0, ge=0.0, le=7 * 24 * 3600)
     min_requests: int = Field(
-        default=20, ge=0, le=1_000_000_000, description="below this, latency is not judged"
+        default=20,
+        ge=0,
+        le=1_000_000_000,
+        description="requests needed on each side (new, previous) to judge latency",
     )
     on_breach: Literal["pause", "rollback"] = "rollback"
     install_timeout_s: float = Field(
@@ -83,6 +102,7 @@ class GatePolicy(BaseModel):
     health_min_requests: int = Field(default=20, ge=0, le=1_000_000_000)
     health_max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
     health_max_p95_regression: float = Field(default=0.5, ge=0.0, le=1000.0)
+    health_min_p95_regression_ms: float = Field(default=1.0, ge=0.0, le=MAX_LATENCY_MS)
     latency_budgets: tuple[LatencyBudget, ...] = Field(
         default=(),
         max_length=64,
@@ -111,6 +131,7 @@ class GatePolicy(BaseModel):
             min_requests=self.health_min_requests,
             max_error_rate=self.health_max_error_rate,
             max_p95_regression=self.health_max_p95_regression,
+            min_p95_regression_ms=self.health_min_p95_regression_ms,
         )
 
     @field_validator("max_failures")
@@ -144,12 +165,37 @@ def failures_allowed(spec: str, devices: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class VersionFigures:
-    """Summed telemetry of one version on a set of devices."""
+class LatencyWindow:
+    """One telemetry window of a version on one device, as the gates read it: its histogram
+    (wire v2), else its own p95 (a v1 agent's summary is all there is)."""
 
     requests: int
     errors: int
-    p95_ms: float | None  # request-weighted mean of window p95s
+    p95_ms: float | None = None
+    histogram: Histogram | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionFigures:
+    """Summed telemetry of one version on a set of devices, its latency merged."""
+
+    requests: int
+    errors: int
+    latency: MergedLatency = field(default_factory=MergedLatency)
+
+    @classmethod
+    def of_p95(cls, requests: int, errors: int, p95_ms: float | None) -> VersionFigures:
+        """Figures known only by a p95 that stands for every request (a v1 summary)."""
+        return combine_figures([LatencyWindow(requests, errors, p95_ms)])
+
+    @property
+    def p95_ms(self) -> float | None:
+        return self.latency.percentile(0.95)
+
+    @property
+    def latency_requests(self) -> int:
+        """The requests whose latency the p95 stands for."""
+        return self.latency.samples
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +205,8 @@ class GateCheck:
     threshold: float
     passed: bool
     detail: str
+    # What the check judged on (p95: both sides' figures and request counts).
+    figures: Mapping[str, float | int | bool | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +233,7 @@ class GateResult:
                     "threshold": c.threshold,
                     "passed": c.passed,
                     "detail": c.detail,
+                    **({"figures": dict(c.figures)} if c.figures else {}),
                 }
                 for c in self.checks
             ],
@@ -226,34 +275,76 @@ def evaluate_gates(
                 f"(max {policy.max_error_rate:.2%})",
             )
         )
-    base_p95 = baseline.p95_ms if baseline is not None else None
-    base_requests = baseline.requests if baseline is not None else 0
-    if (
-        new.p95_ms is not None
-        and base_p95 is not None
-        and base_p95 > 0
-        and new.requests >= policy.min_requests
-        and base_requests >= policy.min_requests
-    ):
-        regression = new.p95_ms / base_p95 - 1.0
-        checks.append(
-            GateCheck(
-                "p95_regression",
-                regression,
-                policy.max_p95_regression,
-                regression <= policy.max_p95_regression,
-                f"p95 {new.p95_ms:.3f} ms vs {base_p95:.3f} ms before "
-                f"({regression:+.0%}, max +{policy.max_p95_regression:.0%})",
-            )
-        )
+    checks.append(check_p95(policy, new, baseline))
     return GateResult(all(c.passed for c in checks), tuple(checks))
 
 
-def combine_figures(windows: Sequence[tuple[int, int, float | None]]) -> VersionFigures:
-    """Sum ``(requests, errors, p95_ms)`` windows; p95 is weighted by requests."""
-    requests = sum(w[0] for w in windows)
-    errors = sum(w[1] for w in windows)
-    weighted = [(w[0], w[2]) for w in windows if w[2] is not None and w[0] > 0]
-    weight = sum(n for n, _ in weighted)
-    p95 = sum(n * p for n, p in weighted) / weight if weight else None
-    return VersionFigures(requests, errors, p95)
+def check_p95(
+    policy: GatePolicy, new: VersionFigures, baseline: VersionFigures | None
+) -> GateCheck:
+    """The new version's p95 against the previous one's, each from its merged distribution.
+
+    A breach needs a rise over ``max_p95_regression`` *and* over ``min_p95_regression_ms``,
+    with at least ``min_requests`` requests on each side; below that, the check passes and says
+    it did not judge. Its detail states both figures and the request counts behind them.
+    """
+    before = baseline if baseline is not None else VersionFigures(0, 0)
+    new_p95, base_p95 = new.p95_ms, before.p95_ms
+    new_n, base_n = new.latency_requests, before.latency_requests
+    exact = new.latency.exact and before.latency.exact
+    figures: dict[str, float | int | bool | None] = {
+        "new_p95_ms": new_p95,
+        "previous_p95_ms": base_p95,
+        "new_requests": new_n,
+        "previous_requests": base_n,
+        "min_p95_regression_ms": policy.min_p95_regression_ms,
+        "exact": exact,
+    }
+    counts = f"{new_n} new and {base_n} previous requests"
+    basis = (
+        "merged histograms"
+        if exact
+        else "approximate: v1 agents' window p95s enter as their request-weighted mean"
+    )
+    if (
+        new_p95 is None
+        or base_p95 is None
+        or new_n < max(1, policy.min_requests)
+        or base_n < max(1, policy.min_requests)
+    ):
+        return GateCheck(
+            "p95_regression", None, policy.max_p95_regression, True,
+            f"p95 not judged: {counts}, {policy.min_requests} needed on each side", figures,
+        )  # fmt: skip
+    delta = new_p95 - base_p95
+    # A previous p95 of 0 (every latency under the zero threshold): any rise is relative.
+    regression = new_p95 / base_p95 - 1.0 if base_p95 > 0 else None
+    relative = regression is None or regression > policy.max_p95_regression
+    breached = relative and delta > policy.min_p95_regression_ms
+    rise = f"{regression:+.0%}, " if regression is not None else ""
+    figures["regression_ms"] = delta
+    return GateCheck(
+        "p95_regression",
+        regression,
+        policy.max_p95_regression,
+        not breached,
+        f"p95 {new_p95:.3f} ms vs {base_p95:.3f} ms before ({rise}{delta:+.3f} ms; a breach is "
+        f"over +{policy.max_p95_regression:.0%} and over +{policy.min_p95_regression_ms:g} ms) "
+        f"over {counts}, {basis}",
+        figures,
+    )
+
+
+def combine_figures(windows: Iterable[LatencyWindow]) -> VersionFigures:
+    """Sum windows' requests and errors and merge their latency: histograms exactly, v1 p95s
+    weighted by their requests."""
+    requests = errors = 0
+    latency = MergedLatency()
+    for window in windows:
+        requests += window.requests
+        errors += window.errors
+        if window.histogram is not None:
+            latency.add_histogram(window.histogram)
+        elif window.p95_ms is not None and window.requests > 0:
+            latency.add_summary(window.requests, None, window.p95_ms, None)
+    return VersionFigures(requests, errors, latency)

@@ -1,16 +1,20 @@
 """Pure bucketing of telemetry: time buckets and accumulators that merge windows into one point.
 
-Latency percentiles of several windows are merged as their request-weighted mean (a window with
-latency but no request counts once); ``max`` is the maximum. Resource figures are plain means.
+Latency of several windows merges exactly where they carry histograms (see
+:mod:`edgefleet.controller.telemetry.latency`); v1 agents' summaries are combined as their
+request-weighted mean and mark the point approximate. ``max`` is the maximum. Resource figures
+are plain means.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from edgefleet.controller.registry.db import aware
+from edgefleet.controller.telemetry.latency import MergedLatency
+from edgefleet.shared.histogram import Histogram
 
 NICE_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
 
@@ -32,7 +36,12 @@ def nice_step(span_s: float, max_points: int, minimum_s: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class LatencySample:
-    """A raw window or a rollup bucket of one model version on one device."""
+    """A raw window or a rollup bucket of one model version on one device.
+
+    ``histogram`` holds the latencies of the windows that carried one; ``p50_ms`` to ``p99_ms``
+    are the (mean) percentiles of those that carried only a summary, standing for
+    ``summary_weight`` requests (0: there are none).
+    """
 
     at: datetime
     device_id: str
@@ -45,6 +54,30 @@ class LatencySample:
     p95_ms: float | None
     p99_ms: float | None
     max_ms: float | None
+    histogram: Histogram | None = None
+    summary_weight: int = 0
+
+    @classmethod
+    def of_window(
+        cls,
+        at: datetime,
+        device_id: str,
+        model_id: str,
+        version: str,
+        requests: int,
+        errors: int,
+        percentiles: tuple[float | None, float | None, float | None, float | None],
+        histogram: Histogram | None,
+    ) -> LatencySample:
+        """One raw window: its histogram when it has one, else its summary ``(p50, p95, p99,
+        max)``, which stands for its requests (a window with latency but no request counts
+        once)."""
+        p50, p95, p99, top = percentiles
+        weight = 0 if histogram is not None or p95 is None else max(requests, 1)
+        return cls(
+            at, device_id, model_id, version, 1, requests, errors, p50, p95, p99, top,
+            histogram, weight,
+        )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -52,30 +85,29 @@ class LatencyAccumulator:
     windows: int = 0
     requests: int = 0
     errors: int = 0
-    weight: int = 0
-    p50_sum: float = 0.0
-    p95_sum: float = 0.0
-    p99_sum: float = 0.0
-    max_ms: float | None = None
+    latency: MergedLatency = field(default_factory=MergedLatency)
 
     def add(self, sample: LatencySample) -> None:
         self.windows += sample.windows
         self.requests += sample.requests
         self.errors += sample.errors
-        if sample.p95_ms is None:
-            return
-        weight = max(sample.requests, 1)
-        self.weight += weight
-        self.p50_sum += weight * (sample.p50_ms or 0.0)
-        self.p95_sum += weight * sample.p95_ms
-        self.p99_sum += weight * (sample.p99_ms or sample.p95_ms)
-        if sample.max_ms is not None:
-            self.max_ms = sample.max_ms if self.max_ms is None else max(self.max_ms, sample.max_ms)
+        latency = self.latency
+        if sample.histogram is not None:
+            latency.add_histogram(sample.histogram)
+        if sample.summary_weight:
+            latency.add_summary(sample.summary_weight, sample.p50_ms, sample.p95_ms, sample.p99_ms)
+        latency.see_max(sample.max_ms)
+
+    @property
+    def max_ms(self) -> float | None:
+        return self.latency.max_ms
+
+    @property
+    def exact(self) -> bool:
+        return self.latency.exact
 
     def percentiles(self) -> tuple[float | None, float | None, float | None]:
-        if not self.weight:
-            return None, None, None
-        return self.p50_sum / self.weight, self.p95_sum / self.weight, self.p99_sum / self.weight
+        return self.latency.percentiles()
 
 
 @dataclass(frozen=True, slots=True)

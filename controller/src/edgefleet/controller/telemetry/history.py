@@ -1,6 +1,7 @@
 """Keeping telemetry history bounded: per-minute and per-hour rollups, then retention.
 
-Raw windows are rolled up into minute buckets, minute buckets into hour buckets, each up to a
+Raw windows are rolled up into minute buckets, minute buckets into hour buckets (latency
+histograms merged exactly, v1 summaries as their request-weighted mean), each up to a
 watermark (``RollupMarkRow``) a little behind now; rows are deleted once they are past their
 retention *and* rolled up. Windows that arrive after their bucket was rolled up stay in the raw
 table but are not in the rollup.
@@ -33,8 +34,9 @@ log = logging.getLogger(__name__)
 
 MINUTE = 60
 HOUR = 3600
-# Source time rolled up per transaction, bounding memory after a long stop: 30 min of raw windows
-# of 1,000 devices at a 10 s interval is 180k rows; 6 h of their minute rollups is 360k.
+# Source time rolled up per transaction, bounding memory after a long stop: rows are streamed and
+# merged as they come, so what is held is the buckets written: 30 min of 1,000 devices is 30k
+# minute buckets (a histogram each, a few hundred bytes to 8 KB), 6 h of them 6k hour buckets.
 MAX_SPAN = {MINUTE: timedelta(minutes=30), HOUR: timedelta(hours=6)}
 
 
@@ -93,12 +95,15 @@ def roll_up(session: Session, resolution_s: int, source: int, until: datetime) -
         return 0
     latency = bucket_latency(read_latency(session, source, start, end), resolution_s)
     for (device_id, model_id, version, bucket), acc in latency.items():
-        p50, p95, p99 = acc.percentiles()
+        # Both parts of the bucket's latency, each mergeable on into hours (see tables.py).
+        merged = acc.latency
+        p50, p95, p99 = merged.summary_percentiles()
         session.add(
             LatencyRollupRow(
                 resolution_s=resolution_s, bucket_start=bucket, device_id=device_id,
                 model_id=model_id, version=version, windows=acc.windows, requests=acc.requests,
                 errors=acc.errors, p50_ms=p50, p95_ms=p95, p99_ms=p99, max_ms=acc.max_ms,
+                latency_hist=merged.histogram, summary_requests=merged.summary_weight,
             )
         )  # fmt: skip
     system = bucket_system(read_system(session, source, start, end), resolution_s)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import chain
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -14,7 +15,6 @@ from sqlalchemy.orm import Session
 from edgefleet.controller.fleet.tables import EventRow, TelemetryRow
 from edgefleet.controller.registry.db import aware
 from edgefleet.controller.telemetry.buckets import (
-    LatencySample,
     SystemSample,
     bucket_latency,
     bucket_system,
@@ -35,6 +35,9 @@ class LatencyPoint:
     p99_ms: float | None
     requests: int
     errors: int
+    # False when v1 agents' summaries are in it: their percentiles enter as a request-weighted
+    # mean, not a percentile of the merged requests.
+    exact: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,25 +108,26 @@ def query_series(
 ) -> DeviceSeries:
     """Series over ``[since, until)`` for ``device_ids`` (``None``: the whole fleet).
 
-    Devices are merged (request-weighted percentiles, mean resources); latency is keyed by
-    ``(model_id, version)``.
+    Devices are merged (latency percentiles from the merged histograms of every window in a
+    point, mean resources); latency is keyed by ``(model_id, version)``.
     """
     since, until, now = aware(since), aware(until), aware(now)
     plan = _plan(session, policy, since, until, now)
     coarsest = max((res for res, _, _ in plan), default=RAW)
     step = step_s or nice_step((until - since).total_seconds(), max_points, max(1, coarsest))
-    latency: list[LatencySample] = []
+    latency = chain.from_iterable(
+        read_latency(session, resolution, start, end, device_ids, model_id)
+        for resolution, start, end in plan
+    )
+    buckets = bucket_latency(latency, step, per_device=False)
     system: list[SystemSample] = []
     for resolution, start, end in plan:
-        latency += read_latency(session, resolution, start, end, device_ids, model_id)
         system += read_system(session, resolution, start, end, device_ids)
     series = DeviceSeries(since, until, step, RESOLUTION_NAMES.get(coarsest, str(coarsest)))
-    for (_device, model, version, bucket), acc in sorted(
-        bucket_latency(latency, step, per_device=False).items(), key=lambda kv: kv[0][3]
-    ):
+    for (_device, model, version, bucket), acc in sorted(buckets.items(), key=lambda kv: kv[0][3]):
         p50, p95, p99 = acc.percentiles()
         series.latency.setdefault((model, version), []).append(
-            LatencyPoint(_ms(bucket), p50, p95, p99, acc.requests, acc.errors)
+            LatencyPoint(_ms(bucket), p50, p95, p99, acc.requests, acc.errors, acc.exact)
         )
     for (_device, bucket), sys_acc in sorted(
         bucket_system(system, step, per_device=False).items(), key=lambda kv: kv[0][1]

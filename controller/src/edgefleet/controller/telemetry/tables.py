@@ -1,8 +1,11 @@
 """Rollup tables: per-minute and per-hour aggregates of the raw telemetry, and rollup watermarks.
 
 Raw points live in ``fleet.tables`` (``TelemetryRow``, ``SystemSampleRow``). A rollup row holds one
-bucket of ``resolution_s`` seconds; latency percentiles are request-weighted means of the raw
-windows' percentiles (an approximation: percentiles of windows cannot be merged exactly).
+bucket of ``resolution_s`` seconds. Its latency has two parts that merge on: ``latency_hist``, the
+exact merge of the histograms of the windows that carried one; and ``p50_ms`` to ``p99_ms``, the
+request-weighted means of the percentiles of the windows that carried only a summary (v1 agents),
+standing for ``summary_requests`` requests (0 when there were none). Percentiles of windows cannot
+be merged exactly: a bucket with a summary part is approximate.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ from datetime import datetime
 from sqlalchemy import BigInteger, DateTime, Float, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from edgefleet.controller.fleet.tables import HistogramBlob
 from edgefleet.controller.registry.db import Base
+from edgefleet.shared.histogram import Histogram
 
 
 class LatencyRollupRow(Base):
-    """One model version's figures on one device over one bucket."""
+    """One model version's figures on one device over one bucket (see the module's note on the
+    two parts of its latency)."""
 
     __tablename__ = "telemetry_rollups"
     __table_args__ = (
@@ -37,6 +43,8 @@ class LatencyRollupRow(Base):
     p95_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     max_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_hist: Mapped[Histogram | None] = mapped_column(HistogramBlob, nullable=True)
+    summary_requests: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class SystemRollupRow(Base):

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from edgefleet.controller.api.deps import ServiceDep, SessionDep
@@ -38,14 +38,21 @@ MaxPoints = Annotated[int, Query(ge=10, le=2000, description="buckets per series
 
 
 class LatencySeriesPublic(BaseModel):
+    """One model version's latency: each point's percentiles come from the merged histograms
+    of every window in it, of every device in scope."""
+
     model_id: str
     version: str
-    t: list[int]  # bucket starts, Unix milliseconds
+    t: list[int] = Field(description="bucket starts, Unix milliseconds")
     p50_ms: list[float | None]
     p95_ms: list[float | None]
     p99_ms: list[float | None]
     requests: list[int]
     errors: list[int]
+    exact: list[bool] = Field(
+        description="false where v1 agents' summaries are in the point: their percentiles "
+        "enter as a request-weighted mean, an approximation, not a percentile of the requests"
+    )
 
 
 class SystemSeriesPublic(BaseModel):
@@ -97,6 +104,7 @@ def series_public(scope: str, devices: int, series: DeviceSeries) -> SeriesPubli
                 p99_ms=[p.p99_ms for p in points],
                 requests=[p.requests for p in points],
                 errors=[p.errors for p in points],
+                exact=[p.exact for p in points],
             )
             for (model, version), points in sorted(series.latency.items())
         ],
