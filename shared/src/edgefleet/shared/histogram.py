@@ -18,6 +18,7 @@ Pure Python, no numpy: the agent, the controller and the wire validation all use
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Iterable, Sequence
@@ -61,6 +62,7 @@ def lower_bound(index: int, scale: int) -> float:
     return float(2.0 ** (index * 2.0**-scale))
 
 
+@functools.cache
 def index_range(scale: int) -> tuple[int, int]:
     """The buckets a latency the wire admits can fall in at ``scale``: above the zero
     threshold, at most the wire's maximum latency."""
