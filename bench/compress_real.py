@@ -2,7 +2,8 @@
 registry wheels, ``tests/support/pretrained.py``) compressed to onnx-int8 through the pipeline,
 per model and target: size ratio (registered artifact bytes against the fp32 artifact's),
 accuracy delta (labelled data) or agreement with the source, latency on the controller host as
-a ratio to the fp32 artifact's, and where the int8 artifact's bytes go.
+a ratio to the fp32 artifact's, where the int8 artifact's bytes go, and its format (static int8:
+QOperator or QDQ, with both candidates' bytes).
 
 Agreement where no labels exist, computed here from the registered files on the evaluation
 data: the text/background decision of every pixel for the PaddleOCR detector (probability above
@@ -123,11 +124,21 @@ def _rows(result: Any) -> dict[str, dict[str, Any]]:
             "latency_ratio": round(report.latency.p50_ms / fp32.latency.p50_ms, 3),
             "latency_host": report.latency.host,
             "quantization": report.details.get("quantization"),
+            "quant_format": report.details.get("quant_format"),
+            "format_bytes": _format_bytes(report.details),
             "opset": report.details.get("opset"),
             "int8_heavy_ops": report.details.get("int8_heavy_ops"),
             "int8_weight_share": report.details.get("int8_weight_share"),
         }
     return rows
+
+
+def _format_bytes(details: dict[str, Any]) -> dict[str, int] | None:
+    """Each static int8 format's artifact bytes, as built before one was kept."""
+    choice = details.get("quant_format_choice")
+    if choice is None:
+        return None
+    return {name: figures["bytes"] for name, figures in choice.items() if name != "reason"}
 
 
 def _cases(work: Path, count: int) -> dict[str, tuple[str, str, CompressionData]]:
@@ -211,9 +222,13 @@ def print_table(figures: dict[str, Any]) -> None:
             print(f"{case:22s} onnx-int8   refused: {model['refused'][:200]}")
             continue
         for target, row in model["targets"].items():
+            formats = row["format_bytes"] or {}
+            kept = f" {row['quant_format']}" if row["quant_format"] else ""
+            other = ", ".join(f"{k} {v:,} B" for k, v in formats.items())
             print(
                 f"{case:22s} {target:10s} x{row['size_ratio']:<5} {_quality(row):40s} "
-                f"max abs err {row['max_abs_error']:.4f}  latency x{row['latency_ratio']}"
+                f"max abs err {row['max_abs_error']:.4f}  latency x{row['latency_ratio']}{kept}"
+                + (f" (built: {other})" if other else "")
             )
         if "int8_bytes" in model:
             parts = sorted(model["int8_bytes"].items(), key=lambda kv: -kv[1])

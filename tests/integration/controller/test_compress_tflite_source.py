@@ -3,9 +3,11 @@ MediaPipe's BlazeFace short-range face detector as shipped in the mediapipe whee
 weights behind DEQUANTIZE operators, no serving signature, input [1, 128, 128, 3]).
 
 ``tflite-fp32`` is the file itself; ``tflite-int8`` (dynamic-range) and ``tflite-full-int8``
-(integer IO, calibrated) come from ai-edge-quantizer. Each is evaluated against the source as any
-compressed artifact is, and the agent's LiteRT runtime passes the golden pairs registered with it.
-Real LiteRT interpreters, a real SQLite registry; refusals exit 1 and register nothing."""
+(integer IO, calibrated) come from ai-edge-quantizer; the ONNX targets from its tf2onnx conversion
+(the tensorflow extra), named and laid out as the TFLite model (NHWC). Each is evaluated against
+the source as any compressed artifact is, and the agent's runtime passes the golden pairs
+registered with it. Real LiteRT interpreters and onnxruntime sessions, a real SQLite registry;
+refusals exit 1 and register nothing."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typer.testing import CliRunner
 from edgefleet.agent.runtimes import load_runtime
 from edgefleet.agent.validation import validate
 from edgefleet.controller.cli import app
+from edgefleet.controller.compress.runners import LiteRtRunner
 from edgefleet.controller.compress.tflite_file import read_tflite
 from edgefleet.controller.compress.tflite_quantize import quantize_tflite
 from edgefleet.controller.config import get_settings
@@ -163,12 +166,6 @@ def test_a_model_zoo_tflite_compresses_to_every_litert_target_with_a_report(file
     ("source", "args", "message"),
     [
         (
-            "face",
-            ["-t", "tflite-int8", "-t", "onnx-int8"],
-            "targets ['onnx-int8'] from a TFLite source need a TFLite->ONNX converter (tf2onnx, "
-            "with the controller's tensorflow extra), which edgefleet does not have yet",
-        ),
-        (
             "full_int8",
             ["-t", "tflite-int8"],
             "a full-integer model (quantized integer tensors at its boundary: ['classificators', "
@@ -203,4 +200,82 @@ def test_without_ai_edge_quantizer_an_int8_target_names_the_package(files, monke
     said = " ".join(result.stderr.split())
     assert "building tflite-int8 needs ai-edge-quantizer, which is not installed" in said
     assert "pip install 'ai-edge-quantizer==0.10.0' (it is in the controller's compress" in said
+    assert _state(files) == before
+
+
+def test_a_model_zoo_tflite_compresses_to_onnx_targets_with_its_own_signature(files):
+    """tf2onnx converts the file (its float16 weights widened); onnx-int8 is static QDQ or
+    QOperator from that graph, calibrated on --calib; every artifact takes and gives what the
+    TFLite model does, by the same names, NHWC."""
+    result = _invoke(
+        files, "compress", str(files["face"]), "--name", "blazeface-onnx", "--version", "1",
+        "-t", "onnx-fp32", "-t", "onnx-int8", "-t", "onnx-fp16", "-t", "tflite-int8",
+        "--eval", str(files["eval"]), "--calib", str(files["calib"]), "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    artifacts = {a["target"]: a for a in json.loads(result.stdout)["artifacts"]}
+    assert set(artifacts) == {"onnx-fp32", "onnx-int8", "onnx-fp16", "tflite-int8"}
+    source = LiteRtRunner(files["face"]).signature
+    want = {
+        "inputs": [(s.name, s.dtype, list(s.shape)) for s in source.inputs],
+        "outputs": [(s.name, s.dtype, list(s.shape)) for s in source.outputs],
+    }
+    assert want["inputs"] == [("input", "float32", [1, SIDE, SIDE, 3])]  # NHWC, as given
+    assert {o[0] for o in want["outputs"]} == {"regressors", "classificators"}
+    for target, artifact in artifacts.items():
+        got = {
+            side: [(s["name"], s["dtype"], s["shape"]) for s in artifact["signature"][side]]
+            for side in ("inputs", "outputs")
+        }
+        assert got == want, target
+    fp32 = artifacts["onnx-fp32"]["report"]
+    assert fp32["runtime"] == "onnxruntime"
+    assert fp32["details"]["built_from"].startswith("the TFLite model, converted by tf2onnx")
+    check = fp32["details"]["conversion_check"]
+    assert check["samples"] == 16
+    assert check["max_rel_error"] < 1e-4  # the same computation, in float32
+    assert fp32["quality"]["max_rel_error"] < 1e-4
+    assert fp32["size_ratio"] < 0.6  # float32 weights against the source's float16
+    int8 = artifacts["onnx-int8"]["report"]
+    details = int8["details"]
+    assert details["quantization"] == "static"  # auto, with calibration data, for a CNN
+    assert details["heavy_ops"] == {"Conv": 37}
+    assert details["int8_heavy_ops"] == {"Conv": 37}
+    assert details["int8_weight_share"] == 1.0
+    assert int8["size_ratio"] > 1.7  # the float16 source: int8 weights gain at most 2x on it
+    assert int8["size_bytes"] * 3.2 < fp32["size_bytes"]
+    assert 0.0 < int8["quality"]["max_rel_error"] < 0.5
+    assert set(details["output_errors"]) == {"regressors", "classificators"}
+    fp16 = artifacts["onnx-fp16"]["report"]
+    assert fp16["quality"]["max_rel_error"] < 0.01
+    seen = {t: _agent_validates(files, "blazeface-onnx", t) for t in artifacts}
+    q, lat = int8["quality"], int8["latency"]
+    print(
+        f"\nblazeface onnx-int8: {int8['size_bytes']:,} B ({int8['size_ratio']:.2f}x smaller than "
+        f"the {int8['original_size_bytes']:,} B float16 source, "
+        f"{fp32['size_bytes'] / int8['size_bytes']:.2f}x than onnx-fp32), "
+        f"{details['quant_format']}, max abs err {q['max_abs_error']:.3f}, max rel err "
+        f"{q['max_rel_error']:.4f}, per output "
+        f"{details['output_errors']}; p95 {lat['p95_ms']:.2f} ms vs onnx-fp32 "
+        f"{fp32['latency']['p95_ms']:.2f} ms on {lat['host']}; agent golden max err "
+        f"{seen['onnx-int8']:.4f}"
+    )
+
+
+def test_without_the_tensorflow_extra_onnx_targets_name_it(files, monkeypatch):
+    """Refused before any work, naming the extra (the import system finds no tf2onnx)."""
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)
+    before = _state(files)
+    result = _invoke(
+        files, "compress", str(files["face"]), "--name", "notf", "--version", "1",
+        "-t", "tflite-int8", "-t", "onnx-int8", "--eval", str(files["eval"]),
+        "--calib", str(files["calib"]),
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.stderr.split())
+    assert (
+        "converting a TFLite model to onnx-int8 needs tf2onnx, which is not installed (missing: "
+        "tf2onnx): pip install 'edgefleet-controller[tensorflow]'"
+    ) in said, result.stderr
+    assert "Traceback" not in result.output
     assert _state(files) == before

@@ -158,11 +158,20 @@ def test_every_version_quantizes_per_channel_to_the_same_model(
         assert built.details["opset"] == (13 if opset == 13 else 17)
         quantized = onnx.load(str(built.path))
         assert ai_onnx_opset(quantized) >= 13
-        # per-channel weight scales: DequantizeLinear with an axis, one scale per output channel
-        dq_axes = [
-            n for n in quantized.graph.node if n.op_type == "DequantizeLinear" and n.attribute
-        ]
-        assert dq_axes, "no per-channel DequantizeLinear in the quantized graph"
+        # the smaller format at no loss: integer kernels, no QuantizeLinear/DequantizeLinear
+        # pairs between them (only the input quantized and the logits dequantized)
+        assert built.details["quant_format"] == "QOperator"
+        ops = [n.op_type for n in quantized.graph.node]
+        assert ops == ["QuantizeLinear", "QLinearConv", "Flatten", "QGemm", "DequantizeLinear"]
+        # per-channel weight scales: the kernels' scale input is a vector, one per output
+        # channel of the conv (8) and per output column of the dense layer (10)
+        stored = {t.name: t for t in quantized.graph.initializer}
+        scales = {
+            n.op_type: list(stored[n.input[4]].dims)
+            for n in quantized.graph.node
+            if n.op_type in ("QLinearConv", "QGemm")
+        }
+        assert scales == {"QLinearConv": [8], "QGemm": [10]}
         coverage = int8_coverage(quantized)
         assert coverage.quantized_ops == {"Conv": 1, "Gemm": 1}
         assert coverage.weight_share == 1.0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 from torch import nn
 
 from edgefleet.controller.compress.prune import (
@@ -20,6 +22,7 @@ from edgefleet.controller.compress.prune import (
 )
 from edgefleet.controller.errors import CompressionError
 from support.models_compress import TinyCnn, WideMlp, two_input_onnx
+from support.pretrained import pretrained_model
 
 
 def test_unstructured_torch_pruning_reaches_target_and_is_permanent() -> None:
@@ -100,3 +103,74 @@ def test_finetune_during_unstructured_pruning_keeps_pruned_weights_at_zero() -> 
     after = [m.weight.detach() for m in model.modules() if isinstance(m, nn.Linear)]
     assert weight_sparsity(model) == pytest.approx(0.6, abs=0.01)
     assert any(not torch.equal(a[a != 0], b[a != 0]) for a, b in zip(after, before, strict=True))
+
+
+def _weights_in_branches_and_constants() -> onnx.ModelProto:
+    """MatMul weights stored three ways: a top-level Constant node, an initializer of an If
+    branch and a Constant node of the other branch (value_floats too), as Silero VAD and
+    PaddleOCR exports store theirs."""
+    rng = np.random.default_rng(0)
+    top = rng.normal(size=(4, 6)).astype(np.float32)
+    then_w = rng.normal(size=(6, 3)).astype(np.float32)
+    then_w[0] = 0.0  # 3 of the 18 values
+    else_w = rng.normal(size=(6, 3)).astype(np.float32)
+
+    def branch(name: str, nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]) -> Any:
+        out = helper.make_tensor_value_info(f"{name}_y", onnx.TensorProto.FLOAT, [2, 3])
+        return helper.make_graph(nodes, name, [], [out], inits)
+
+    then_graph = branch(
+        "then",
+        [helper.make_node("MatMul", ["h", "then_w"], ["then_y"])],
+        [numpy_helper.from_array(then_w, "then_w")],
+    )
+    else_graph = branch(
+        "else",
+        [
+            helper.make_node("Constant", [], ["else_w"], value=numpy_helper.from_array(else_w)),
+            helper.make_node("Constant", [], ["bias"], value_floats=[0.5, 0.25, 0.0]),
+            helper.make_node("MatMul", ["h", "else_w"], ["m"]),
+            helper.make_node("Add", ["m", "bias"], ["else_y"]),
+        ],
+        [],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["top_w"], value=numpy_helper.from_array(top)),
+            helper.make_node("MatMul", ["x", "top_w"], ["h"]),
+            helper.make_node("If", ["flag"], ["y"], then_branch=then_graph, else_branch=else_graph),
+        ],
+        "branches",
+        [
+            helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 4]),
+            helper.make_tensor_value_info("flag", onnx.TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_onnx_weight_stats_counts_constants_and_subgraphs() -> None:
+    model = _weights_in_branches_and_constants()
+    params, sparsity = onnx_weight_stats(model)
+    assert params == 4 * 6 + 6 * 3 + 6 * 3 + 3  # top Constant, then initializer, else Constants
+    assert sparsity == pytest.approx(3 / (24 + 18 + 18))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.ones((2, 4), np.float32)
+    assert session.run(None, {"x": x, "flag": np.array(True)})[0].shape == (2, 3)
+
+
+@pytest.mark.parametrize(("name", "at_least"), [("ppocr-cls", 120_000), ("silero-vad", 500_000)])
+def test_onnx_weight_stats_of_real_models_are_not_zero(name: str, at_least: int) -> None:
+    """Both used to report 0 parameters: ppocr-cls keeps its weights in Constant nodes, Silero
+    VAD inside If branches."""
+    model = onnx.load(str(pretrained_model(name)))
+    top_level = sum(
+        int(np.prod(t.dims))
+        for t in model.graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT
+    )
+    params, _ = onnx_weight_stats(model)
+    assert top_level < at_least <= params

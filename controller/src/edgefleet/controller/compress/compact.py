@@ -4,7 +4,9 @@ dropped; what it reads is stored once (Constant nodes as initializers, identical
 across subgraphs, bias scales derived from the two scales they are the product of); internal
 tensors get the shortest names, the most used first. A quantizer's derived names and per-tensor
 bookkeeping are a third of a small int8 model; the graph's inputs and outputs keep their names,
-so its signature is unchanged, and every output is computed from the same numbers."""
+so its signature is unchanged, and every output is computed from the same numbers. Both int8
+formats compact: QDQ's QuantizeLinear/DequantizeLinear pairs and QOperator's integer kernels
+(QLinearConv, QGemm, ...), whose bias scales need no deriving (the kernels compute them)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-# Scales the quantizer stores once per bias although they are x_scale * w_scale (QDQ format).
+# Scales the quantizer stores once per bias although they are x_scale * w_scale (QDQ format;
+# QOperator's integer kernels derive them themselves).
 _BIAS_OPS = frozenset({"Conv", "ConvTranspose", "Gemm"})
 _KERNEL_OPS = frozenset({"Conv", "ConvTranspose", "QLinearConv"})  # kernel_shape = W.shape[2:]
 # Defaults the ONNX spec states in words rather than in the schema (all 1 / all 0 when absent).
@@ -146,7 +149,8 @@ def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 def _drop_zero_points(model: onnx.ModelProto) -> None:
     """DequantizeLinear of a stored tensor (weights, biases) reads a missing zero point as 0 of
     the tensor's type, so an all-zero one (symmetric weights, int32 biases) is dropped; a
-    per-channel all-zero weight zero point of QLinearConv becomes one scalar."""
+    per-channel all-zero weight zero point of QLinearConv (QOperator format) becomes one
+    scalar. QGemm and QLinearMatMul keep theirs: onnxruntime wants it shaped as the scale."""
     stored = _initializers(model)
 
     def zeros(name: str, like: str | None = None) -> bool:

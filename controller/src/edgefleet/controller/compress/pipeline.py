@@ -80,13 +80,12 @@ from edgefleet.controller.compress.targets import (
     TfliteTargetBuilder,
     onnx_litert_builder,
 )
-from edgefleet.controller.compress.tensorflow_extra import require_onnx2tf
+from edgefleet.controller.compress.tensorflow_extra import require_onnx2tf, require_tf2onnx
 from edgefleet.controller.config import Settings, get_settings
 from edgefleet.controller.errors import (
     CompressionError,
     ConversionError,
     DataMismatchError,
-    MissingConverterError,
     UnsupportedStepError,
 )
 from edgefleet.controller.registry.records import ArtifactReport, NewArtifact, VersionRecord
@@ -95,8 +94,6 @@ from edgefleet.shared.hashing import sha256_file
 from edgefleet.shared.manifest import IOSignature, runtime_for_target
 
 LITERT_TARGETS = frozenset({"tflite-fp32", "tflite-int8", "tflite-full-int8", "edgetpu"})
-# No square brackets: the CLI prints errors as rich markup.
-TFLITE_TO_ONNX = "a TFLite->ONNX converter (tf2onnx, with the controller's tensorflow extra)"
 
 
 @dataclass(frozen=True)
@@ -141,7 +138,8 @@ def compress(
         DataMismatchError: data names, shapes or dtypes do not fit the model.
         UnsupportedStepError: a step or target does not apply to this kind of input.
         ToolNotFoundError: a target needs a tool that is not installed (``edgetpu``).
-        MissingExtraError: LiteRT targets from ONNX without the ``tensorflow`` extra.
+        MissingExtraError: LiteRT targets from ONNX, or ONNX targets from TFLite, without the
+            ``tensorflow`` extra.
         SignatureMismatchError: an artifact's inputs or outputs differ from the source's.
         CompressionError: any other step failure (each leaf carries its figures).
     """
@@ -202,7 +200,9 @@ def compress(
             "original_params": params,
             "final_params": params,
         }
-        builder = TfliteTargetBuilder(work_dir, source.path, calibration)
+        builder = TfliteTargetBuilder(
+            work_dir, source.path, calibration, recipe=recipe, check=data.evaluation
+        )
     elif isinstance(source, OnnxSource):
         reference = _run_source(OnnxRunner(source.path), data.evaluation)
         fp32_path, summary, params, sparsity = _onnx_working_model(source, recipe, work_dir)
@@ -313,8 +313,8 @@ def _check_recipe_fits(source: ModelSource, recipe: Recipe, student: nn.Module |
 
     Raises:
         UnsupportedStepError: a step this kind of source cannot take (naming what to give).
-        MissingConverterError: a target no converter here builds from this source.
-        MissingExtraError: LiteRT targets from ONNX without the tensorflow extra.
+        MissingExtraError: LiteRT targets from ONNX, or ONNX targets from TFLite, without the
+            tensorflow extra.
     """
     if isinstance(source, KerasSource):
         if recipe.prune_sparsity > 0 or recipe.structured_ratio > 0 or distills(recipe, student):
@@ -327,13 +327,14 @@ def _check_recipe_fits(source: ModelSource, recipe: Recipe, student: nn.Module |
         return
     if isinstance(source, TfliteSource):
         onnx_targets = sorted(t for t in recipe.targets if t.startswith("onnx-"))
-        if onnx_targets:
-            raise MissingConverterError(onnx_targets, "TFLite", TFLITE_TO_ONNX)
         if recipe.prune_sparsity > 0 or recipe.structured_ratio > 0 or distills(recipe, student):
             raise UnsupportedStepError(
                 "pruning and distillation need an ONNX or torch model; TFLite input supports "
-                "quantization (tflite-int8, tflite-full-int8) only"
+                "quantization and conversion (tflite-*, edgetpu, and onnx-* with the tensorflow "
+                "extra)"
             )
+        if onnx_targets:  # converted by tf2onnx (the tensorflow extra)
+            require_tf2onnx(f"converting a TFLite model to {', '.join(onnx_targets)}")
         if recipe.finetune_epochs > 0:
             raise UnsupportedStepError("fine-tuning needs a torch model")
         return

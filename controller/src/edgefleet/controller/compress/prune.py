@@ -3,20 +3,23 @@ channel/neuron removal with torch-pruning, plus the size measures that show what
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import torch
 import torch_pruning as tp
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 from torch import nn
 from torch.nn.utils import prune
 
+from edgefleet.controller.compress.compact import all_graphs
 from edgefleet.controller.errors import CompressionError
 
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_WEIGHT_OPS = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose"})
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
 
 @dataclass(frozen=True)
@@ -123,16 +126,48 @@ def parameter_sparsity(module: nn.Module) -> float:
 
 
 def onnx_weight_stats(model: onnx.ModelProto) -> tuple[int, float]:
-    """Parameter count (float initializer elements) and the sparsity of the weight matrices."""
-    params = sum(
-        int(np.prod(init.dims))
-        for init in model.graph.initializer
-        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
-    )
-    matrices = [numpy_helper.to_array(init) for init in _onnx_weight_matrices(model)]
+    """Parameter count (float elements of every initializer and Constant node, If/Loop/Scan
+    subgraphs included: Silero VAD and exported ``torch.jit`` graphs keep theirs there) and the
+    sparsity of the weight matrices (float tensors of rank >= 2 feeding MatMul, Gemm or Conv in
+    any graph)."""
+    tensors = list(_stored_tensors(model))
+    params = sum(int(np.prod(t.dims)) for t in tensors if t.data_type in _FLOAT_TYPES)
+    weight_inputs = {
+        name
+        for graph in all_graphs(model.graph)
+        for node in graph.node
+        if node.op_type in _WEIGHT_OPS
+        for name in node.input[:2]
+    }
+    matrices = [
+        numpy_helper.to_array(t)
+        for t in tensors
+        if t.name in weight_inputs and t.data_type in _FLOAT_TYPES and len(t.dims) >= 2
+    ]
     total = sum(a.size for a in matrices)
     zeros = sum(int((a == 0).sum()) for a in matrices)
     return params, (zeros / total if total else 0.0)
+
+
+def _stored_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Initializers and Constant node tensors of every graph, each named as the graph reads it
+    (a Constant's ``value_float(s)`` as a float32 tensor)."""
+    for graph in all_graphs(model.graph):
+        yield from graph.initializer
+        for node in graph.node:
+            if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+                continue
+            for attribute in node.attribute:
+                if attribute.name == "value":
+                    tensor = onnx.TensorProto()
+                    tensor.CopyFrom(attribute.t)
+                elif attribute.name in ("value_float", "value_floats"):
+                    value = helper.get_attribute_value(attribute)
+                    tensor = numpy_helper.from_array(np.asarray(value, np.float32))
+                else:
+                    continue
+                tensor.name = node.output[0]
+                yield tensor
 
 
 def prune_structured(

@@ -1,5 +1,7 @@
-"""ONNX quantization with onnxruntime's tools (dynamic int8, static int8 QDQ, float16); what the
-result holds in int8 is measured in :mod:`~edgefleet.controller.compress.int8_coverage`.
+"""ONNX quantization with onnxruntime's tools (dynamic int8, static int8 in QDQ and QOperator
+format, float16). Which static format ships is :mod:`~edgefleet.controller.compress.int8_format`'s
+choice; what the result holds in int8 is measured in
+:mod:`~edgefleet.controller.compress.int8_coverage`.
 
 Every path runs ``quant_pre_process`` (shape inference + graph optimisation) first. Dynamic mode
 quantizes MatMul and LSTM (inside If/Loop/Scan subgraphs too), not Conv: the ConvInteger it would
@@ -11,6 +13,7 @@ reaches get weight-only int8 (:mod:`~edgefleet.controller.compress.weight_only`)
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from collections.abc import Iterator, Sequence
@@ -116,18 +119,38 @@ def quantize_onnx_dynamic(src: Path, dst: Path, work: Path, *, per_channel: bool
     return dst
 
 
+QuantFormatName = Literal["QOperator", "QDQ"]
+STATIC_FORMATS: tuple[QuantFormatName, ...] = ("QDQ", "QOperator")
+# Activations: int8 in QDQ, which onnxruntime rewrites to uint8 on x86 before fusing it into
+# integer kernels (its QDQ S8-to-U8 pass); uint8 in QOperator, whose kernels run as stored: x86
+# has no fast signed-activation QLinearConv (ppocr-det's 3x3 convolutions 4x slower in int8).
+# Asymmetric activations use all 256 levels either way, so both give the same numbers.
+ACTIVATION_TYPES: dict[QuantFormatName, QuantType] = {
+    "QDQ": QuantType.QInt8,
+    "QOperator": QuantType.QUInt8,
+}
+
+
 def quantize_onnx_static(
     src: Path,
-    dst: Path,
     work: Path,
     calibration: Sequence[Feed],
     *,
     per_channel: bool,
-) -> Path:
-    """Static int8 QDQ: int8 weights (per channel when asked) and calibrated int8 activations,
+    formats: Sequence[QuantFormatName] = STATIC_FORMATS,
+) -> dict[QuantFormatName, Path]:
+    """Static int8, one file per format in ``formats`` (calibrated once where onnxruntime keeps a
+    calibration cache): int8 weights (per channel when asked) and calibrated int8 activations,
     except the float tail (see :func:`float_tail`); heavy operators the calibrator cannot reach
-    (inside If/Loop/Scan subgraphs) get weight-only int8 (Conv, ConvTranspose, Gemm; MatMul and
-    LSTM there are left to :func:`quantize_leftovers_dynamic`).
+    (inside If/Loop/Scan subgraphs) or the format has no integer kernel for (QOperator's
+    ConvTranspose) get weight-only int8 (Conv, ConvTranspose, Gemm; MatMul and LSTM in
+    subgraphs are left to :func:`quantize_leftovers_dynamic`).
+
+    QDQ stores every activation as a QuantizeLinear/DequantizeLinear pair around float
+    operators (onnxruntime fuses them back into integer kernels when it loads the graph);
+    QOperator stores the integer kernels themselves (QLinearConv with a per-channel weight
+    scale vector, QLinearMatMul, QGemm, QLinearAdd, ...), without the pairs, their scalars and
+    the bias scales; its activations are uint8 (see :data:`ACTIVATION_TYPES`).
 
     Raises:
         QuantizationBlockedError, ConversionError: calibration or the quantizer fails.
@@ -137,23 +160,38 @@ def quantize_onnx_static(
     name_nodes(model)
     tail = float_tail(model)
     onnx.save(model, str(pre))
-    try:
-        quantize_static(
-            pre,
-            dst,
-            FeedReader(calibration),
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=tail,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-        )
-    except Exception as e:
-        raise blocked("onnx-int8", e, "static quantization") from e
-    _weights_only(dst, subgraphs_only=False)
-    return dst
+    ranges = work / "static-ranges.json"
+    ranges.unlink(missing_ok=True)
+    built: dict[QuantFormatName, Path] = {}
+    for name in formats:
+        dst = work / f"model-int8-static-{name.lower()}.onnx"
+        try:
+            quantize_static(
+                pre,
+                dst,
+                FeedReader(calibration),
+                quant_format=QuantFormat.QDQ if name == "QDQ" else QuantFormat.QOperator,
+                per_channel=per_channel,
+                activation_type=ACTIVATION_TYPES[name],
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=tail,
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+                **_calibration_cache(ranges),
+            )
+        except Exception as e:
+            raise blocked("onnx-int8", e, f"static quantization ({name})") from e
+        _weights_only(dst, subgraphs_only=False)
+        built[name] = dst
+    return built
+
+
+def _calibration_cache(path: Path) -> dict[str, Path]:
+    """``calibration_cache_path`` where this onnxruntime has it (1.32 and later): the first
+    format's calibration ranges serve the others, the same numbers without a second run."""
+    if "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+        return {"calibration_cache_path": path}
+    return {}
 
 
 def _weights_only(path: Path, *, subgraphs_only: bool) -> None:

@@ -1,6 +1,7 @@
 """Build one artifact file per target from the working model (torch module or ONNX graph), or,
-for a float TFLite source, from that file (LiteRT targets only). An ONNX graph's LiteRT targets
-come from its onnx2tf conversion (the ``tensorflow`` extra), quantized as a TFLite source is."""
+for a float TFLite source, from that file (its ONNX targets from its tf2onnx conversion, the
+``tensorflow`` extra). An ONNX graph's LiteRT targets come from its onnx2tf conversion (the same
+extra), quantized as a TFLite source is."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from edgefleet.controller.compress.convert import (
 from edgefleet.controller.compress.data import Dataset
 from edgefleet.controller.compress.evaluate import call_batch
 from edgefleet.controller.compress.int8_coverage import Int8Coverage, heavy_ops, int8_coverage
+from edgefleet.controller.compress.int8_format import choose_static_format, static_kernels_left
 from edgefleet.controller.compress.opset import (
     PER_CHANNEL_OPSET,
     QUANTIZER_MIN_OPSET,
@@ -29,6 +31,7 @@ from edgefleet.controller.compress.opset import (
 )
 from edgefleet.controller.compress.quantize import (
     Feed,
+    QuantFormatName,
     check_feeds,
     choose_int8_mode,
     convert_onnx_fp16,
@@ -235,16 +238,23 @@ class TargetBuilder:
 
 @dataclass
 class TfliteTargetBuilder:
-    """Builds LiteRT artifacts into ``work`` from a float TFLite ``source``: ``tflite-fp32`` is
-    the file as given; the int8 targets come from ai-edge-quantizer; ``edgetpu`` is compiled
-    from ``tflite-full-int8``."""
+    """Builds artifacts into ``work`` from a float TFLite ``source``: ``tflite-fp32`` is the file
+    as given; the int8 targets come from ai-edge-quantizer; ``edgetpu`` is compiled from
+    ``tflite-full-int8``. ``onnx-fp32`` is converted by tf2onnx (the ``tensorflow`` extra) and
+    checked against the file on ``check``; the other ONNX targets are built from it as from an
+    ONNX source, by ``recipe``."""
 
     work: Path
     source: Path
     calibration: Dataset | None
+    recipe: Recipe | None = None  # needed for onnx-* targets
+    check: Dataset | None = None  # evaluation data (single calls), needed for onnx-* targets
     built: dict[str, BuiltFile] = field(default_factory=dict)
+    onnx: TargetBuilder | None = None
 
     def build(self, target: ArtifactTarget, notify: Callable[[str], None]) -> BuiltFile:
+        if target.startswith("onnx-"):
+            return self._onnx_builder(notify).build(target, notify)
         if target in self.built:
             return self.built[target]
         notify(f"building {target}")
@@ -279,6 +289,30 @@ class TfliteTargetBuilder:
 
     def _require_calibration(self, what: str) -> Dataset:
         return require_calibration(self.calibration, what)
+
+    def _onnx_builder(self, notify: Notify) -> TargetBuilder:
+        """The ONNX targets' builder, over the tf2onnx conversion made on first use.
+
+        Raises:
+            MissingExtraError, UnconvertibleNodeError, ConversionError, SignatureMismatchError:
+                see :func:`~edgefleet.controller.compress.tflite_to_onnx.tflite_to_onnx`.
+        """
+        if self.onnx is not None:
+            return self.onnx
+        from edgefleet.controller.compress.runners import LiteRtRunner
+        from edgefleet.controller.compress.tflite_to_onnx import tflite_to_onnx
+
+        if self.recipe is None or self.check is None:
+            raise CompressionError(
+                "ONNX targets of a TFLite source need a recipe and evaluation data"
+            )
+        notify("converting TFLite to ONNX (tf2onnx)")
+        dst = self.work / "model-fp32.onnx"
+        signature = LiteRtRunner(self.source).signature
+        details = tflite_to_onnx(self.source, signature, dst, self.recipe.opset, self.check)
+        self.onnx = TargetBuilder(self.work, dst, self.recipe, self.calibration, check=self.check)
+        self.onnx.built["onnx-fp32"] = BuiltFile("onnx-fp32", dst, details)
+        return self.onnx
 
 
 def require_integer_io(path: Path) -> None:
@@ -328,7 +362,9 @@ def build_onnx_int8(
     check: Sequence[Feed],
 ) -> BuiltFile:
     """``onnx-int8`` from an fp32 graph: opset upgrade (checked on ``check``), quantization, and
-    proof that the heavy operators now hold int8 weights and the result runs.
+    proof that the heavy operators now hold int8 weights and the result runs. Static mode
+    builds QDQ and QOperator from one calibration and keeps the smaller unless it is worse on
+    ``check`` (details: ``quant_format`` and ``quant_format_choice``).
 
     Raises:
         OpsetUpgradeError: below opset 10 and the upgrade fails or changes the outputs.
@@ -352,16 +388,13 @@ def build_onnx_int8(
     if mode == "static":
         if not calibration:
             raise CompressionError("onnx-int8 (static) needs calibration data")
-        qdq = work / "model-int8-static-qdq.onnx"
-        quantize_onnx_static(upgrade.path, qdq, work, calibration, per_channel=per_channel)
-        leftovers = quantize_leftovers_dynamic(qdq, dst, per_channel=per_channel)
-        if leftovers:
-            details["dynamic_int8_nodes"] = {"count": len(leftovers), "first": leftovers[:8]}
-        else:
-            qdq.replace(dst)
+        details.update(_static_int8(upgrade.path, dst, work, calibration, check, per_channel))
     else:
         quantize_onnx_dynamic(upgrade.path, dst, work, per_channel=per_channel)
-    details["compacted_bytes"] = compact_file(dst)
+        # onnxruntime's dynamic quantizer has one format: integer operators (MatMulInteger,
+        # DynamicQuantizeLSTM); weight-only convolutions read DequantizeLinear
+        details["quant_format"] = "QOperator"
+        details["compacted_bytes"] = compact_file(dst)
     found = heavy_ops(onnx.load(str(upgrade.path)))
     coverage = int8_coverage(onnx.load(str(dst)))
     details.update(coverage.as_details(), heavy_ops=found)
@@ -370,6 +403,43 @@ def build_onnx_int8(
     if feed is not None:
         run_feed(ort_session(dst), feed)
     return BuiltFile("onnx-int8", dst, details)
+
+
+def _static_int8(
+    src: Path,
+    dst: Path,
+    work: Path,
+    calibration: Sequence[Feed],
+    check: Sequence[Feed],
+    per_channel: bool,
+) -> dict[str, Any]:
+    """Static int8 in both formats from one calibration, each with the dynamic pass for what it
+    left float and compacted; the one :func:`choose_static_format` keeps becomes ``dst``. The
+    details: the format, the choice's figures, what the dynamic pass took, the bytes compaction
+    saved."""
+    details: dict[str, Any] = {}
+    finals: dict[QuantFormatName, Path] = {}
+    leftovers: dict[QuantFormatName, list[str]] = {}
+    compacted: dict[QuantFormatName, int] = {}
+    refused: dict[QuantFormatName, str] = {}
+    built = quantize_onnx_static(src, work, calibration, per_channel=per_channel)
+    for name, path in built.items():
+        left = static_kernels_left(path)
+        if left:
+            refused[name] = f"static quantization left {', '.join(left)}"
+        final = path.with_name(f"{path.stem}-final.onnx")
+        leftovers[name] = quantize_leftovers_dynamic(path, final, per_channel=per_channel)
+        if not leftovers[name]:
+            path.replace(final)
+        compacted[name] = compact_file(final)
+        finals[name] = final
+    choice = choose_static_format(src, finals, check or calibration, refused)
+    finals[choice.kept].replace(dst)
+    details.update(choice.as_details(), compacted_bytes=compacted[choice.kept])
+    if leftovers[choice.kept]:
+        names = leftovers[choice.kept]
+        details["dynamic_int8_nodes"] = {"count": len(names), "first": names[:8]}
+    return details
 
 
 def _require_int8_weights(

@@ -22,6 +22,7 @@ from edgefleet.controller.errors import MissingExtraError
 EXTRA = "tensorflow"
 # Modules onnx2tf imports at run time (it declares no dependencies of its own).
 ONNX2TF_MODULES = ("tensorflow", "tf_keras", "onnx2tf", "onnx_graphsurgeon", "sng4onnx", "psutil")
+TF2ONNX_MODULES = ("tensorflow", "tf2onnx")
 LOG_TAIL_CHARS = 2000
 
 
@@ -79,6 +80,17 @@ def require_onnx2tf(needed_for: str) -> None:
     missing = missing_modules(ONNX2TF_MODULES)
     if missing:
         raise MissingExtraError(needed_for, "onnx2tf", EXTRA, f"missing: {', '.join(missing)}")
+
+
+def require_tf2onnx(needed_for: str) -> None:
+    """Check, without importing them, that tf2onnx and TensorFlow are installed.
+
+    Raises:
+        MissingExtraError: naming the missing modules and the extra.
+    """
+    missing = missing_modules(TF2ONNX_MODULES)
+    if missing:
+        raise MissingExtraError(needed_for, "tf2onnx", EXTRA, f"missing: {', '.join(missing)}")
 
 
 def log_tail(text: str) -> str:

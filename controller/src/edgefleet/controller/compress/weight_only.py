@@ -1,9 +1,10 @@
 """Weight-only int8 for heavy operators no activation quantizer reaches: convolutions and dense
 layers inside If/Loop/Scan subgraphs (calibration cannot see there) and operator types a static
-pass left float. Each float weight is stored as symmetric int8 with a float scale (one per
-output channel from opset 13, where DequantizeLinear takes an axis) behind a DequantizeLinear
-named as the weight was, so the operator runs in float on the dequantized weight: about 4x
-fewer bytes for those weights, float arithmetic, and no integer kernel a CPU may lack."""
+pass left float (QOperator format has no integer ConvTranspose kernel). Each float weight is
+stored as symmetric int8 with a float scale (one per output channel from opset 13, where
+DequantizeLinear takes an axis) behind a DequantizeLinear named as the weight was, so the
+operator runs in float on the dequantized weight: about 4x fewer bytes for those weights, float
+arithmetic, and no integer kernel a CPU may lack."""
 
 from __future__ import annotations
 
