@@ -249,6 +249,9 @@ def main() -> None:
                 topic_root=ctl_topics.root,
                 extra_env={
                     "EDGEFLEET_INGEST_FLUSH_S": "0.2",
+                    # the burst replays each device's windows faster than an agent sends them:
+                    # admit a device's whole burst rather than measure its rate limit
+                    "EDGEFLEET_DEVICE_TELEMETRY_BURST": str(windows + 10),
                     "EDGEFLEET_TELEMETRY_ROLLUP_INTERVAL_S": "3600",
                 },
             ).start()
