@@ -26,7 +26,12 @@ from edgefleet.controller.compress import _onnx2tf_worker
 from edgefleet.controller.compress.data import Dataset
 from edgefleet.controller.compress.evaluate import run_data
 from edgefleet.controller.compress.runners import LiteRtRunner, OnnxRunner
-from edgefleet.controller.compress.signatures import require_same_signature, shape_text
+from edgefleet.controller.compress.signatures import (
+    conversion_errors,
+    peak_relative_error,
+    require_same_signature,
+    shape_text,
+)
 from edgefleet.controller.compress.sources import onnx_signature
 from edgefleet.controller.compress.tensorflow_extra import EXTRA, log_tail, require_onnx2tf
 from edgefleet.controller.errors import (
@@ -72,7 +77,9 @@ def onnx_to_tflite(onnx_path: Path, work: Path, check: Dataset) -> tuple[Path, d
     if transposed:
         _transpose_outputs(flatbuffer, transposed)
         _write(flatbuffer, dst)
-    errors = _errors(reference, run_data(LiteRtRunner(dst), samples))
+    errors = conversion_errors(
+        reference, run_data(LiteRtRunner(dst), samples), target=TARGET, source="ONNX"
+    )
     for name, (abs_error, rel_error) in errors.items():
         if not rel_error <= MAX_REL_ERROR:
             raise ConversionError(
@@ -252,11 +259,11 @@ def _layouts_to_restore(reference: dict[str, np.ndarray], got: dict[str, np.ndar
     restore = set()
     for name, ref in reference.items():
         out = got[name]
-        if out.shape == ref.shape and _rel_error(ref, out) <= MAX_REL_ERROR:
+        if out.shape == ref.shape and peak_relative_error(ref, out) <= MAX_REL_ERROR:
             continue
         if 3 <= out.ndim <= 5:
             back = out.transpose(_nhwc_to_nchw(out.ndim))
-            if back.shape == ref.shape and _rel_error(ref, back) <= MAX_REL_ERROR:
+            if back.shape == ref.shape and peak_relative_error(ref, back) <= MAX_REL_ERROR:
                 restore.add(name)
                 continue
         if out.shape != ref.shape:
@@ -316,30 +323,3 @@ def _opcode(model: Any, schema: Any, builtin: int) -> int:
     code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
     model.operatorCodes.append(code)
     return len(model.operatorCodes) - 1
-
-
-def _rel_error(ref: np.ndarray, out: np.ndarray) -> float:
-    diff = float(np.abs(out.astype(np.float64) - ref.astype(np.float64)).max(initial=0.0))
-    return diff / (float(np.abs(ref).max(initial=0.0)) or 1.0)
-
-
-def _errors(
-    reference: dict[str, np.ndarray], got: dict[str, np.ndarray]
-) -> dict[str, tuple[float, float]]:
-    """Max abs and relative (to the peak) error of each output, by name.
-
-    Raises:
-        ConversionError: an output's shape differs from the ONNX model's.
-    """
-    errors = {}
-    for name, ref in reference.items():
-        out = got[name]
-        if out.shape != ref.shape:
-            raise ConversionError(
-                TARGET,
-                f"output {name!r} has shape {shape_text(out.shape)}, the ONNX model's "
-                f"{shape_text(ref.shape)}",
-            )
-        diff = float(np.abs(out.astype(np.float64) - ref.astype(np.float64)).max(initial=0.0))
-        errors[name] = (diff, _rel_error(ref, out))
-    return errors

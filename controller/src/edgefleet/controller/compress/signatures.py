@@ -5,9 +5,11 @@ reorder tensors; what a device's application feeds must not depend on the target
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from edgefleet.controller.errors import SignatureMismatchError
+import numpy as np
+
+from edgefleet.controller.errors import ConversionError, SignatureMismatchError
 from edgefleet.shared.manifest import IOSignature, TensorSpec
 
 # Targets whose boundary holds quantized integers in place of the source's floats.
@@ -57,3 +59,32 @@ def _differs(target: str, want: TensorSpec, have: TensorSpec) -> str | None:
 def shape_text(shape: Sequence[int | None]) -> str:
     """``[N, 3, 224, 224]``: N for a dynamic dimension."""
     return "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"
+
+
+def peak_relative_error(ref: np.ndarray, out: np.ndarray) -> float:
+    """The largest absolute difference relative to the reference's peak magnitude."""
+    diff = float(np.abs(out.astype(np.float64) - ref.astype(np.float64)).max(initial=0.0))
+    return diff / (float(np.abs(ref.astype(np.float64)).max(initial=0.0)) or 1.0)
+
+
+def conversion_errors(
+    reference: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], *, target: str, source: str
+) -> dict[str, tuple[float, float]]:
+    """Max abs and relative (to the peak) error of each output of a converted model against its
+    ``source`` model's, by name.
+
+    Raises:
+        ConversionError: an output's shape differs from the source model's.
+    """
+    errors = {}
+    for name, ref in reference.items():
+        out = got[name]
+        if out.shape != ref.shape:
+            raise ConversionError(
+                target,
+                f"output {name!r} has shape {shape_text(out.shape)}, the {source} model's "
+                f"{shape_text(ref.shape)}",
+            )
+        diff = float(np.abs(out.astype(np.float64) - ref.astype(np.float64)).max(initial=0.0))
+        errors[name] = (diff, peak_relative_error(ref, out))
+    return errors

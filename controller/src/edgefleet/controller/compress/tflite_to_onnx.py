@@ -15,13 +15,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
 from edgefleet.controller.compress.data import Dataset
 from edgefleet.controller.compress.evaluate import run_data
 from edgefleet.controller.compress.runners import LiteRtRunner, OnnxRunner
-from edgefleet.controller.compress.signatures import require_same_signature, shape_text
+from edgefleet.controller.compress.signatures import (
+    conversion_errors,
+    require_same_signature,
+)
 from edgefleet.controller.compress.tensorflow_extra import (
     captured_output,
     import_tf2onnx,
@@ -74,7 +76,12 @@ def tflite_to_onnx(
         raise ConversionError(TARGET, f"{CONVERTER} wrote an invalid graph: {e}") from e
     onnx.save(model, str(dst))
     samples = check.take(slice(0, min(CHECK_SAMPLES, check.size)))
-    errors = _errors(run_data(LiteRtRunner(source), samples), run_data(OnnxRunner(dst), samples))
+    errors = conversion_errors(
+        run_data(LiteRtRunner(source), samples),
+        run_data(OnnxRunner(dst), samples),
+        target=TARGET,
+        source="TFLite",
+    )
     for name, (abs_error, rel_error) in errors.items():
         if not rel_error <= MAX_REL_ERROR:
             raise ConversionError(
@@ -207,26 +214,3 @@ def _rename(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
             subgraphs = [attribute.g] if attribute.HasField("g") else []
             for sub in (*subgraphs, *attribute.graphs):
                 _rename(sub, renames)
-
-
-def _errors(
-    reference: dict[str, np.ndarray], got: dict[str, np.ndarray]
-) -> dict[str, tuple[float, float]]:
-    """Max abs and relative (to the peak) error of each output, by name.
-
-    Raises:
-        ConversionError: an output's shape differs from the TFLite model's.
-    """
-    errors = {}
-    for name, ref in reference.items():
-        out = got[name]
-        if out.shape != ref.shape:
-            raise ConversionError(
-                TARGET,
-                f"output {name!r} has shape {shape_text(out.shape)}, the TFLite model's "
-                f"{shape_text(ref.shape)}",
-            )
-        ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
-        diff = float(np.abs(out64 - ref64).max(initial=0.0))
-        errors[name] = (diff, diff / (float(np.abs(ref64).max(initial=0.0)) or 1.0))
-    return errors
