@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -26,6 +27,7 @@ from edgefleet.controller.compress import (
     parse_artifact_spec,
 )
 from edgefleet.controller.compress.data import Dataset
+from edgefleet.controller.compress.external_data import ExternalDataError, external_tensors
 from edgefleet.controller.compress.prebuilt import NO_TWIN
 from edgefleet.controller.config import Settings
 from edgefleet.controller.errors import (
@@ -37,6 +39,7 @@ from edgefleet.controller.errors import (
     VersionExistsError,
 )
 from edgefleet.controller.registry.service import ModelRegistry
+from edgefleet.shared.hashing import sha256_file
 from support import agent_models
 from support.agent_harness import manifest_for
 from support.edgetpu_standin import edgetpu_compiler_standin
@@ -156,9 +159,40 @@ def test_onnx_target_refuses_a_tflite_file_and_tflite_an_onnx_one(models, settin
         _import(settings, tmp_path, _x(), tflite_fp32=models["fp32"])
 
 
-def test_external_data_is_refused_naming_the_tensor(models, settings, tmp_path):
-    with pytest.raises(ArtifactTargetMismatchError, match="external data files"):
+def test_external_data_is_packed_into_one_self_contained_artifact(models, settings, tmp_path):
+    source = tmp_path / "source" / "fp32.onnx"
+    source.parent.mkdir()
+    onnx.save(
+        onnx.load(str(models["fp32"])), str(source), save_as_external_data=True,
+        location="fp32.onnx.data", size_threshold=0,
+    )  # fmt: skip
+    assert list(external_tensors(onnx.load(str(source), load_external_data=False)))
+    given = [PrebuiltArtifact("onnx-fp32", source)]
+    result = import_artifacts(given, _x(), settings=settings, work_dir=tmp_path / "work")
+    (artifact,) = result.artifacts
+    assert artifact.file.parent.parent == tmp_path / "work"
+    assert list(external_tensors(onnx.load(str(artifact.file), load_external_data=False))) == []
+    packed = result.reports["onnx-fp32"].details["external_data_packed"]
+    assert packed["files"] == ["fp32.onnx.data"]
+    assert packed["tensors"] == len(onnx.load(str(models["fp32"])).graph.initializer)
+    assert result.source_sha256 == sha256_file(artifact.file)  # what is registered: one file
+    feed = _x().inputs
+    want = ort.InferenceSession(str(models["fp32"]), providers=["CPUExecutionProvider"])
+    got = ort.InferenceSession(str(artifact.file), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(got.run(None, feed)[0], want.run(None, feed)[0])
+
+
+def test_external_data_missing_or_outside_is_refused_naming_tensor_and_file(
+    models, settings, tmp_path
+):
+    with pytest.raises(ExternalDataError, match=r"tensor 'W' .* 'weights\.bin': no such file"):
         _import(settings, tmp_path, _x(), onnx_fp32=models["external"])
+    (tmp_path / "secret.bin").write_bytes(bytes(64))
+    (tmp_path / "model").mkdir()
+    escaping = leaking_model(tmp_path / "model" / "m.onnx", "../secret.bin", 64).path
+    outside = r"'\.\./secret\.bin': outside the model's directory"
+    with pytest.raises(ExternalDataError, match=outside):
+        _import(settings, tmp_path, _x(), onnx_fp32=escaping)
 
 
 def test_missing_file_and_unreadable_onnx_are_load_errors(models, settings, tmp_path):

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from torch import nn
 
 from edgefleet.controller.compress.convert import export_onnx, require_edgetpu_compiler
@@ -35,6 +34,7 @@ from edgefleet.controller.compress.evaluate import (
     run_data,
     time_call,
 )
+from edgefleet.controller.compress.external_data import save_self_contained
 from edgefleet.controller.compress.keras_convert import KerasTfliteBuilder, keras_onnx_builder
 from edgefleet.controller.compress.keras_source import (
     SERVING,
@@ -242,6 +242,8 @@ def compress(
     if source_sha is None:
         source_sha, source_size = sha256_file(source_path), source_path.stat().st_size
         original_size = source_size
+    if isinstance(source, OnnxSource) and source.external_data is not None:
+        original_size = source_size + source.external_data.bytes  # the weights beside it count
     classifier = is_classifier(reference, data.evaluation.labels, recipe.task)
     result = CompressionResult(
         artifacts=[],
@@ -507,8 +509,10 @@ def _onnx_working_model(
             "sparsity": sparsity,
         }
     summary["original_params"] = summary["final_params"] = params
-    path = work / "model-fp32.onnx"
-    onnx.save(model, str(path))
+    if source.external_data is not None:
+        summary["external_data_packed"] = source.external_data.as_dict()
+    # the onnx-fp32 artifact, and the file every other ONNX target is built from: one file
+    path = save_self_contained(model, work / "model-fp32.onnx")
     return path, summary, params, sparsity
 
 

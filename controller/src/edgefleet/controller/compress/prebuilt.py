@@ -5,6 +5,7 @@ target says, loaded in the controller's runtime and evaluated exactly as a compr
 from __future__ import annotations
 
 import math
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import external_data_helper, helper
+from onnx import helper
 
 from edgefleet.controller.compress.data import Dataset, check_against_signature
 from edgefleet.controller.compress.evaluate import (
@@ -24,6 +25,7 @@ from edgefleet.controller.compress.evaluate import (
     materialise,
     run_data,
 )
+from edgefleet.controller.compress.external_data import save_self_contained
 from edgefleet.controller.compress.pipeline import evaluate_artifact, quiet
 from edgefleet.controller.compress.recipe import Recipe, Task, validate_targets
 from edgefleet.controller.compress.runners import (
@@ -166,8 +168,13 @@ def import_artifacts(
     task: Task = "auto",
     settings: Settings | None = None,
     notify: Notify = quiet,
+    work_dir: Path | None = None,
 ) -> ImportResult:
     """Check, load and evaluate every file; nothing is registered here.
+
+    An ONNX file with external data (weights in files beside it) is packed into one
+    self-contained file in ``work_dir`` (a new temporary directory the caller owns when not
+    given), which the result's artifact then names: an artifact is one file.
 
     The reference the others are compared with is the first fp32 artifact given (``onnx-fp32``
     or ``tflite-fp32``), else the first one that runs here. An ``edgetpu`` artifact cannot run
@@ -190,10 +197,11 @@ def import_artifacts(
     if len(set(targets)) != len(targets):
         twice = sorted(t for t, n in Counter(targets).items() if n > 1)
         raise CompressionError(f"one artifact per target; given twice: {', '.join(twice)}")
+    scratch = _Scratch(work_dir)
     opened: dict[ArtifactTarget, _Opened] = {}
     for file in files:
         notify(f"loading {file.target} ({file.path.name})")
-        opened[file.target] = _open(file)
+        opened[file.target] = _open(file, scratch)
     twin = _cpu_twin(opened)
     runnable = [o for o in opened.values() if o.runner is not None]
     # a lone edgetpu artifact without its twin: nothing runs here, it is its own reference
@@ -286,23 +294,39 @@ def import_and_register(
     """
     if registry.has_version(name, version):
         raise VersionExistsError(name, version)
-    result = import_artifacts(files, evaluation, task=task, settings=settings, notify=notify)
-    notify("registering artifacts")
-    return registry.register_version(
-        name,
-        version,
-        source_sha256=result.source_sha256,
-        source_size=result.source_size,
-        recipe=result.reports[result.reference].recipe,
-        summary=result.summary,
-        artifacts=result.artifacts,
-    )
+    with tempfile.TemporaryDirectory(prefix="edgefleet-import-") as tmp:
+        result = import_artifacts(
+            files, evaluation, task=task, settings=settings, notify=notify, work_dir=Path(tmp)
+        )
+        notify("registering artifacts")
+        return registry.register_version(
+            name,
+            version,
+            source_sha256=result.source_sha256,
+            source_size=result.source_size,
+            recipe=result.reports[result.reference].recipe,
+            summary=result.summary,
+            artifacts=result.artifacts,
+        )
+
+
+class _Scratch:
+    """The directory packed files are written to, made only when one is needed."""
+
+    def __init__(self, work_dir: Path | None) -> None:
+        self._dir = work_dir
+
+    def __call__(self) -> Path:
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="edgefleet-import-"))
+        self._dir.mkdir(parents=True, exist_ok=True)
+        return self._dir
 
 
 # --- opening and checking one file -----------------------------------------------------------
 
 
-def _open(file: PrebuiltArtifact) -> _Opened:
+def _open(file: PrebuiltArtifact, scratch: Callable[[], Path]) -> _Opened:
     path = file.path
     if not path.is_file():
         raise ModelLoadError(str(path), "file does not exist")
@@ -312,7 +336,7 @@ def _open(file: PrebuiltArtifact) -> _Opened:
             raise ArtifactTargetMismatchError(
                 file.target, path, "a TFLite flatbuffer, not ONNX: import it as tflite-* or edgetpu"
             )
-        return _open_onnx(file)
+        return _open_onnx(file, scratch)
     if not tflite:
         raise ArtifactTargetMismatchError(
             file.target, path, "not a TFLite flatbuffer (no TFL3 identifier)"
@@ -320,30 +344,25 @@ def _open(file: PrebuiltArtifact) -> _Opened:
     return _open_tflite(file)
 
 
-def _open_onnx(file: PrebuiltArtifact) -> _Opened:
+def _open_onnx(file: PrebuiltArtifact, scratch: Callable[[], Path]) -> _Opened:
     try:
-        bare = onnx.load(str(file.path), load_external_data=False)
+        onnx.load(str(file.path), load_external_data=False)
     except Exception as e:  # protobuf raises several unrelated types
         raise ModelLoadError(str(file.path), f"not an ONNX model ({type(e).__name__})") from e
-    external = [
-        t.name for t in bare.graph.initializer if external_data_helper.uses_external_data(t)
-    ]
-    if external:
-        raise ArtifactTargetMismatchError(
-            file.target, file.path,
-            f"{len(external)} weights (e.g. {external[0]!r}) are in external data files; an "
-            "artifact is one file: save it with onnx.save(model, path)",
-        )  # fmt: skip
-    model = onnx_source(file.path).model
+    source = onnx_source(file.path)  # external data packed in, read from beside the file only
+    model = source.model
     census = _onnx_census(model)
     _check_weights(file, census)
+    details: dict[str, Any] = {"imported": file.path.name}
+    if source.external_data is not None:  # an artifact is one file: register the packed one
+        details["external_data_packed"] = source.external_data.as_dict()
+        packed = scratch() / file.target / file.path.name
+        packed.parent.mkdir(parents=True, exist_ok=True)
+        file = replace(file, path=save_self_contained(model, packed))
     runner = _load(file, lambda: OnnxRunner(file.path))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    return _Opened(
-        file, census, runner.signature, frozenset(), {}, runner,
-        details={"imported": file.path.name, "format": f"ONNX opset {opset}",
-                 "weights": census.elements},
-    )  # fmt: skip
+    details |= {"format": f"ONNX opset {opset}", "weights": census.elements}
+    return _Opened(file, census, runner.signature, frozenset(), {}, runner, details=details)
 
 
 def _open_tflite(file: PrebuiltArtifact) -> _Opened:

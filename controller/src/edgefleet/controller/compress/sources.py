@@ -20,6 +20,7 @@ from torch import nn
 
 from edgefleet.controller.compress.data import Dataset
 from edgefleet.controller.compress.distill import as_eval
+from edgefleet.controller.compress.external_data import PackedExternalData, pack_external_data
 from edgefleet.controller.compress.tflite_file import (
     EDGETPU_CUSTOM_OP,
     WEIGHT_DTYPES,
@@ -44,11 +45,13 @@ _DTYPES: frozenset[str] = frozenset(
 
 @dataclass(frozen=True)
 class OnnxSource:
-    """An ONNX model read from disk and checked."""
+    """An ONNX model read from disk and checked, its external data (if any) packed into
+    ``model``, which is self-contained."""
 
     path: Path
     model: onnx.ModelProto
     signature: IOSignature
+    external_data: PackedExternalData | None = None
 
 
 @dataclass(frozen=True)
@@ -110,21 +113,32 @@ def dtype_name(dtype: np.dtype | type) -> DType:
 
 
 def onnx_source(path: Path) -> OnnxSource:
-    """Load and check an ONNX model.
+    """Load and check an ONNX model, with any external data packed into it (read only from
+    the files beside it, see :func:`~.external_data.pack_external_data`).
 
     Raises:
         ModelLoadError: missing file, or not a valid ONNX model.
+        ExternalDataError: external data outside the model's directory, missing or short,
+            naming the tensor and the file.
+        ModelTooLargeError: with its external data embedded it is over protobuf's 2 GB limit.
     """
     if not path.is_file():
         raise ModelLoadError(str(path), "file does not exist")
+    failures = (onnx.checker.ValidationError, DecodeError, OSError, ValueError, RuntimeError)
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
+    except failures as e:
+        raise ModelLoadError(str(path), f"not a valid ONNX model ({e})") from e
+    external = pack_external_data(model, path)
+    try:
         onnx.checker.check_model(model)
-    except (onnx.checker.ValidationError, DecodeError, OSError, ValueError, RuntimeError) as e:
+    except failures as e:
         raise ModelLoadError(str(path), f"not a valid ONNX model ({e})") from e
     if not model.graph.node:
         raise ModelLoadError(str(path), "ONNX graph has no nodes")
-    return OnnxSource(path=path, model=model, signature=onnx_signature(model))
+    return OnnxSource(
+        path=path, model=model, signature=onnx_signature(model), external_data=external
+    )
 
 
 def tflite_source(path: Path) -> TfliteSource:
