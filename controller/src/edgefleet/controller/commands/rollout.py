@@ -140,6 +140,9 @@ def start(
     health_max_p95_regression: Annotated[
         str, typer.Option(help="device rolls back above this p95 increase, e.g. 50%")
     ] = "50%",
+    health_min_p95_regression: Annotated[
+        str, typer.Option(help="... and only when the p95 rises by more than this, e.g. 1ms")
+    ] = "1ms",
     latency_budget: Annotated[
         list[str] | None,
         typer.Option(
@@ -184,6 +187,7 @@ def start(
             "health_window_s": _seconds(health_window),
             "health_max_error_rate": _percent(health_max_error_rate),
             "health_max_p95_regression": _percent(health_max_p95_regression),
+            "health_min_p95_regression_ms": _milliseconds(health_min_p95_regression),
             "latency_budgets": budgets,
             "latency_ratio": latency_ratio,
         },
