@@ -15,11 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from edgefleet.agent.runtimes import load_runtime
 from edgefleet.agent.validation import validate
-from edgefleet.controller.cli import app
 from edgefleet.controller.compress import CompressionData, Dataset, Recipe, compress
 from edgefleet.controller.compress.keras_source import keras_source, source_identity
 from edgefleet.controller.config import get_settings
@@ -32,9 +30,10 @@ from support.keras_models import (
     tensorflow_module,
     trained_stroke_cnn,
 )
+from support.model_cli import invoke_model as _invoke
+from support.model_cli import registry_state as _state
 
 pytestmark = pytest.mark.slow
-runner = CliRunner()
 TARGETS = ("onnx-fp32", "onnx-int8", "onnx-fp16", "tflite-fp32", "tflite-int8", "tflite-full-int8")
 INT8_TARGETS = ("onnx-int8", "tflite-int8", "tflite-full-int8")
 SIGNATURE = {
@@ -62,17 +61,6 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     trained.evaluation.save(paths["eval"])
     trained.calibration.save(paths["calib"])
     return paths
-
-
-def _invoke(files: dict[str, Any], *args: str):
-    return runner.invoke(app, ["model", *args, "--data-dir", str(files["data"])])
-
-
-def _state(files: dict[str, Any]) -> tuple[list, int]:
-    listed = _invoke(files, "list", "--json")
-    assert listed.exit_code == 0, listed.output
-    store = files["data"] / "artifacts"
-    return json.loads(listed.stdout), sum(1 for _ in store.glob("??/*")) if store.exists() else 0
 
 
 def _expected_signature(target: str) -> dict[str, Any]:

@@ -20,20 +20,19 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
-from typer.testing import CliRunner
 
 from edgefleet.agent.runtimes import load_runtime
 from edgefleet.agent.validation import validate
-from edgefleet.controller.cli import app
 from edgefleet.controller.compress.sources import onnx_signature
 from edgefleet.controller.config import get_settings
 from edgefleet.controller.registry.service import ModelRegistry
 from support.agent_harness import manifest_for
 from support.agent_models import BuiltModel
+from support.model_cli import invoke_model as _invoke
+from support.model_cli import registry_state as _state
 from support.models_compress import TinyCnn, trained_cnn
 
 pytestmark = pytest.mark.slow
-runner = CliRunner()
 LITERT = ("tflite-fp32", "tflite-int8", "tflite-full-int8")
 
 
@@ -98,17 +97,6 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     held_out.save(paths["eval"])
     train.take(slice(0, 64)).save(paths["calib"])
     return paths
-
-
-def _invoke(files: dict[str, Path], *args: str):
-    return runner.invoke(app, ["model", *args, "--data-dir", str(files["data"])])
-
-
-def _state(files: dict[str, Path]) -> tuple[list, int]:
-    listed = _invoke(files, "list", "--json")
-    assert listed.exit_code == 0, listed.output
-    store = files["data"] / "artifacts"
-    return json.loads(listed.stdout), sum(1 for _ in store.glob("??/*")) if store.exists() else 0
 
 
 def _signature(path: Path, quantized: bool = False) -> dict[str, Any]:

@@ -17,11 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from edgefleet.agent.runtimes import load_runtime
 from edgefleet.agent.validation import validate
-from edgefleet.controller.cli import app
 from edgefleet.controller.compress.runners import LiteRtRunner
 from edgefleet.controller.compress.tflite_file import read_tflite
 from edgefleet.controller.compress.tflite_quantize import quantize_tflite
@@ -29,10 +27,11 @@ from edgefleet.controller.config import get_settings
 from edgefleet.controller.registry.service import ModelRegistry
 from support.agent_harness import manifest_for
 from support.agent_models import BuiltModel
+from support.model_cli import invoke_model as _invoke
+from support.model_cli import registry_state as _state
 from support.pretrained import pretrained_model
 
 pytestmark = pytest.mark.slow
-runner = CliRunner()
 SIDE = 128
 
 
@@ -76,17 +75,6 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         calibration=({"input": calibration[i : i + 1]} for i in range(8)), min_share=0.5,
     )  # fmt: skip
     return paths
-
-
-def _invoke(files: dict[str, Path], *args: str):
-    return runner.invoke(app, ["model", *args, "--data-dir", str(files["data"])])
-
-
-def _state(files: dict[str, Path]) -> tuple[list, int]:
-    listed = _invoke(files, "list", "--json")
-    assert listed.exit_code == 0, listed.output
-    store = files["data"] / "artifacts"
-    return json.loads(listed.stdout), sum(1 for _ in store.glob("??/*")) if store.exists() else 0
 
 
 def _agent_validates(files: dict[str, Path], name: str, target: str) -> float:

@@ -27,6 +27,8 @@ from support import agent_models
 from support.agent_harness import manifest_for
 from support.agent_models import BuiltModel
 from support.edgetpu_standin import edgetpu_compiler_standin
+from support.model_cli import invoke_model as _invoke
+from support.model_cli import registry_state as _state
 from support.pretrained import pretrained_model
 
 pytestmark = pytest.mark.slow
@@ -84,17 +86,6 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     faces = rng.uniform(-1.0, 1.0, (8, 128, 128, 3)).astype(np.float32)
     np.savez(paths["face_eval"], input=faces)
     return paths
-
-
-def _invoke(files: dict[str, Path], *args: str):
-    return runner.invoke(app, ["model", *args, "--data-dir", str(files["data"])])
-
-
-def _state(files: dict[str, Path]) -> tuple[list, int]:
-    listed = _invoke(files, "list", "--json")
-    assert listed.exit_code == 0, listed.output
-    store = files["data"] / "artifacts"
-    return json.loads(listed.stdout), sum(1 for _ in store.glob("??/*")) if store.exists() else 0
 
 
 def test_import_a_pretrained_onnx_classifier_and_its_int8_build(files):
