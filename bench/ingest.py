@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from support.samples import device_hello, device_state, device_telemetry, slot  
 
 SHA = "cd" * 32
 EVENT_EVERY = 100  # one event per this many telemetry messages
+OUTSTANDING = 30_000
 
 Message = tuple[str, bytes, int]  # topic, payload, qos
 
@@ -86,12 +88,14 @@ def publish_all(host: str, port: int, messages: list[Message]) -> None:
     client.max_queued_messages_set(0)
     client.connect(host, port, keepalive=60)
     client.loop_start()
-    pending = []
+    # paho numbers every queued message, QoS 0 too, in 16 bits: with more than 65,535 unsent at
+    # once a number repeats and the publish fails, so at most OUTSTANDING wait to be sent
+    outstanding: deque[mqtt.MQTTMessageInfo] = deque()
     for topic, payload, qos in messages:
-        info = client.publish(topic, payload, qos=qos)
-        if qos:
-            pending.append(info)
-    for info in pending:
+        outstanding.append(client.publish(topic, payload, qos=qos))
+        while len(outstanding) > OUTSTANDING:
+            outstanding.popleft().wait_for_publish(120)
+    for info in outstanding:
         info.wait_for_publish(120)
     client.disconnect()
     client.loop_stop()
@@ -210,16 +214,28 @@ def controller_phase(
     return persisted / max(finished - started, 1e-3), final
 
 
+def wait_for_workers(controller: ControllerProcess, workers: int) -> None:
+    """Until every ingest worker process is subscribed (telemetry is QoS 0: what is published
+    before a subscription exists is nobody's)."""
+    deadline = time.monotonic() + 60
+    while controller.get("/api/health")["ingest"]["workers"]["connected"] < workers:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the controller's {workers} ingest workers did not subscribe")
+        time.sleep(0.1)
+
+
 def count_losses(
-    data_dir: Path, events: int, devices: int, final: dict, states: int
-) -> tuple[int, int]:
+    data_dir: Path, events: int, devices: int, final: dict, states: int, windows: int
+) -> tuple[int, int, int]:
+    """Events, states and telemetry windows sent but not in the database."""
     with sqlite3.connect(data_dir / "controller.db") as db:
         stored_events = db.execute("SELECT count(*) FROM events").fetchone()[0]
         converged = db.execute(
             "SELECT count(*) FROM devices WHERE reported_last_serial = 2"
         ).fetchone()[0]
+        stored_windows = db.execute("SELECT count(*) FROM system_samples").fetchone()[0]
     state_lost = max(0, states - final["received"].get("state", 0)) + (devices - converged)
-    return events - stored_events, state_lost
+    return events - stored_events, state_lost, windows - stored_windows
 
 
 def main() -> None:
@@ -227,6 +243,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a run under a minute")
     parser.add_argument("--devices", type=int)
     parser.add_argument("--windows", type=int)
+    parser.add_argument(
+        "--ingest-workers",
+        type=int,
+        default=2,
+        help="the controller's ingest_workers setting (0: telemetry in the main process)",
+    )
     args = parser.parse_args()
     devices = args.devices or (400 if args.quick else 1000)
     windows = args.windows or (50 if args.quick else 100)
@@ -249,15 +271,17 @@ def main() -> None:
                 topic_root=ctl_topics.root,
                 extra_env={
                     "EDGEFLEET_INGEST_FLUSH_S": "0.2",
+                    "EDGEFLEET_INGEST_WORKERS": str(args.ingest_workers),
                     # the burst replays each device's windows faster than an agent sends them:
                     # admit a device's whole burst rather than measure its rate limit
                     "EDGEFLEET_DEVICE_TELEMETRY_BURST": str(windows + 10),
                     "EDGEFLEET_TELEMETRY_ROLLUP_INTERVAL_S": "3600",
                 },
             ).start()
+            wait_for_workers(controller, args.ingest_workers)
             controller_rate, final = controller_phase(broker, controller, ctl_msgs)
-            events_lost, state_lost = count_losses(
-                root / "controller", events, devices, final, states
+            events_lost, state_lost, telemetry_lost = count_losses(
+                root / "controller", events, devices, final, states, devices * windows
             )
         finally:
             if controller is not None:
@@ -269,9 +293,11 @@ def main() -> None:
         "ratio": round(controller_rate / bare_rate, 3) if bare_rate else 0.0,
         "events_lost": events_lost,
         "state_lost": state_lost,
+        "telemetry_lost": telemetry_lost,
         "bare_aiomqtt_rate": round(aio_rate, 1),
         "messages": len(ctl_msgs),
         "devices": devices,
+        "ingest_workers": args.ingest_workers,
         "telemetry_dropped": final["telemetry_dropped"],
         "malformed": final["malformed"],
     }

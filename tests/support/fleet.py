@@ -132,7 +132,10 @@ class ControllerProcess:
                     headers={"Authorization": f"Bearer {self.token}"},
                     timeout=1,
                 ).json()
-                if health.get("broker_connected"):
+                workers = health.get("ingest", {}).get("workers", {})
+                if health.get("broker_connected") and workers.get("connected", 0) >= workers.get(
+                    "configured", 0
+                ):  # telemetry is QoS 0: what is sent before the workers subscribe is lost
                     return self
             except (httpx.HTTPError, ValueError):
                 pass
@@ -165,6 +168,29 @@ class ControllerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def ingest_worker_pids(self) -> list[int]:
+        """The pids of the controller's ingest worker processes (its spawned children)."""
+        if self.proc is None:
+            return []
+        return child_pids(self.proc.pid, "spawn_main")
+
+
+def child_pids(parent: int, marker: str) -> list[int]:
+    """Live processes whose parent is ``parent`` and whose command line contains ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == parent and fields[0] != "Z" and marker in cmdline:
+            found.append(int(entry.name))
+    return sorted(found)
 
 
 def register_cpu_bound_model(

@@ -9,6 +9,7 @@ import itertools
 import math
 
 import httpx
+import pytest
 from dash_sim import topics_of
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -71,10 +72,12 @@ def check_histograms(scraped: dict[str, list[Sample]], fleet: LatencyFleet) -> N
         assert math.isclose(sums[key], sum(values) / 1000.0, rel_tol=1e-9), key
 
 
+@pytest.mark.parametrize("ingest_workers", [0, 2], ids=["in-process", "two-workers"])
 def test_latency_is_an_exact_histogram_per_version_and_group_with_monotonic_counters(
-    start_controller, probe
+    start_controller, probe, ingest_workers: int
 ) -> None:
-    controller = start_controller()
+    """Also through two ingest worker processes: their totals merged into one exposition."""
+    controller = start_controller(EDGEFLEET_INGEST_WORKERS=str(ingest_workers))
     topics = topics_of(controller)
     fleet = LatencyFleet(probe, topics, seed=14)
     fleet.hello("pi-a1", "plant-a")

@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     ingest_batch: int = Field(default=500, gt=0, description="messages written per transaction")
     ingest_queue: int = Field(default=50_000, gt=0, description="telemetry queue bound")
     ingest_flush_s: float = Field(default=0.2, gt=0)
+    ingest_workers: int = Field(
+        default=0,
+        ge=0,
+        le=32,
+        description="processes that ingest telemetry through the shared subscription "
+        "(0: the main process does); one process takes a few thousand windows a second",
+    )
     offline_after_s: float = Field(
         default=120.0, gt=0, description="no message for this long counts a device offline"
     )

@@ -211,7 +211,9 @@ class FleetCollector(Collector):
         yield from self._refusals()
         written_rate, received_rate = self.service.ingest_rate.rates()
         yield GaugeMetricFamily(
-            "edgefleet_ingest_backlog", "Messages queued, not yet written", value=ingest.backlog
+            "edgefleet_ingest_backlog",
+            "Messages queued, not yet written",
+            value=ingest.total_backlog,
         )
         rate = GaugeMetricFamily(
             "edgefleet_ingest_rate", "Messages per second, last 30 s", labels=["stage"]

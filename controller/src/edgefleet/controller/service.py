@@ -16,6 +16,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from edgefleet.controller.config import Settings
 from edgefleet.controller.fleet import tables as fleet_tables  # noqa: F401 - registers tables
 from edgefleet.controller.fleet.ingest import FleetIngest
+from edgefleet.controller.fleet.ingest_workers import (
+    IngestWorkers,
+    WorkerSpec,
+    subscription,
+    worker_count,
+)
 from edgefleet.controller.metrics import IngestRateMeter
 from edgefleet.controller.mqtt.bridge import BridgeOptions, MqttBridge
 from edgefleet.controller.mqtt.embedded import EmbeddedBroker
@@ -119,6 +125,7 @@ class ControllerService:
         )
         self.bridge: MqttBridge | None = None
         self.ingest: FleetIngest | None = None
+        self.ingest_workers: IngestWorkers | None = None
         self.chunks: ChunkServer | None = None
         self.rollouts: RolloutEngine | None = None
         self.retention = RetentionPolicy(
@@ -150,7 +157,7 @@ class ControllerService:
     def embedded_broker(self) -> bool:
         return self.embedded is not None
 
-    def _subscriptions(self) -> list[tuple[str, int]]:
+    def _subscriptions(self, *, telemetry: bool = True) -> list[tuple[str, int]]:
         use_share = self.settings.share_group and not self.embedded_broker
         subs = []
         for channel in (
@@ -160,6 +167,8 @@ class ControllerService:
             DeviceChannel.TELEMETRY,
             DeviceChannel.FETCH,
         ):
+            if channel is DeviceChannel.TELEMETRY and not telemetry:
+                continue  # the ingest worker processes take it
             topic = self.topics.all_devices(channel)
             if use_share and channel is DeviceChannel.TELEMETRY and self.settings.share_group:
                 topic = Topics.shared(self.settings.share_group, topic)
@@ -177,10 +186,11 @@ class ControllerService:
                 self.broker_url,
             )
         settings = self.settings
+        workers = worker_count(settings, embedded_broker=self.embedded_broker)
         self.bridge = MqttBridge(
             BridgeOptions(
                 endpoint=broker_endpoint(settings, self.broker_url),
-                subscriptions=self._subscriptions(),
+                subscriptions=self._subscriptions(telemetry=not workers),
                 mqtt5=not self.embedded_broker,  # amqtt speaks MQTT 3.1.1 only
             ),
             on_message=self._on_message,
@@ -223,6 +233,19 @@ class ControllerService:
         )
         self.ingest.after_batch.append(self.rollouts.nudge)
         self.ingest.after_write.append(self.telemetry_totals.add_written)
+        if workers:
+            topic = subscription(settings, shared=not self.embedded_broker)
+            level = logging.getLogger().getEffectiveLevel()
+            self.ingest_workers = IngestWorkers(
+                [WorkerSpec(i, settings, self.broker_url, topic, level) for i in range(workers)],
+                self.ingest,
+                self.telemetry_totals,
+                on_batches=self.rollouts.nudge,
+            )
+            self.ingest.after_write.append(self.ingest_workers.tell_groups)
+            self._tasks.append(
+                asyncio.create_task(self.ingest_workers.run(), name="ingest-workers")
+            )
         for name, coro in (
             ("mqtt-bridge", self.bridge.run()),
             ("fleet-ingest", self.ingest.run()),

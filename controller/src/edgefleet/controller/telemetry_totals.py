@@ -164,6 +164,9 @@ class TelemetryTotals:
         self._series: OrderedDict[SeriesKey, SeriesTotals] = OrderedDict()  # least fed first
         self._unregistered: set[SeriesKey] = set()
         self._groups: dict[str, str] = {}  # device id -> group, oldest learnt first
+        # the latest totals of each ingest worker process, and those of exited ones, merged
+        self._remote: dict[str, TotalsSnapshot] = {}
+        self._retired: TotalsSnapshot | None = None
 
     def group_in(self, labels: Mapping[str, str]) -> str:
         """The group of a device with these hello labels."""
@@ -193,6 +196,25 @@ class TelemetryTotals:
                 for stats in window.models:
                     key = SeriesKey(stats.model_id, stats.version, group)
                     self._add(key, stats, now, registered.get((stats.model_id, stats.version)))
+
+    def learn_group(self, device_id: str, group: str) -> None:
+        """Remember a device's group learnt elsewhere (an ingest worker process is told the
+        groups of the hellos the main process writes)."""
+        with self._lock:
+            self._remember(device_id, group)
+
+    def set_remote(self, source: str, snapshot: TotalsSnapshot) -> None:
+        """The latest totals of an ingest worker process, merged into every snapshot."""
+        with self._lock:
+            self._remote[source] = snapshot
+
+    def retire_remote(self, source: str) -> None:
+        """An ingest worker process exited: its last totals stay counted (Prometheus counters
+        never go down), and its replacement starts from zero."""
+        with self._lock:
+            last = self._remote.pop(source, None)
+            if last is not None:
+                self._retired = last if self._retired is None else merge([self._retired, last])
 
     def _registration(self, telemetry: list[Telemetry]) -> dict[tuple[str, str], bool]:
         """Whether each version of the batch that has no series yet is registered."""
@@ -266,7 +288,38 @@ class TelemetryTotals:
             SeriesSnapshot(key, totals, _cumulative(totals.histogram)) for key, totals in copied
         ]
         series.sort(key=lambda s: s.key)
-        return TotalsSnapshot(series, self.max_series, dropped, evicted, self.group_label)
+        own = TotalsSnapshot(series, self.max_series, dropped, evicted, self.group_label)
+        with self._lock:
+            others = [*self._remote.values(), *([self._retired] if self._retired else [])]
+        return merge([own, *others]) if others else own
+
+
+def merge(snapshots: list[TotalsSnapshot]) -> TotalsSnapshot:
+    """Totals of several processes as one: each series's counts added, histograms merged
+    (exactly: they share the layout), drops and evictions added."""
+    merged: dict[SeriesKey, SeriesTotals] = {}
+    for snapshot in snapshots:
+        for one in snapshot.series:
+            totals = merged.setdefault(one.key, SeriesTotals())
+            theirs = one.totals
+            totals.requests += theirs.requests
+            totals.errors += theirs.errors
+            totals.client_errors += theirs.client_errors
+            totals.summary_only_windows += theirs.summary_only_windows
+            totals.coarse_windows += theirs.coarse_windows
+            totals.fed_at = max(totals.fed_at, theirs.fed_at)
+            if theirs.histogram.count:
+                totals.histogram.merge(theirs.histogram)
+    series = [SeriesSnapshot(k, t, _cumulative(t.histogram)) for k, t in merged.items()]
+    series.sort(key=lambda s: s.key)
+    first = snapshots[0]
+    return TotalsSnapshot(
+        series,
+        first.max_series,
+        sum(s.dropped_windows for s in snapshots),
+        sum(s.evicted_series for s in snapshots),
+        first.group_label,
+    )
 
 
 def _cumulative(histogram: Histogram) -> tuple[int, ...] | None:

@@ -69,21 +69,43 @@ def _time_fields(model: type[BaseModel]) -> tuple[str, ...]:
         _VISITING.discard(model)
 
 
+_KINDS: dict[type, str] = {}
+
+
+def _kind(cls: type) -> str:
+    """How :func:`_clamp` treats a value of this class (isinstance on a pydantic model class
+    costs microseconds, and telemetry asks a few times per message)."""
+    kind = _KINDS.get(cls)
+    if kind is None:
+        if issubclass(cls, datetime):
+            kind = "datetime"
+        elif issubclass(cls, BaseModel):
+            kind = "model"
+        elif issubclass(cls, tuple):
+            kind = "tuple"
+        else:
+            kind = "other"
+        _KINDS[cls] = kind  # the classes of validated wire models: a few dozen
+    return kind
+
+
 def _clamp(value: Any, now: datetime, latest: datetime, path: str, clamped: list[str]) -> Any:
-    if isinstance(value, datetime):
+    kind = _kind(type(value))
+    if kind == "datetime":
         if value > latest:
             clamped.append(path)
             return now
         return value
-    if isinstance(value, BaseModel):
+    if kind == "model":
+        model: BaseModel = value
         changes = {}
-        for name in _time_fields(type(value)):
+        for name in _time_fields(type(model)):
             field = getattr(value, name)
             new = _clamp(field, now, latest, f"{path}.{name}" if path else name, clamped)
             if new is not field:
                 changes[name] = new
         return value.model_copy(update=changes) if changes else value
-    if isinstance(value, tuple):
+    if kind == "tuple":
         items = [_clamp(v, now, latest, f"{path}.{i}", clamped) for i, v in enumerate(value)]
         changed = any(new is not old for new, old in zip(items, value, strict=True))
         return tuple(items) if changed else value

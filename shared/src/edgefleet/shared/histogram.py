@@ -63,6 +63,7 @@ def lower_bound(index: int, scale: int) -> float:
 
 
 @functools.cache
+@functools.cache  # every decoded histogram asks; scales are few
 def index_range(scale: int) -> tuple[int, int]:
     """The buckets a latency the wire admits can fall in at ``scale``: above the zero
     threshold, at most the wire's maximum latency."""

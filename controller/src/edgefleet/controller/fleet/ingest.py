@@ -26,9 +26,10 @@ import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -52,6 +53,8 @@ from edgefleet.shared.limits import DEFAULT_LIMITS
 from edgefleet.shared.topics import DeviceChannel, Topics
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _MODEL_FOR: dict[DeviceChannel, type[WireModel]] = {
     DeviceChannel.HELLO: Hello,
@@ -117,6 +120,39 @@ class IngestCounters:
     def dead_letter(self, kind: str, error_type: str) -> None:
         key = (kind, error_type)
         self.dead_lettered[key] = self.dead_lettered.get(key, 0) + 1
+
+    def copy(self) -> IngestCounters:
+        copied = IngestCounters()
+        for f in fields(IngestCounters):
+            value = getattr(self, f.name)
+            setattr(copied, f.name, dict(value) if isinstance(value, dict) else value)
+        return copied
+
+    def since(self, before: IngestCounters) -> IngestCounters:
+        """What was counted after ``before`` (an earlier :meth:`copy` of these counters)."""
+        delta = IngestCounters()
+        for f in fields(IngestCounters):
+            now, then = getattr(self, f.name), getattr(before, f.name)
+            if isinstance(now, dict):
+                setattr(delta, f.name, {k: v - then.get(k, 0) for k, v in now.items()
+                                        if v != then.get(k, 0)})  # fmt: skip
+            else:
+                setattr(delta, f.name, now - then)
+        return delta
+
+    def add(self, other: IngestCounters) -> None:
+        """Count what ``other`` counted too (an ingest worker process's :meth:`since`)."""
+        for f in fields(IngestCounters):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, dict):
+                for key, value in theirs.items():
+                    mine[key] = mine.get(key, 0) + value
+            else:
+                setattr(self, f.name, mine + theirs)
+
+    def counted(self) -> bool:
+        """Whether anything at all was counted."""
+        return any(getattr(self, f.name) for f in fields(IngestCounters))
 
 
 class DeviceRateLimiter:
@@ -185,8 +221,14 @@ class FleetIngest:
         retry_initial_s: float = 0.5,
         retry_max_s: float = 30.0,
         clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
+        write_inline: bool = False,
     ) -> None:
         self.sessions = sessions
+        # Write on the loop's thread: for a process that does nothing but ingest. A writer
+        # thread gives up the interpreter lock at each row the driver steps, and waits up to a
+        # switch interval (5 ms) to get it back from a busy receiving thread: 500 rows took
+        # seconds (``edgefleet.controller.fleet.ingest_workers``).
+        self.write_inline = write_inline
         self.clock_skew = clock_skew
         self.held_check_s = 0.5
         self.topics = topics
@@ -222,6 +264,7 @@ class FleetIngest:
         # thread: the /metrics totals (``edgefleet.controller.telemetry_totals``).
         self.after_write: list[Callable[[list[WireModel]], None]] = []
         self.wire_versions: dict[str, int] = {}  # one entry per device that said hello
+        self.remote_backlog: dict[int, int] = {}  # by ingest worker process
 
     def submit(self, topic: str, payload: bytes) -> None:
         """Validate one message and queue it; malformed, spoofed or over-rate ones are logged
@@ -291,6 +334,12 @@ class FleetIngest:
     def backlog(self) -> int:
         return len(self._priority) + len(self._telemetry) + len(self._held) + self._writing
 
+    @property
+    def total_backlog(self) -> int:
+        """This process's backlog and what the ingest worker processes last reported of
+        theirs (``edgefleet.controller.fleet.ingest_workers``)."""
+        return self.backlog + sum(self.remote_backlog.values())
+
     async def drained(self, timeout: float = 10.0) -> None:
         """Wait until everything queued so far has been written (or dead-lettered)."""
         await asyncio.wait_for(self._idle.wait(), timeout)
@@ -331,7 +380,7 @@ class FleetIngest:
             while True:
                 transactions = write.transactions
                 try:
-                    await asyncio.to_thread(self._advance, write)
+                    await self._off_loop(self._advance, write)
                     break
                 except TransientWriteError as e:
                     self.counters.write_retries += 1
@@ -355,7 +404,15 @@ class FleetIngest:
         if self.after_write:
             refused_ids = {id(r.message) for r in write.refused}
             stored = [m for m in batch if id(m) not in refused_ids]
-            await asyncio.to_thread(self._after_write, stored)
+            await self._off_loop(self._after_write, stored)
+
+    async def _off_loop(self, work: Callable[[T], None], arg: T) -> None:
+        """Run blocking database work on a worker thread, or, with ``write_inline``, on the
+        loop's own thread."""
+        if self.write_inline:
+            work(arg)
+        else:
+            await asyncio.to_thread(work, arg)
 
     def _after_write(self, stored: list[WireModel]) -> None:
         for callback in self.after_write:

@@ -59,8 +59,11 @@ def health(service: ServiceDep, session: SessionDep) -> Health:
     """Broker connection, database and ingest counters (``degraded`` while the broker is away)."""
     connected = bool(service.bridge and service.bridge.connected.is_set())
     ingest = service.ingest
+    workers = service.ingest_workers
+    # telemetry is not taken while an ingest worker is down or not yet subscribed
+    workers_up = workers is None or workers.connected == len(workers.specs)
     return Health(
-        status="ok" if connected else "degraded",
+        status="ok" if connected and workers_up else "degraded",
         broker_url=service.broker_url,
         broker_connected=connected,
         embedded_broker=service.embedded_broker,
@@ -71,7 +74,12 @@ def health(service: ServiceDep, session: SessionDep) -> Health:
             "malformed": ingest.counters.malformed,
             "telemetry_dropped": ingest.counters.telemetry_dropped,
             "written": ingest.counters.written,
-            "backlog": ingest.backlog,
+            "backlog": ingest.total_backlog,
+            "workers": {
+                "configured": len(workers.specs) if workers else 0,
+                "connected": workers.connected if workers else 0,
+                "restarts": workers.restarts if workers else 0,
+            },
         }
         if ingest
         else {},
