@@ -2,13 +2,15 @@
 persisted by a real controller process, next to a bare paho subscriber's receive rate of the
 same burst on the same broker, measured in the same run. Prints JSON on its last line.
 
-    python bench/ingest.py [--quick]
+    python bench/ingest.py [--quick] [--ingest-workers N]
 
 Phase 1: the bare subscriber alone receives a burst. Phase 2: for context, a bare aiomqtt
 subscriber (the controller's MQTT client library) receives it. Phase 3: the controller alone
 ingests the same burst (same publisher, another topic root). Telemetry is QoS 0, events and
 state QoS 1, as agents send them. Goal: controller_rate >= 0.5 x bare_rate, with zero events
-and states lost.
+and states lost. The controller runs ``--ingest-workers`` telemetry ingest processes (default 2;
+0 ingests in its main process); ``telemetry_lost`` counts windows sent but not stored, whether
+the controller dropped them (``telemetry_dropped``) or never received them.
 """
 
 from __future__ import annotations

@@ -130,6 +130,9 @@ def main() -> None:
         kinds = [("v1_summary", False)]
     else:
         kinds = [("v1_summary", False), ("v2_histogram", True)]
+    import gc
+
+    gc.freeze()  # as the controller does once started (edgefleet.controller.service)
     figures = {}
     for name, histogram in kinds:
         with tempfile.TemporaryDirectory() as tmp:

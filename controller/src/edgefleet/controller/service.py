@@ -5,6 +5,7 @@ rollout engine together, and runs them as named asyncio tasks in one event loop.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -246,6 +247,9 @@ class ControllerService:
             self._tasks.append(
                 asyncio.create_task(self.ingest_workers.run(), name="ingest-workers")
             )
+        # what start-up built (modules, wire models' validators, settings) lives as long as the
+        # process: garbage collections need not walk it again with every decoded message
+        gc.freeze()
         for name, coro in (
             ("mqtt-bridge", self.bridge.run()),
             ("fleet-ingest", self.ingest.run()),

@@ -55,6 +55,7 @@ TOTALS_EVERY_S = 1.0
 STOP_TIMEOUT_S = 10.0
 RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
+GC_THRESHOLD = 50_000
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,9 @@ class _Worker:
             asyncio.create_task(self.ingest.run(), name="fleet-ingest"),
         ]
         gc.freeze()  # what start-up built lives forever: collections need not walk it
+        # a decoded window is a few dozen objects that live until its batch is written: at the
+        # default threshold the young generation was collected every few windows
+        gc.set_threshold(GC_THRESHOLD, 20, 20)
         try:
             while not self.stopping.is_set():
                 with contextlib.suppress(TimeoutError):

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy import exc as db_errors
-from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, defer, sessionmaker
 
 from edgefleet.controller.errors import ControllerError
@@ -221,10 +220,10 @@ def _write_telemetry(session: Session, batch: list[Telemetry], now: datetime) ->
     samples: list[dict[str, Any]] = []
     for telemetry in batch:
         _telemetry_rows(telemetry, points, samples)
-    connection = session.connection()
+    connection = session.connection()  # Core executemany: no ORM bookkeeping per row
     if points:
-        _bulk_insert(_table(TelemetryRow), connection.dialect).execute(connection, points)
-    _bulk_insert(_table(SystemSampleRow), connection.dialect).execute(connection, samples)
+        connection.execute(insert(_table(TelemetryRow)), points)
+    connection.execute(insert(_table(SystemSampleRow)), samples)
     # Telemetry says when a device was last heard of, never that it is online: ingest writes a
     # batch's states before its telemetry, so a window sent just before the device's last will
     # can land after it. Only a hello or a state brings a device (back) online.
@@ -237,50 +236,6 @@ def _write_telemetry(session: Session, batch: list[Telemetry], now: datetime) ->
     ]  # fmt: skip
     devices = _table(DeviceRow)
     connection.execute(update(devices).where(devices.c.id == bindparam("device")), updates)
-
-
-class _BulkInsert:
-    """An INSERT of many rows straight through the driver's ``executemany``, each value bound
-    by its column type's processor: SQLAlchemy's own per-row parameter handling cost as much
-    as the database's work (``bench/ingest_stages.py``)."""
-
-    def __init__(self, table: Table, dialect: Dialect) -> None:
-        columns = [c for c in table.columns if not c.primary_key]
-        statement = insert(table).values({c.name: bindparam(c.name, type_=c.type) for c in columns})
-        compiled = statement.compile(dialect=dialect)
-        self.sql = str(compiled)
-        # the driver's order of the values for "?" placeholders; names for "%(name)s" ones
-        self.order: tuple[str, ...] | None = (
-            tuple(compiled.positiontup or ()) if compiled.positional else None
-        )
-        self.processors = [
-            (c.name, c.type.dialect_impl(dialect).bind_processor(dialect)) for c in columns
-        ]
-
-    def execute(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
-        processed: list[dict[str, Any]] = []
-        for row in rows:
-            values = {}
-            for name, process in self.processors:
-                value = row[name]
-                values[name] = value if process is None or value is None else process(value)
-            processed.append(values)
-        if self.order is not None:
-            order = self.order
-            connection.exec_driver_sql(self.sql, [tuple(r[n] for n in order) for r in processed])
-        else:
-            connection.exec_driver_sql(self.sql, processed)
-
-
-_BULK_INSERTS: dict[tuple[str, str], _BulkInsert] = {}
-
-
-def _bulk_insert(table: Table, dialect: Dialect) -> _BulkInsert:
-    key = (table.name, dialect.name)
-    bulk = _BULK_INSERTS.get(key)
-    if bulk is None:
-        bulk = _BULK_INSERTS[key] = _BulkInsert(table, dialect)
-    return bulk
 
 
 def _apply_hello(row: DeviceRow, hello: Hello, now: datetime, version: int | None) -> None:
