@@ -249,6 +249,7 @@ class ControllerService:
             )
         # what start-up built (modules, wire models' validators, settings) lives as long as the
         # process: garbage collections need not walk it again with every decoded message
+        gc.collect()  # (garbage frozen would never be collected)
         gc.freeze()
         for name, coro in (
             ("mqtt-bridge", self.bridge.run()),

@@ -195,6 +195,7 @@ class _Worker:
             asyncio.create_task(bridge.run(), name="mqtt-bridge"),
             asyncio.create_task(self.ingest.run(), name="fleet-ingest"),
         ]
+        gc.collect()
         gc.freeze()  # what start-up built lives forever: collections need not walk it
         # a decoded window is a few dozen objects that live until its batch is written: at the
         # default threshold the young generation was collected every few windows
