@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(settings: AgentSettings) -> int:
     from edgefleet.agent.agent import Agent
     from edgefleet.agent.memory import limit_malloc_arenas
+    from edgefleet.shared.lifetime import end_with_parent
 
     limit_malloc_arenas()
     stop = threading.Event()
@@ -71,6 +72,10 @@ def _run(settings: AgentSettings) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    # a parent that waited for signals with them blocked (sigwait) passes the mask on: the
+    # agent would never see its SIGTERM
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    end_with_parent()
     agent = Agent(settings)
     agent.start()
     address = agent.http_address
@@ -84,6 +89,7 @@ def _run(settings: AgentSettings) -> int:
             pass
     finally:
         agent.stop()
+        logging.getLogger("edgefleet.agent").info("agent %s stopped", settings.device_id)
     return EXIT_OK
 
 

@@ -1,13 +1,16 @@
 """The one-command demo: a controller with its embedded broker, a small fleet of real agent
 processes, a gated rollout, then a bad version stopped at the canary and rolled back.
 
-Every process the demo starts is a child of this one and is stopped on the way out.
+Every process the demo starts is a child of this one, in a process group of its own, and is
+stopped on the way out, whatever ends the demo (the scenario's end with ``--exit``, Ctrl-C,
+SIGTERM): SIGTERM to each group, SIGKILL to what is left after ``STOP_GRACE_S``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import signal
@@ -16,7 +19,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +31,16 @@ from rich.console import Console
 
 from edgefleet.controller.commands.rollout import rollout_table
 from edgefleet.controller.config import get_settings
+from edgefleet.controller.registry.records import ArtifactRecord, VersionRecord
+from edgefleet.shared.lifetime import PARENT_PID_ENV
 
 console = Console()
+STOP_GRACE_S = 4.0  # SIGTERM to SIGKILL: the whole stop stays under 5 s
+
+# Libraries the demo's model building imports, and what they print at import unless told not to
+# (TensorFlow's C++ logging and absl, torch's and torchao's loggers): set before they import.
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "GRPC_VERBOSITY": "ERROR", "GLOG_minloglevel": "3"}
+QUIET_LOGGERS = ("torchao", "torch", "torch.utils._pytree", "absl", "tensorflow", "jax")
 
 
 @dataclass(frozen=True)
@@ -76,24 +88,50 @@ class DemoWorld:
 
     def spawn(self, args: list[str], log_name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = (self.data_dir / log_name).open("ab")
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(  # its own group: stopped as one, and not by the terminal's ^C
+            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**env, PARENT_PID_ENV: str(os.getpid())},  # it ends when the demo dies
+        )  # fmt: skip
         log.close()
         self.processes.append(proc)
         return proc
 
     def close(self) -> None:
+        """Stop every process group the demo started: SIGTERM to all at once, SIGKILL to what is
+        still there after ``STOP_GRACE_S``."""
         self.stop_traffic.set()
-        for thread in self.threads:
-            thread.join(5)
+        deadline = time.monotonic() + STOP_GRACE_S
         for proc in reversed(self.processes):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            _signal_group(proc, signal.SIGTERM)
         for proc in self.processes:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            _signal_group(proc, signal.SIGKILL)  # its children too, even if it exited
+            proc.wait()
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _signal_group(proc: subprocess.Popen[bytes], signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signum)
+
+
+def quiet_third_party() -> None:
+    """Keep third-party import-time chatter off the demo's console (see ``QUIET_ENV``)."""
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"(torch|torchao|tensorflow|keras|jax)(\.|$)")
+
+
+class DemoStopped(Exception):  # noqa: N818 - it is a stop, not an error
+    """SIGTERM or SIGINT arrived: the demo stops every process it started and exits."""
+
+
+def _stop_on_signal(signum: int, frame: object) -> None:
+    raise DemoStopped(signal.Signals(signum).name)
 
 
 def _wait(what: str, condition: Callable[[], bool], timeout: float) -> None:
@@ -105,8 +143,49 @@ def _wait(what: str, condition: Callable[[], bool], timeout: float) -> None:
             time.sleep(0.3)
 
 
-def build_models(data_dir: Path) -> None:
-    """digits:1, the reference recipe's student; digits:2, the uncompressed teacher (slow)."""
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """Send what is written to file descriptor 2 (the C++ logging of TensorFlow, LiteRT and the
+    converters, which no setting silences) to ``path`` meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with path.open("ab") as log:
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@dataclass(frozen=True)
+class BuiltVersions:
+    """What model building measured on this machine, for the narration."""
+
+    student_p95_ms: float
+    teacher_p95_ms: float
+    size_ratio: float
+
+
+def build_models(data_dir: Path) -> BuiltVersions:
+    """digits:1, the reference recipe's student; digits:2, the uncompressed teacher (slow).
+
+    Third-party output of the build goes to ``build.log`` in the data dir."""
+    with _stderr_to(data_dir / "build.log"):
+        return _build_models(data_dir)
+
+
+def _artifact(record: VersionRecord, target: str) -> ArtifactRecord:
+    return next(a for a in record.artifacts if a.target == target)
+
+
+def _p95(artifact: ArtifactRecord) -> float:
+    latency = artifact.report.latency
+    return latency.p95_ms if latency is not None else float("nan")
+
+
+def _build_models(data_dir: Path) -> BuiltVersions:
     from edgefleet.controller.compress.pipeline import CompressionData, compress_and_register
     from edgefleet.controller.compress.recipe import Recipe
     from edgefleet.controller.compress.reference import (
@@ -129,13 +208,24 @@ def build_models(data_dir: Path) -> None:
     with console.status("building digits:2 (the uncompressed teacher, shipped by mistake)"):
         splits = digits_splits()
         teacher = train_teacher(splits, epochs=5)
-        compress_and_register(
+        bad = compress_and_register(
             registry, "digits", "2", torch_source(teacher, (INPUT_NAME,)),
             Recipe(targets=("onnx-fp32", "tflite-fp32")),
             CompressionData(evaluation=splits.evaluation, calibration=splits.train),
             settings=settings,
         )  # fmt: skip
-    console.print("[yellow]built digits:2[/] (fp32 teacher: ~60x the student's parameters)")
+    student, teacher_fp32 = _artifact(record, "onnx-int8"), _artifact(bad, "onnx-fp32")
+    built = BuiltVersions(
+        student_p95_ms=_p95(student),
+        teacher_p95_ms=_p95(teacher_fp32),
+        size_ratio=teacher_fp32.size / student.size,
+    )
+    console.print(
+        f"[yellow]built digits:2[/] (the fp32 teacher: onnx-fp32 {built.size_ratio:.0f}x the "
+        f"size of digits:1's onnx-int8, p95 {built.teacher_p95_ms:.3f} ms vs "
+        f"{built.student_p95_ms:.3f} ms on this machine)"
+    )
+    return built
 
 
 def start_controller(world: DemoWorld) -> None:
@@ -233,7 +323,7 @@ def run_rollout(
 
 def run_scenario(world: DemoWorld) -> bool:
     """Return True when every step behaved as described."""
-    build_models(world.data_dir)
+    built = build_models(world.data_dir)
     start_controller(world)
     start_agents(world)
     start_traffic(world)
@@ -247,7 +337,11 @@ def run_scenario(world: DemoWorld) -> bool:
     ok = bool(first["status"] == "completed")
     console.print(f"rollout 1: [bold]{first['status']}[/] ({first['reason']})")
     time.sleep(6)  # a few telemetry windows of the good version: the baseline the gate uses
-    console.rule("rollout 2: digits:2, a bad version (10x slower), to the same devices")
+    slower = built.teacher_p95_ms / built.student_p95_ms
+    console.rule(
+        f"rollout 2: digits:2, a bad version ({slower:.1f}x the p95 of digits:1 on this "
+        "machine), to the same devices"
+    )
     second = run_rollout(
         world,
         "2",
@@ -271,8 +365,11 @@ def run_scenario(world: DemoWorld) -> bool:
 
 
 def run_demo(data_dir: Path, *, exit_after: bool) -> int:
+    quiet_third_party()
     data_dir.mkdir(parents=True, exist_ok=True)
     world = DemoWorld(data_dir)
+    ok = False
+    previous = {s: signal.signal(s, _stop_on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         ok = run_scenario(world)
         console.rule("done" if ok else "[red]something did not behave as described[/]")
@@ -281,11 +378,23 @@ def run_demo(data_dir: Path, *, exit_after: bool) -> int:
         if exit_after:
             return 0 if ok else 1
         console.print("the controller and the fleet stay up; press Ctrl-C to stop them")
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        return 0 if ok else 1
+        while True:  # until SIGINT or SIGTERM raises DemoStopped (signal.pause() would not
+            time.sleep(0.2)  # return if another thread took the signal)
+    except DemoStopped as stopped:
+        if not ok:  # stopped before the scenario ended
+            console.print(f"[yellow]{stopped} before the scenario ended[/]")
+            return 130
+        return 0
     except (TimeoutError, httpx.HTTPError) as e:
         console.print(f"[red]demo failed: {e}[/]; logs in {data_dir}")
         return 1
     finally:
+        for signum in previous:  # the stop itself is not interrupted (it is bounded)
+            signal.signal(signum, signal.SIG_IGN)
+        started = time.monotonic()
         with console.status("stopping every process the demo started"):
             world.close()
+        took = time.monotonic() - started
+        console.print(f"stopped the {len(world.processes)} processes it started in {took:.1f} s")
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +21,4 @@ def demo(
     from edgefleet.controller.demo import run_demo
 
     directory = data_dir or Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
-    if not exit_after:
-        # Ctrl-C is awaited with sigwait so cleanup runs in order, not from a KeyboardInterrupt.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     raise typer.Exit(run_demo(directory, exit_after=exit_after))

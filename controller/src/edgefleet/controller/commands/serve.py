@@ -41,7 +41,16 @@ def serve(
 
     Without a broker URL in the settings, an embedded MQTT broker is started.
     """
+    import signal
+
     import uvicorn
+
+    from edgefleet.shared.lifetime import end_with_parent
+
+    # a parent that waits for signals with them blocked passes the mask on: SIGTERM would never
+    # reach uvicorn's handler
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    end_with_parent()  # uvicorn handles the SIGTERM
 
     from edgefleet.controller.app import create_app
 
