@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from edgefleet.controller import __version__
@@ -42,8 +44,20 @@ def version() -> None:
     typer.echo(f"edgefleet {__version__}")
 
 
+def plain_help(typer_app: typer.Typer) -> None:
+    """Help as click's plain text, which wraps at the width, for this app and its sub-apps:
+    rich's panels cut words with an ellipsis at the 80 columns they assume without a terminal
+    (``EDGEFLEET_BROKER_PUBLI…``)."""
+    typer_app.rich_markup_mode = None
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            plain_help(group.typer_instance)
+
+
 def main() -> None:
     """Entry point of ``edgefleet``."""
+    if not sys.stdout.isatty():
+        plain_help(app)
     app()
 
 
