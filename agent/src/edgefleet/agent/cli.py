@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import logging
 import signal
 import sys
@@ -77,7 +79,17 @@ def _run(settings: AgentSettings) -> int:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     end_with_parent()
     agent = Agent(settings)
-    agent.start()
+    try:
+        agent.start()
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            raise
+        with contextlib.suppress(Exception):
+            agent.stop()
+        raise ConfigError(
+            f"http_bind {settings.http_bind} is in use (another agent on this host?): give each "
+            "agent its own port in http_bind, or set it to '' to turn the local API off"
+        ) from None
     address = agent.http_address
     logging.getLogger("edgefleet.agent").info(
         "agent %s running; local API on %s",
