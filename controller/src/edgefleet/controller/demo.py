@@ -222,8 +222,8 @@ def _build_models(data_dir: Path) -> BuiltVersions:
     )
     console.print(
         f"[yellow]built digits:2[/] (the fp32 teacher: onnx-fp32 {built.size_ratio:.0f}x the "
-        f"size of digits:1's onnx-int8, p95 {built.teacher_p95_ms:.3f} ms vs "
-        f"{built.student_p95_ms:.3f} ms on this machine)"
+        f"size of digits:1's onnx-int8, p95 {built.teacher_p95_ms:.4g} ms vs "
+        f"{built.student_p95_ms:.4g} ms on this machine)"
     )
     return built
 
