@@ -7,6 +7,7 @@ the one it replaces on that very device.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,7 +28,8 @@ SLOW_CLASS = "board=throttled-x86"
 # in jumps of whole 100 ms periods.
 QUOTA_US, PERIOD_US = 1000, 20_000
 MIN_SLOWDOWN = 10.0
-# ~157M MACs: ~3 ms of CPU per inference on this host; version 2 has five times the compute.
+# ~157M MACs: ~3 ms of CPU per inference on the host it was tuned on (more where the host is
+# faster, see model_template); version 2 has five times the compute.
 HEAVY_REPEAT = 600
 SLOWER = 5
 
@@ -36,11 +38,17 @@ SLOWER = 5
 def model_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Overrides the e2e template for this module: ``heavy:1``, a host p95 over 2 ms, and
     ``heavy:2``, the same network with five times its compute."""
-    data_dir = tmp_path_factory.mktemp("slow-device-template")
-    heavy = register_cpu_bound_model(data_dir, name="heavy", version="1", repeat=HEAVY_REPEAT)
-    (artifact,) = heavy.artifacts
-    assert artifact.report.latency.p95_ms > 2.0, artifact.report.latency
-    register_cpu_bound_model(data_dir, name="heavy", version="2", repeat=HEAVY_REPEAT * SLOWER)
+    repeat = HEAVY_REPEAT
+    for _ in range(3):  # a faster host than the one HEAVY_REPEAT was tuned on: more compute
+        data_dir = tmp_path_factory.mktemp("slow-device-template")
+        heavy = register_cpu_bound_model(data_dir, name="heavy", version="1", repeat=repeat)
+        (artifact,) = heavy.artifacts
+        p95 = artifact.report.latency.p95_ms
+        if p95 > 2.0:
+            break
+        repeat = math.ceil(repeat * 3.0 / p95)
+    assert p95 > 2.0, artifact.report.latency
+    register_cpu_bound_model(data_dir, name="heavy", version="2", repeat=repeat * SLOWER)
     return data_dir
 
 
