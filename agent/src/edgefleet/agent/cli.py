@@ -70,7 +70,10 @@ def _run(settings: AgentSettings) -> int:
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        # A handler runs between two bytecodes of the main thread, maybe inside this Event's
+        # own set() (a second SIGTERM): setting it again would wait on the lock it holds.
+        if not stop.is_set():
+            stop.set()
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)

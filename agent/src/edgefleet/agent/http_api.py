@@ -289,7 +289,10 @@ class InferenceServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        # shutdown() waits for the accept loop to say it ended: forever when it is not running
+        # (an agent seen in CI hung so, stopping with no accept thread left)
+        if self._thread is not None and self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()
         self._server.stop_workers()
         if self._thread is not None:
