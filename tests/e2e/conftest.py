@@ -95,6 +95,22 @@ class Fleet:
         assert response.status_code == 201, response.text
         return self.wait_rollout(response.json()["id"], expect, timeout)
 
+    def roll_out_to_new_agent(self, device_id: str, model: str, target: str = "onnx-int8") -> dict:
+        """Start an onnxruntime agent ``device_id``, roll ``model:1`` out to it in one wave
+        without soak, check it completed with ``target`` active; the device's swapped event."""
+        self.start_agent(device_id, runtimes=["onnxruntime"])
+        self.wait_devices([device_id])
+        rollout = self.rollout(
+            "1", model=model, expect={"completed", "paused", "rolled_back"}, waves="100%",
+            policy={"soak_s": 0},
+        )  # fmt: skip
+        assert rollout["status"] == "completed", (rollout["reason"], rollout["devices"])
+        (device,) = rollout["devices"]
+        assert (device["state"], device["target"]) == ("active", target)
+        events = self.controller.get(f"/api/devices/{device_id}/events")
+        (swapped,) = [e for e in events if e["type"] == "swapped" and e["model_id"] == model]
+        return swapped
+
     def wait_rollout(self, rollout_id: int, expect: set[str], timeout: float = 120) -> dict:
         state: dict = {}
 

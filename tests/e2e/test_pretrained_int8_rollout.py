@@ -57,17 +57,7 @@ def test_pretrained_classifier_compressed_to_static_int8_is_rolled_out_and_serve
     assert details["int8_weight_share"] == 1.0
     assert artifact["golden"]["pairs"] > 0
 
-    fleet.start_agent("onnx-ocr", runtimes=["onnxruntime"])
-    fleet.wait_devices(["onnx-ocr"])
-    rollout = fleet.rollout(
-        "1", model="ppocr-cls", expect={"completed", "paused", "rolled_back"}, waves="100%",
-        policy={"soak_s": 0},
-    )  # fmt: skip
-    assert rollout["status"] == "completed", (rollout["reason"], rollout["devices"])
-    (device,) = rollout["devices"]
-    assert (device["state"], device["target"]) == ("active", "onnx-int8")
-    events = fleet.controller.get("/api/devices/onnx-ocr/events")
-    (swapped,) = [e for e in events if e["type"] == "swapped" and e["model_id"] == "ppocr-cls"]
+    swapped = fleet.roll_out_to_new_agent("onnx-ocr", "ppocr-cls")
     assert swapped["figures"]["golden_pairs"] == float(artifact["golden"]["pairs"])
 
     body = io.BytesIO()

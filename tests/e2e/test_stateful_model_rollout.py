@@ -78,17 +78,7 @@ def test_compressed_silero_vad_validates_its_state_and_serves_consecutive_calls(
     assert artifact["golden"]["pairs"] == 8  # two sequences of four calls
     assert artifact["report"]["details"]["sequence"]["steps"] == STEPS
 
-    fleet.start_agent("vad-pi", runtimes=["onnxruntime"])
-    fleet.wait_devices(["vad-pi"])
-    rollout = fleet.rollout(
-        "1", model="vad", expect={"completed", "paused", "rolled_back"}, waves="100%",
-        policy={"soak_s": 0},
-    )  # fmt: skip
-    assert rollout["status"] == "completed", (rollout["reason"], rollout["devices"])
-    (device,) = rollout["devices"]
-    assert (device["state"], device["target"]) == ("active", "onnx-int8")
-    events = fleet.controller.get("/api/devices/vad-pi/events")
-    (swapped,) = [e for e in events if e["type"] == "swapped" and e["model_id"] == "vad"]
+    swapped = fleet.roll_out_to_new_agent("vad-pi", "vad")
     assert swapped["figures"]["golden_pairs"] == 8.0  # replayed on the device, state included
     assert swapped["figures"]["max_abs_error"] <= artifact["golden"]["atol"]
 

@@ -52,17 +52,7 @@ def test_tflite_detector_compressed_to_onnx_int8_is_rolled_out_and_serves(fleet,
     assert [i["name"] for i in artifact["signature"]["inputs"]] == ["input"]
     assert artifact["golden"]["pairs"] > 0
 
-    fleet.start_agent("onnx-face", runtimes=["onnxruntime"])
-    fleet.wait_devices(["onnx-face"])
-    rollout = fleet.rollout(
-        "1", model="blazeface", expect={"completed", "paused", "rolled_back"}, waves="100%",
-        policy={"soak_s": 0},
-    )  # fmt: skip
-    assert rollout["status"] == "completed", (rollout["reason"], rollout["devices"])
-    (device,) = rollout["devices"]
-    assert (device["state"], device["target"]) == ("active", "onnx-int8")
-    events = fleet.controller.get("/api/devices/onnx-face/events")
-    (swapped,) = [e for e in events if e["type"] == "swapped" and e["model_id"] == "blazeface"]
+    swapped = fleet.roll_out_to_new_agent("onnx-face", "blazeface")
     assert swapped["figures"]["golden_pairs"] == float(artifact["golden"]["pairs"])
 
     one = {"input": images[24:]}  # none of the golden inputs
