@@ -32,6 +32,7 @@ import contextlib
 import gc
 import logging
 import multiprocessing
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -248,6 +249,14 @@ class _Process:
     started_at: float = 0.0
     failures: int = 0  # consecutive quick exits, for the backoff
     connected: bool = False
+    # groups are sent from ingest's writer thread, "stop" from the stopping thread: one at a time
+    sending: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, message: tuple[str, Any]) -> None:
+        pipe = self.pipe
+        if pipe is not None:
+            with self.sending, contextlib.suppress(OSError):
+                pipe.send(message)
 
 
 @dataclass
@@ -327,10 +336,7 @@ class IngestWorkers:
         if not groups:
             return
         for worker in list(self._workers):
-            pipe = worker.pipe
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.send(("groups", groups))
+            worker.send(("groups", groups))
 
     async def run(self) -> None:
         """Start every worker, then restart any that exits, until cancelled."""
@@ -377,9 +383,7 @@ class IngestWorkers:
         """Ask every worker to stop, wait for them to write what they read (killing those that
         take too long), and return what each sent meanwhile (a worker thread)."""
         for worker in self._workers:
-            if worker.pipe is not None:
-                with contextlib.suppress(OSError):
-                    worker.pipe.send(("stop", None))
+            worker.send(("stop", None))
         deadline = time.monotonic() + STOP_TIMEOUT_S
         final: list[tuple[_Process, list[tuple[str, Any]]]] = []
         for worker in self._workers:
