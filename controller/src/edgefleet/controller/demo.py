@@ -345,7 +345,12 @@ def run_scenario(world: DemoWorld) -> bool:
     second = run_rollout(
         world,
         "2",
-        {"soak_s": 6, "max_p95_regression": 0.5, "min_p95_regression_ms": 0.25, "min_requests": 20},
+        {
+            "soak_s": 12,  # the canary's windows of the bad version reach the gate under load
+            "max_p95_regression": 0.5,
+            "min_p95_regression_ms": 0.25,
+            "min_requests": 20,
+        },
         "1,100%",
     )
     console.print(f"rollout 2: [bold]{second['status']}[/] ({second['reason']})")
