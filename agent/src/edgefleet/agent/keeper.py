@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +90,7 @@ def load_validated(
     *,
     golden: GoldenSet | None = None,
     baseline: Baseline | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[ModelRuntime, ValidationReport]:
     """Load a verified artifact and validate it (golden pairs, NaN/Inf, latency judged on this
     device, against ``baseline`` when the policy asks for a ratio).
@@ -96,6 +98,7 @@ def load_validated(
     Raises:
         ModelLoadError, UnsupportedArtifactError: the runtime cannot load it.
         ValidationFailedError: it failed validation (``TooSlowError``: only its latency).
+        StoppingError: ``stop`` was set while it was validated (it is closed again).
     """
     runtime = load_runtime(path, manifest, threads=settings.inference_threads)
     try:
@@ -106,6 +109,7 @@ def load_validated(
             baseline=baseline,
             warmup_runs=settings.warmup_runs,
             timed_runs=settings.validation_timed_runs,
+            stop=stop,
         )
     except Exception:
         runtime.close()
@@ -192,6 +196,7 @@ class SlotKeeper:
         path: Path,
         digest: str,
         golden: GoldenSet | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         """Load, validate, persist (outcome ``swapped``) and swap in a verified artifact.
 
@@ -200,12 +205,13 @@ class SlotKeeper:
         Raises:
             ModelLoadError, UnsupportedArtifactError: the runtime cannot load it.
             ValidationFailedError: it failed validation (the old model keeps serving).
+            StoppingError: ``stop`` was set while it was validated (nothing changed).
             OSError: the slot could not be saved (the old model keeps serving).
         """
         manifest = verified.manifest
         with self._baseline() as baseline:
             runtime, report = load_validated(
-                path, manifest, self.settings, golden=golden, baseline=baseline
+                path, manifest, self.settings, golden=golden, baseline=baseline, stop=stop
             )
         try:
             swapped = outcome_of(manifest, OutcomeResult.SWAPPED)

@@ -392,7 +392,7 @@ class Updater:
         path = self._fetch(verified.manifest)
         self.progress.enter(ProgressPhase.INSTALLING, done_bytes=verified.manifest.artifact.size)
         self.publish_state()
-        self.keeper.install(verified, signed, path, digest, golden)
+        self.keeper.install(verified, signed, path, digest, golden, stop=self.stop_event)
 
     def _fetch_golden(self, manifest: Manifest) -> GoldenSet | None:
         """The golden set a schema-2 manifest names as a file: fetched like the artifact (its

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import math
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from edgefleet.agent.errors import InferenceError, TooSlowError, ValidationFailedError
+from edgefleet.agent.errors import (
+    InferenceError,
+    StoppingError,
+    TooSlowError,
+    ValidationFailedError,
+)
 from edgefleet.agent.runtimes import Array, ModelRuntime
 from edgefleet.shared.bounds import MAX_LATENCY_MS
 from edgefleet.shared.manifest import GoldenSet, IOSignature, Manifest, TensorData
@@ -65,6 +71,12 @@ def smoke_inputs(signature: IOSignature) -> dict[str, Array]:
     }
 
 
+def _check_stop(stop: threading.Event | None) -> None:
+    """Raises: StoppingError: the agent is stopping (validation is cut short, not failed)."""
+    if stop is not None and stop.is_set():
+        raise StoppingError("the agent is stopping")
+
+
 def _run(runtime: ModelRuntime, inputs: dict[str, Array]) -> dict[str, Array]:
     try:
         return runtime.run(inputs)
@@ -103,10 +115,13 @@ def _check_signature(outputs: dict[str, Array], signature: IOSignature) -> None:
             )
 
 
-def _compare(golden: GoldenSet, runtime: ModelRuntime) -> tuple[float, float]:
+def _compare(
+    golden: GoldenSet, runtime: ModelRuntime, stop: threading.Event | None = None
+) -> tuple[float, float]:
     max_abs = 0.0
     agree = total = 0
     for number, pair in enumerate(golden.pairs):
+        _check_stop(stop)
         outputs = _run(runtime, {n: tensor_array(t) for n, t in pair.inputs.items()})
         _check_finite(outputs)
         for name, tensor in pair.outputs.items():
@@ -143,9 +158,12 @@ def _compare(golden: GoldenSet, runtime: ModelRuntime) -> tuple[float, float]:
     return max_abs, agreement
 
 
-def _warm_ms(runtime: ModelRuntime, inputs: dict[str, Array], runs: int) -> float:
+def _warm_ms(
+    runtime: ModelRuntime, inputs: dict[str, Array], runs: int, stop: threading.Event | None = None
+) -> float:
     samples = []
     for _ in range(max(1, runs)):
+        _check_stop(stop)
         start = time.perf_counter()
         _run(runtime, inputs)
         samples.append((time.perf_counter() - start) * 1000.0)
@@ -170,11 +188,13 @@ def judge_latency(
     probe: dict[str, Array],
     baseline: Baseline | None,
     timed_runs: int,
+    stop: threading.Event | None = None,
 ) -> dict[str, float]:
     """How the candidate's warm latency on this device is judged; its figures.
 
     Raises:
         TooSlowError: over the operator's budget, or over the allowed ratio to the active model.
+        StoppingError: ``stop`` was set while the active model was timed.
     """
     policy = manifest.latency
     budget = policy.budget_ms if policy is not None else None
@@ -200,7 +220,7 @@ def judge_latency(
     inputs = probe if _fits(baseline.signature, probe) else smoke_inputs(baseline.signature)
     try:
         _run(baseline.runtime, inputs)  # warm (it serves, but maybe not these shapes)
-        active_ms = _warm_ms(baseline.runtime, inputs, timed_runs)
+        active_ms = _warm_ms(baseline.runtime, inputs, timed_runs, stop)
     except ValidationFailedError:
         return figures  # the active model cannot be timed: accepted, and reported
     figures |= {"active_warm_latency_ms": active_ms, "max_ratio_to_active": ratio}
@@ -222,6 +242,7 @@ def validate(
     baseline: Baseline | None = None,
     warmup_runs: int = 3,
     timed_runs: int = 10,
+    stop: threading.Event | None = None,
 ) -> ValidationReport:
     """Check a loaded model against its manifest; warm it up on the way.
 
@@ -236,6 +257,7 @@ def validate(
         ValidationFailedError: golden mismatch, NaN/Inf outputs, an output off its signed dtype
             or shape (without golden pairs), or a runtime failure on a validation input.
         TooSlowError: the latency policy refuses it (see :func:`judge_latency`).
+        StoppingError: ``stop`` was set (checked between runs): neither passed nor failed.
     """
     golden = manifest.golden if golden is None else golden
     probe = (
@@ -244,12 +266,13 @@ def validate(
         else smoke_inputs(manifest.signature)
     )
     for _ in range(max(1, warmup_runs)):
+        _check_stop(stop)
         outputs = _run(runtime, probe)
         _check_finite(outputs)
     if golden is None:
         _check_signature(outputs, manifest.signature)  # shape, dtype and finiteness only
-    max_abs, agreement = _compare(golden, runtime) if golden is not None else (0.0, 1.0)
-    warm_ms = _warm_ms(runtime, probe, timed_runs)
-    latency = judge_latency(manifest, warm_ms, probe, baseline, timed_runs)
+    max_abs, agreement = _compare(golden, runtime, stop) if golden is not None else (0.0, 1.0)
+    warm_ms = _warm_ms(runtime, probe, timed_runs, stop)
+    latency = judge_latency(manifest, warm_ms, probe, baseline, timed_runs, stop)
     pairs = len(golden.pairs) if golden else 0
     return ValidationReport(pairs, max_abs, agreement, warm_ms, latency)

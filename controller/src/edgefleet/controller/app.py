@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -28,6 +30,8 @@ from edgefleet.controller.dashboard import install_dashboard
 from edgefleet.controller.http_hosts import served_hosts
 from edgefleet.controller.service import ControllerService
 
+log = logging.getLogger(__name__)
+
 
 def create_app(settings: Settings) -> FastAPI:
     """An app whose lifespan starts and stops one :class:`ControllerService`, behind the
@@ -46,7 +50,9 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            started = time.monotonic()
             await service.stop()
+            log.info("controller stopped (its shutdown took %.1f s)", time.monotonic() - started)
 
     app = FastAPI(title="edgefleet controller", version=__version__, lifespan=lifespan)
     install_error_handlers(app)

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 
 from edgefleet.controller.commands.rollout import rollout_table
 from edgefleet.controller.config import get_settings
@@ -369,7 +370,39 @@ def run_scenario(world: DemoWorld) -> bool:
     return ok
 
 
+# What the demo runs, by the module that proves it is installed: the package that brings it.
+DEMO_NEEDS = {
+    "torch": "torch (the controller's compress extra)",
+    "sklearn": "scikit-learn (the controller's compress extra)",
+    "litert_torch": "litert-torch (the controller's tflite extra)",
+    "edgefleet.agent": "edgefleet-agent",
+    "onnxruntime": "onnxruntime (the agent's onnx extra)",
+    "ai_edge_litert": "ai-edge-litert (the agent's litert extra)",
+}
+DEMO_INSTALL = (
+    "./scripts/try from a clone of the repository, or pip install "
+    "'edgefleet-controller[compress,tflite]' 'edgefleet-agent[onnx,litert]'"
+)
+
+
+def missing_for_demo() -> list[str]:
+    """The packages the demo needs that this environment lacks."""
+    import importlib.util
+
+    def found(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # a parent package is missing
+            return False
+
+    return [package for module, package in DEMO_NEEDS.items() if not found(module)]
+
+
 def run_demo(data_dir: Path, *, exit_after: bool) -> int:
+    missing = missing_for_demo()
+    if missing:
+        console.print(f"[red]the demo needs {', '.join(missing)}[/]: {escape(DEMO_INSTALL)}")
+        return 2
     quiet_third_party()
     data_dir.mkdir(parents=True, exist_ok=True)
     world = DemoWorld(data_dir)

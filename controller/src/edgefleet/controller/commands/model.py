@@ -144,6 +144,12 @@ def compress(
     and golden pairs (state included) use the single calls that yields. Names
     "labels" and "layout" are reserved. README.md has a worked example.
     """
+    from edgefleet.controller.compress.sources import TorchSource, import_torch
+
+    try:
+        import_torch("edgefleet model compress")  # the compress extra; import works without it
+    except ControllerError as e:
+        raise fail(e) from e
     from edgefleet.controller.compress import (
         CompressionData,
         DistillConfig,
@@ -153,7 +159,6 @@ def compress(
         load_npz,
         validate_targets,
     )
-    from edgefleet.controller.compress.sources import TorchSource
 
     try:
         if int8_mode not in ("auto", "dynamic", "static"):

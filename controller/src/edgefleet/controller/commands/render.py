@@ -93,8 +93,7 @@ def print_version(console: Console, record: VersionRecord) -> None:
     )
     hosts = sorted({lat.host for a in record.artifacts if (lat := a.report.latency) and lat.host})
     latency = _table(
-        f"latency on {', '.join(hosts) or 'the controller host'} (a reference: devices judge "
-        "their own)",
+        "latency on the controller host (a reference: devices judge their own)",
         ("target", "mean ms", "p95 ms", "budget ms"),
     )
     for a in record.artifacts:
@@ -120,6 +119,8 @@ def print_version(console: Console, record: VersionRecord) -> None:
         )
     for table in (files, quality, latency):
         console.print(table)
+    if hosts:  # a line of its own: a host's name can be long, and a title would fold it
+        console.print(f"latency measured on {', '.join(hosts)}", markup=False, highlight=False)
     for a in record.artifacts:
         if a.report.unmeasured:  # the reason a row has no figures
             console.print(

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from edgefleet.controller.compress.distill import as_eval
-from edgefleet.controller.errors import ConversionError, ToolNotFoundError
+from edgefleet.controller.errors import ConversionError, MissingExtraError, ToolNotFoundError
 
 EDGETPU_COMPILER = "edgetpu_compiler"
 EDGETPU_INSTALL_HINT = (
@@ -26,6 +26,24 @@ EDGETPU_INSTALL_HINT = (
     " and make sure edgetpu_compiler is on PATH"
 )
 os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+TFLITE_EXTRA = "tflite"
+TFLITE_EXTRA_MODULES = ("litert_torch", "torchao")
+
+
+def require_litert_torch(needed_for: str) -> None:
+    """Check that litert-torch and torchao (the ``tflite`` extra) can be imported.
+
+    Raises:
+        MissingExtraError: one is not installed, naming the extra.
+    """
+    import importlib
+
+    for name in TFLITE_EXTRA_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            package = name.replace("_", "-")
+            raise MissingExtraError(needed_for, package, TFLITE_EXTRA, str(e)) from e
 
 
 def export_onnx(
@@ -99,6 +117,7 @@ def export_tflite_fp32(
     module: nn.Module, input_names: tuple[str, ...], sample: dict[str, np.ndarray], dst: Path
 ) -> Path:
     """float32 TFLite at batch 1, inputs named like the model's."""
+    require_litert_torch("tflite-fp32 from a torch model")
     import litert_torch
 
     named = as_eval(NamedInputs(module, input_names))
@@ -126,6 +145,7 @@ def export_tflite_int8(
 ) -> Path:
     """PT2E int8 TFLite: dynamic-range (weights int8, float IO) when ``calibration`` is None,
     else full integer with calibrated activations and int8 inputs/outputs."""
+    require_litert_torch(f"{target} from a torch model")
     import litert_torch
     from litert_torch.quantize import pt2e_quantizer, quant_config
     from torchao.quantization.pt2e import (  # type: ignore[import-untyped]

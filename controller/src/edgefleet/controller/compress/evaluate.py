@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edgefleet.controller.compress.built import BuiltFile
 from edgefleet.controller.compress.data import (
     Call,
     Dataset,
@@ -19,15 +20,29 @@ from edgefleet.controller.compress.data import (
     SampleLayoutError,
     SequenceRun,
 )
+from edgefleet.controller.compress.recipe import Recipe
 from edgefleet.controller.compress.runners import (
     ORT_CHUNK,
     Arrays,
     ArtifactRunner,
     measuring_host,
+    open_runner,
 )
 from edgefleet.controller.compress.sources import dtype_name
-from edgefleet.controller.registry.records import LatencyStats, QualityStats
-from edgefleet.shared.manifest import GoldenPair, GoldenSet, IOSignature, TensorData
+from edgefleet.controller.config import Settings
+from edgefleet.controller.registry.records import (
+    ArtifactReport,
+    LatencyStats,
+    NewArtifact,
+    QualityStats,
+)
+from edgefleet.shared.manifest import (
+    GoldenPair,
+    GoldenSet,
+    IOSignature,
+    TensorData,
+    runtime_for_target,
+)
 
 QUANTIZED_TARGETS = frozenset({"onnx-int8", "tflite-int8", "tflite-full-int8", "edgetpu"})
 
@@ -331,4 +346,63 @@ def time_call(runner: ArtifactRunner, native: Arrays, runs: int, warmup: int = 5
         p50_ms=float(np.percentile(times, 50)),
         p95_ms=float(np.percentile(times, 95)),
         host=measuring_host(),
+    )
+
+
+def evaluate_artifact(
+    built: BuiltFile,
+    recipe: Recipe,
+    evaluation: Dataset,
+    reference: dict[str, np.ndarray],
+    classifier: bool,
+    *,
+    original_size: int,
+    params: int,
+    sparsity: float,
+    settings: Settings,
+) -> NewArtifact:
+    """Evaluate one built artifact against the original's ``reference`` outputs on single-call
+    ``evaluation`` data: quality, golden pairs, latency on this host (labelled with it) and its
+    report, ready to register. Data materialised from sequences is also run sequence by
+    sequence with the artifact's own state fed back (``details["sequence"]``)."""
+    runtime = runtime_for_target(built.target)
+    runner = open_runner(built.evaluate_as or built.path, runtime)
+    produced = run_data(runner, evaluation)
+    quality = quality_stats(
+        reference, produced, evaluation.labels, classifier=classifier, samples=evaluation.size
+    )
+    golden = golden_set(
+        runner, evaluation, target=built.target, classifier=classifier,
+        count=settings.golden_pairs,
+    )  # fmt: skip
+    latency = time_call(runner, runner.to_native(evaluation.sample_feed(0)), settings.latency_runs)
+    details = dict(built.details)
+    if len(reference) > 1:
+        details["output_errors"] = output_errors(reference, produced)
+    if evaluation.origin is not None:  # sequences: also run whole, the artifact's state fed back
+        details["sequence"] = closed_loop(runner, evaluation.origin, classifier=classifier)
+    size = built.path.stat().st_size
+    report = ArtifactReport(
+        target=built.target,
+        runtime=runtime,
+        size_bytes=size,
+        original_size_bytes=original_size,
+        size_ratio=original_size / size,
+        param_count=params,
+        sparsity=sparsity,
+        quality=quality,
+        latency=latency,
+        compare=compare_mode(built.target, classifier),
+        recipe=recipe.as_dict(),
+        details=details,
+    )
+    return NewArtifact(
+        target=built.target,
+        file=built.path,
+        signature=runner.signature,
+        golden=golden,
+        latency_budget_ms=latency_budget_ms(
+            latency.p95_ms, settings.latency_budget_factor, settings.min_latency_budget_ms
+        ),
+        report=report,
     )

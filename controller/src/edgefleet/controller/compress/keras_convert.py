@@ -15,14 +15,13 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
+from edgefleet.controller.compress.built import BuiltFile, Notify
 from edgefleet.controller.compress.convert import compile_edgetpu
 from edgefleet.controller.compress.data import Dataset
 from edgefleet.controller.compress.keras_source import SERVING, ServingModel
 from edgefleet.controller.compress.recipe import Recipe
 from edgefleet.controller.compress.targets import (
     MIN_INT8_WEIGHT_SHARE,
-    BuiltFile,
-    Notify,
     TargetBuilder,
     limit_calibration,
     require_calibration,

@@ -13,7 +13,12 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from edgefleet.controller.compress.convert import export_onnx, require_edgetpu_compiler
+from edgefleet.controller.compress.built import Notify, quiet
+from edgefleet.controller.compress.convert import (
+    export_onnx,
+    require_edgetpu_compiler,
+    require_litert_torch,
+)
 from edgefleet.controller.compress.data import (
     Dataset,
     InputLayout,
@@ -22,17 +27,11 @@ from edgefleet.controller.compress.data import (
 )
 from edgefleet.controller.compress.evaluate import (
     call_batch,
-    closed_loop,
-    compare_mode,
+    evaluate_artifact,
     float_call,
-    golden_set,
     is_classifier,
-    latency_budget_ms,
     materialise,
-    output_errors,
-    quality_stats,
     run_data,
-    time_call,
 )
 from edgefleet.controller.compress.external_data import save_self_contained
 from edgefleet.controller.compress.keras_convert import KerasTfliteBuilder, keras_onnx_builder
@@ -54,7 +53,6 @@ from edgefleet.controller.compress.runners import (
     ArtifactRunner,
     LiteRtRunner,
     OnnxRunner,
-    open_runner,
 )
 from edgefleet.controller.compress.signatures import require_same_signature
 from edgefleet.controller.compress.sources import (
@@ -67,14 +65,12 @@ from edgefleet.controller.compress.sources import (
     torch_signature,
 )
 from edgefleet.controller.compress.steps import (
-    Notify,
     apply_torch_steps,
     distills,
     model_sparsity,
 )
 from edgefleet.controller.compress.targets import (
     ArtifactBuilder,
-    BuiltFile,
     SplitTargetBuilder,
     TargetBuilder,
     TfliteTargetBuilder,
@@ -91,7 +87,7 @@ from edgefleet.controller.errors import (
 from edgefleet.controller.registry.records import ArtifactReport, NewArtifact, VersionRecord
 from edgefleet.controller.registry.service import ModelRegistry
 from edgefleet.shared.hashing import sha256_file
-from edgefleet.shared.manifest import IOSignature, runtime_for_target
+from edgefleet.shared.manifest import IOSignature
 
 LITERT_TARGETS = frozenset({"tflite-fp32", "tflite-int8", "tflite-full-int8", "edgetpu"})
 
@@ -115,11 +111,6 @@ class CompressionResult:
     source_size: int
     signature: IOSignature
     reports: dict[str, ArtifactReport] = field(default_factory=dict)
-
-
-def quiet(_: str) -> None:
-    """A ``notify`` that says nothing."""
-    return None
 
 
 def compress(
@@ -316,7 +307,7 @@ def _check_recipe_fits(source: ModelSource, recipe: Recipe, student: nn.Module |
     Raises:
         UnsupportedStepError: a step this kind of source cannot take (naming what to give).
         MissingExtraError: LiteRT targets from ONNX, or ONNX targets from TFLite, without the
-            tensorflow extra.
+            tensorflow extra; LiteRT targets from torch without the tflite extra.
     """
     if isinstance(source, KerasSource):
         if recipe.prune_sparsity > 0 or recipe.structured_ratio > 0 or distills(recipe, student):
@@ -341,6 +332,9 @@ def _check_recipe_fits(source: ModelSource, recipe: Recipe, student: nn.Module |
             raise UnsupportedStepError("fine-tuning needs a torch model")
         return
     if isinstance(source, TorchSource):
+        litert_targets = sorted(LITERT_TARGETS & set(recipe.targets))
+        if litert_targets:  # converted by litert-torch (the tflite extra)
+            require_litert_torch(f"targets {', '.join(litert_targets)} from a torch model")
         if source.eager or distills(recipe, student):
             return  # a distilled student is an ordinary module whatever the teacher was
         if recipe.structured_ratio > 0 or recipe.finetune_epochs > 0:
@@ -514,62 +508,3 @@ def _onnx_working_model(
     # the onnx-fp32 artifact, and the file every other ONNX target is built from: one file
     path = save_self_contained(model, work / "model-fp32.onnx")
     return path, summary, params, sparsity
-
-
-def evaluate_artifact(
-    built: BuiltFile,
-    recipe: Recipe,
-    evaluation: Dataset,
-    reference: dict[str, np.ndarray],
-    classifier: bool,
-    *,
-    original_size: int,
-    params: int,
-    sparsity: float,
-    settings: Settings,
-) -> NewArtifact:
-    """Evaluate one built artifact against the original's ``reference`` outputs on single-call
-    ``evaluation`` data: quality, golden pairs, latency on this host (labelled with it) and its
-    report, ready to register. Data materialised from sequences is also run sequence by
-    sequence with the artifact's own state fed back (``details["sequence"]``)."""
-    runtime = runtime_for_target(built.target)
-    runner = open_runner(built.evaluate_as or built.path, runtime)
-    produced = run_data(runner, evaluation)
-    quality = quality_stats(
-        reference, produced, evaluation.labels, classifier=classifier, samples=evaluation.size
-    )
-    golden = golden_set(
-        runner, evaluation, target=built.target, classifier=classifier,
-        count=settings.golden_pairs,
-    )  # fmt: skip
-    latency = time_call(runner, runner.to_native(evaluation.sample_feed(0)), settings.latency_runs)
-    details = dict(built.details)
-    if len(reference) > 1:
-        details["output_errors"] = output_errors(reference, produced)
-    if evaluation.origin is not None:  # sequences: also run whole, the artifact's state fed back
-        details["sequence"] = closed_loop(runner, evaluation.origin, classifier=classifier)
-    size = built.path.stat().st_size
-    report = ArtifactReport(
-        target=built.target,
-        runtime=runtime,
-        size_bytes=size,
-        original_size_bytes=original_size,
-        size_ratio=original_size / size,
-        param_count=params,
-        sparsity=sparsity,
-        quality=quality,
-        latency=latency,
-        compare=compare_mode(built.target, classifier),
-        recipe=recipe.as_dict(),
-        details=details,
-    )
-    return NewArtifact(
-        target=built.target,
-        file=built.path,
-        signature=runner.signature,
-        golden=golden,
-        latency_budget_ms=latency_budget_ms(
-            latency.p95_ms, settings.latency_budget_factor, settings.min_latency_budget_ms
-        ),
-        report=report,
-    )

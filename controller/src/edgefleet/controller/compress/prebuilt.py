@@ -16,17 +16,18 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from edgefleet.controller.compress.built import BuiltFile, Notify, quiet
 from edgefleet.controller.compress.data import Dataset, check_against_signature
 from edgefleet.controller.compress.evaluate import (
     call_batch,
     compare_mode,
+    evaluate_artifact,
     float_call,
     is_classifier,
     materialise,
     run_data,
 )
 from edgefleet.controller.compress.external_data import save_self_contained
-from edgefleet.controller.compress.pipeline import evaluate_artifact, quiet
 from edgefleet.controller.compress.recipe import Recipe, Task, validate_targets
 from edgefleet.controller.compress.runners import (
     ORT_CHUNK,
@@ -35,8 +36,6 @@ from edgefleet.controller.compress.runners import (
     OnnxRunner,
 )
 from edgefleet.controller.compress.sources import dtype_name, onnx_source
-from edgefleet.controller.compress.steps import Notify
-from edgefleet.controller.compress.targets import BuiltFile
 from edgefleet.controller.compress.tflite_file import (
     EDGETPU_CUSTOM_OP,
     WEIGHT_DTYPES,

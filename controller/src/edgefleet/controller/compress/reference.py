@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgefleet.controller.compress.built import Notify
 from edgefleet.controller.compress.convert import EDGETPU_COMPILER
 from edgefleet.controller.compress.data import Dataset
 from edgefleet.controller.compress.distill import train_classifier
 from edgefleet.controller.compress.pipeline import CompressionData, compress_and_register
 from edgefleet.controller.compress.recipe import DistillConfig, Recipe
 from edgefleet.controller.compress.sources import torch_source
-from edgefleet.controller.compress.steps import Notify
 from edgefleet.controller.config import Settings, get_settings
 from edgefleet.controller.registry.records import VersionRecord
 from edgefleet.controller.registry.service import ModelRegistry

@@ -9,17 +9,15 @@ import inspect
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import onnx
-import torch
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from onnx import helper
-from torch import nn
 
 from edgefleet.controller.compress.data import Dataset
-from edgefleet.controller.compress.distill import as_eval
 from edgefleet.controller.compress.external_data import PackedExternalData, pack_external_data
 from edgefleet.controller.compress.tflite_file import (
     EDGETPU_CUSTOM_OP,
@@ -28,8 +26,11 @@ from edgefleet.controller.compress.tflite_file import (
     is_tflite,
     read_tflite,
 )
-from edgefleet.controller.errors import DataMismatchError, ModelLoadError
+from edgefleet.controller.errors import DataMismatchError, MissingExtraError, ModelLoadError
 from edgefleet.shared.manifest import DType, IOSignature, TensorSpec
+
+if TYPE_CHECKING:
+    from torch import nn
 
 TorchKind = Literal["eager", "torchscript", "exported"]
 KerasKind = Literal["keras", "h5", "saved_model"]
@@ -110,6 +111,20 @@ def dtype_name(dtype: np.dtype | type) -> DType:
     if name not in _DTYPES:
         raise DataMismatchError(f"dtype {name} is not supported on the wire")
     return name  # type: ignore[return-value]
+
+
+def import_torch(needed_for: str) -> ModuleType:
+    """torch, which only the ``compress`` extra installs (the controller imports it only for a
+    step that needs it).
+
+    Raises:
+        MissingExtraError: torch is not installed, naming the extra.
+    """
+    try:
+        import torch
+    except ImportError as e:
+        raise MissingExtraError(needed_for, "torch", "compress", str(e)) from e
+    return torch
 
 
 def onnx_source(path: Path) -> OnnxSource:
@@ -220,6 +235,8 @@ def onnx_signature(model: onnx.ModelProto) -> IOSignature:
 
 def torch_source(module: nn.Module, input_names: tuple[str, ...] | None = None) -> TorchSource:
     """Wrap a module; input names default to the parameters of its ``forward``."""
+    from edgefleet.controller.compress.distill import as_eval
+
     names = input_names or _forward_parameter_names(module)
     if not names:
         raise ModelLoadError(type(module).__name__, "cannot tell the names of forward's inputs")
@@ -247,6 +264,9 @@ def load_model_file(path: Path) -> ModelSource:
         return tflite_source(path)
     errors: list[str] = []
     if zipfile.is_zipfile(path):
+        torch = import_torch(f"{path} (a zip file: a TorchScript or torch.export model?)")
+        from edgefleet.controller.compress.distill import as_eval
+
         try:
             program = torch.export.load(str(path))
             module = program.module()
@@ -265,7 +285,7 @@ def load_model_file(path: Path) -> ModelSource:
         except Exception as e:  # noqa: BLE001 - torch raises many unrelated types here
             errors.append(f"torch.export: {type(e).__name__}")
         try:
-            scripted = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+            scripted = torch.jit.load(str(path), map_location="cpu")
             eager_view = torch_source(as_eval(scripted))
             return TorchSource(
                 module=eager_view.module,
@@ -331,6 +351,7 @@ def run_torch(
     Raises:
         DataMismatchError: the module raises on these inputs.
     """
+    torch = import_torch("running a torch model")
     args = tuple(torch.from_numpy(np.ascontiguousarray(inputs[n])) for n in input_names)
     try:
         with torch.no_grad():

@@ -6,13 +6,13 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from edgefleet.controller.compress.built import Notify
 from edgefleet.controller.compress.data import Dataset
 from edgefleet.controller.compress.distill import (
     as_eval,
@@ -31,8 +31,6 @@ from edgefleet.controller.compress.prune import (
 from edgefleet.controller.compress.recipe import DistillConfig, Recipe, parse_student_spec
 from edgefleet.controller.compress.sources import TorchSource, run_torch
 from edgefleet.controller.errors import CompressionError
-
-Notify = Callable[[str], None]
 
 
 def apply_torch_steps(

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from torch import nn
 
+from edgefleet.controller.compress.built import BuiltFile, Notify
 from edgefleet.controller.compress.compact import compact_file
 from edgefleet.controller.compress.convert import (
     compile_edgetpu,
@@ -57,17 +58,6 @@ MAX_CALIBRATION_SAMPLES = 256
 MAX_CHECK_SAMPLES = 64  # evaluation samples an opset upgrade is checked on
 FEED_BATCH = 32  # samples per call when calibrating and checking
 MIN_INT8_WEIGHT_SHARE = 0.5  # at least this much of the heavy weights in int8, or no int8 artifact
-
-
-@dataclass
-class BuiltFile:
-    target: ArtifactTarget
-    path: Path
-    details: dict[str, Any] = field(default_factory=dict)
-    evaluate_as: Path | None = None  # a CPU-runnable stand-in (edgetpu -> its full-int8 source)
-
-
-Notify = Callable[[str], None]
 
 
 class ArtifactBuilder(Protocol):

@@ -29,7 +29,7 @@ from edgefleet.controller.errors import (
 
 QUANTIZER_PACKAGE = "ai-edge-quantizer==0.10.0"
 # No square brackets: the CLI prints errors as rich markup.
-QUANTIZER_INSTALL = f"pip install '{QUANTIZER_PACKAGE}' (it is in the controller's compress extra)"
+QUANTIZER_INSTALL = f"pip install '{QUANTIZER_PACKAGE}' (it is in the controller's tflite extra)"
 DEFAULT_SIGNATURE = "serving_default"
 # Operators whose constant weights hold a model's size and arithmetic (by builtin name).
 HEAVY_TFLITE_OPS = frozenset(
