@@ -84,6 +84,23 @@ def test_missing_key_file_is_exit_2(tmp_path, topics):
     assert "controller_key: file not found" in result.stderr
 
 
+@pytest.mark.parametrize(("mode", "warned"), [(0o644, True), (0o640, False), (0o600, False)])
+def test_a_config_with_the_password_that_others_can_read_is_warned_about(
+    tmp_path, signing, topics, mode, warned
+):
+    values = settings_dict(
+        device_id=DEVICE, broker_url="mqtts://127.0.0.1:1", topics=topics, key_path=signing[1],
+        data_dir=tmp_path / "d", username=DEVICE, password="s3cret",
+    )  # fmt: skip
+    config = write_toml(tmp_path / "agent.toml", values)
+    config.chmod(mode)
+    result = cli("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
+    warning = f"holds the broker password and other users can read it (mode {mode:04o})"
+    assert (warning in result.stderr) is warned, result.stderr
+
+
 def test_env_vars_override_the_file(tmp_path, signing, topics):
     values = settings_dict(
         device_id=DEVICE,

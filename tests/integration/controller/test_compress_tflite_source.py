@@ -187,7 +187,7 @@ def test_without_ai_edge_quantizer_an_int8_target_names_the_package(files, monke
     assert result.exit_code == 1, result.output
     said = " ".join(result.stderr.split())
     assert "building tflite-int8 needs ai-edge-quantizer, which is not installed" in said
-    assert "pip install 'ai-edge-quantizer==0.10.0' (it is in the controller's compress" in said
+    assert "pip install 'ai-edge-quantizer==0.10.0' (it is in the controller's tflite" in said
     assert _state(files) == before
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import queue
+import tomllib
 import uuid
 
 import pytest
@@ -136,3 +137,19 @@ def test_a_bundle_that_cannot_be_written_leaves_no_identity_behind(cli_broker, t
     assert result.exit_code == 1
     with DynsecAdmin(broker.admin_endpoint()) as admin_session:
         assert not BrokerIdentities(admin_session, Topics()).is_enrolled("pi-10")
+
+
+def test_enroll_tells_the_config_path_on_the_device_not_the_bundle_path(cli_broker, tmp_path):
+    broker, paths = cli_broker
+    admin = ["--admin-url", broker.plain_url, "--data-dir", str(paths.data_dir)]
+    out = tmp_path / "bundle"
+    said = edgefleet(
+        "device", "enroll", "pi-9", "--out", str(out), "--device-dir", "/etc/edgefleet-agent",
+        "--agent-data-dir", "/var/lib/edgefleet-agent", *admin,
+    )  # fmt: skip
+    assert f"bundle: {out}" in said
+    assert "on the device: edgefleet-agent run --config /etc/edgefleet-agent/agent.toml" in said
+    written = tomllib.loads((out / "agent.toml").read_text())  # its paths are the device's too
+    assert written["controller_key"] == "/etc/edgefleet-agent/controller.pub"
+    assert written["tls_ca_file"] == "/etc/edgefleet-agent/broker-ca.crt"
+    assert written["data_dir"] == "/var/lib/edgefleet-agent"

@@ -108,6 +108,23 @@ def _run(settings: AgentSettings) -> int:
     return EXIT_OK
 
 
+def _warn_if_others_read(config: Path | None, settings: AgentSettings) -> None:
+    """A config holding the broker password should be readable by the agent only (0600, or
+    0640 with the agent's group, as the README installs it); say so when it is not."""
+    if config is None or settings.password is None:
+        return
+    try:
+        mode = config.stat().st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o007:
+        print(
+            f"edgefleet-agent: warning: {config} holds the broker password and other users "
+            f"can read it (mode {mode:04o}): chmod o-rwx {config}",
+            file=sys.stderr,
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``edgefleet-agent``; returns the process exit code."""
     parser = build_parser()
@@ -124,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s",
     )
+    _warn_if_others_read(args.config, settings)
     if args.command == "check-config":
         print(settings.model_dump_json(indent=2))
         return EXIT_OK

@@ -248,7 +248,7 @@ def enroll(
         raise fail(e) from None
     typer.echo(f"enrolled {device_id} (groups: {', '.join(groups) or 'none'})")
     typer.echo(f"bundle: {bundle.directory}")
-    typer.echo(f"on the device: edgefleet-agent run --config {bundle.config}")
+    typer.echo(f"on the device: edgefleet-agent run --config {bundle.device_config}")
 
 
 @device_app.command("revoke")

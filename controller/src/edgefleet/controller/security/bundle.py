@@ -32,7 +32,8 @@ CLIENT_KEY_NAME = "client.key"
 
 @dataclass(frozen=True, slots=True)
 class AgentBundle:
-    """Where a written bundle's files are (on this machine)."""
+    """Where a written bundle's files are (on this machine), and where its config will be on
+    the device (``device_config``: under ``--device-dir``, else the same path)."""
 
     directory: Path
     config: Path
@@ -40,6 +41,7 @@ class AgentBundle:
     ca_cert: Path
     client_cert: Path | None = None
     client_key: Path | None = None
+    device_config: Path | None = None
 
 
 def check_bundle_target(out_dir: Path, *, force: bool) -> None:
@@ -121,9 +123,11 @@ def write_agent_bundle(
         if not source.is_file():
             raise SecurityError(f"{source} does not exist")
     out_dir = out_dir.absolute()
+    there = (device_dir or out_dir).absolute()
     bundle = AgentBundle(
         directory=out_dir,
         config=out_dir / CONFIG_NAME,
+        device_config=there / CONFIG_NAME,
         controller_key=out_dir / CONTROLLER_KEY_NAME,
         ca_cert=out_dir / CA_NAME,
         client_cert=out_dir / CLIENT_CERT_NAME if client_ca else None,
@@ -135,7 +139,6 @@ def write_agent_bundle(
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     out_dir.chmod(0o700)
-    there = (device_dir or out_dir).absolute()
     values = {
         "device_id": device_id,
         "broker_url": broker_url,
