@@ -32,6 +32,17 @@ def test_rollout_converges_each_device_on_the_variant_it_can_run(fleet):
         assert devices[device_id]["active"]["target"] == target
     assert rollout["devices"][0]["wave"] == 0  # a canary went first
     assert sorted(d["wave"] for d in rollout["devices"]) == [0, 1, 1]
+    # the controller's log tells the rollout as the CLI and dashboard do, waves from 1
+    n = rollout["id"]
+    log = fleet.controller.log()
+    for line in (
+        f"rollout {n}: wave 1/2 started: 1 device(s)",
+        f"rollout {n}: wave 1/2 passed its gates",
+        f"rollout {n}: wave 2/2 started: 2 device(s)",
+        f"rollout {n}: completed: all waves passed their gates",
+    ):
+        assert line in log, log[-3000:]
+    assert f"rollout {n}: wave 0/" not in log
 
 
 def test_device_that_can_run_nothing_is_skipped_with_the_reason(fleet):
@@ -78,6 +89,7 @@ def test_slow_model_is_stopped_at_the_canary_and_rolled_back(fleet):
     )
     assert bad["status"] == "rolled_back", (bad["reason"], bad["gate"], bad["devices"])
     assert "gate breached in wave 1/2" in bad["reason"]
+    assert f"rollout {bad['id']}: rolled back: gate breached in wave 1/2" in fleet.controller.log()
     states = _device_states(bad)
     canary = next(d["device_id"] for d in bad["devices"] if d["wave"] == 0)
     assert states[canary] == "reverted"  # the rollout sent it its previous version again

@@ -60,6 +60,7 @@ def test_controller_stops_within_5s_idle_or_mid_rollout(fleet, state, signum):
 
         wait_until(installing, timeout=60, interval=0.2)
     took = _stop(fleet.controller, signum)
+    print(f"controller {state} {signum.name}: stopped in {took:.2f} s")  # the figure, with -s
     assert took < STOP_WITHIN_S, f"{state}: stopped in {took:.2f} s"
     assert "controller stopped" in fleet.controller.log()
     if rollout_id is not None:  # the rollout outlives the stop and ends once it is back

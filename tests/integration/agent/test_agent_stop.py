@@ -69,6 +69,7 @@ def test_agent_stops_within_5s_in_every_state_publishing_offline(
             wait_until(lambda: publisher.frames_sent >= 12, timeout=20)
         time.sleep(0.5)  # well inside the phase
     took = _stop(agent, signum)
+    print(f"agent {state} {signum.name}: stopped in {took:.2f} s")  # the figure, with -s
     assert took < STOP_WITHIN_S, f"{state}: stopped in {took:.2f} s"
     watcher.wait_state(lambda s: s.status == DeviceStatus.OFFLINE and s.detail == "agent stopped")
     log = agent.log_path.read_text()
