@@ -4,6 +4,7 @@ artifacts: each one file with the weights inside, whose outputs are the source's
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from edgefleet.controller.compress.runners import open_runner, run_batched
 from edgefleet.controller.compress.sources import OnnxSource
 from edgefleet.controller.config import Settings, get_settings
 from edgefleet.controller.registry import ModelRegistry
+from edgefleet.shared.hashing import sha256_file
 from support.models_compress import two_input_data, two_input_onnx
 
 TARGETS = ("onnx-fp32", "onnx-int8")
@@ -158,3 +160,27 @@ def test_a_missing_or_escaping_data_file_is_refused_naming_tensor_and_file(
         assert f"tensor {caught.value.tensor!r}" in str(caught.value), case
         assert caught.value.tensor in {t.name for _, t in external_tensors(model)}
     assert registry.list_models() == []
+
+
+def test_the_recorded_source_digest_covers_the_weights_beside_the_graph(
+    models: dict[str, Path], settings: Settings, tmp_path: Path
+) -> None:
+    """Two sources with the same graph file and different weights in the data file beside it
+    are different sources; a self-contained file's digest is its sha256, as before."""
+    registry = ModelRegistry.from_settings(settings)
+    changed = tmp_path / "changed" / "two.onnx"
+    changed.parent.mkdir()
+    shutil.copy(models["external"], changed)
+    data = bytearray((models["external"].parent / DATA_FILE).read_bytes())
+    data[-4:] = np.float32(123.0).tobytes()  # the last weight, a value it never had
+    (changed.parent / DATA_FILE).write_bytes(bytes(data))
+    for version, path in (("orig", models["external"]), ("changed", changed)):
+        _compress_and_register(registry, settings, path, version)
+    _compress_and_register(registry, settings, models["embedded"], "embedded")
+    orig, other, embedded = (
+        registry.get_version("ext", v) for v in ("orig", "changed", "embedded")
+    )
+    assert changed.read_bytes() == models["external"].read_bytes()  # the same graph file
+    assert orig.source_sha256 != other.source_sha256
+    assert orig.source_sha256 != sha256_file(models["external"])  # not the graph's alone
+    assert embedded.source_sha256 == sha256_file(models["embedded"])

@@ -4,6 +4,7 @@ Artifacts of an ONNX, TFLite or Keras source present the source's own signature 
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -33,7 +34,7 @@ from edgefleet.controller.compress.evaluate import (
     materialise,
     run_data,
 )
-from edgefleet.controller.compress.external_data import save_self_contained
+from edgefleet.controller.compress.external_data import PackedExternalData, save_self_contained
 from edgefleet.controller.compress.keras_convert import KerasTfliteBuilder, keras_onnx_builder
 from edgefleet.controller.compress.keras_source import (
     SERVING,
@@ -231,7 +232,8 @@ def compress(
     if sequence:
         summary["sequence"] = sequence
     if source_sha is None:
-        source_sha, source_size = sha256_file(source_path), source_path.stat().st_size
+        external = source.external_data if isinstance(source, OnnxSource) else None
+        source_sha, source_size = source_digest(source_path, external), source_path.stat().st_size
         original_size = source_size
     if isinstance(source, OnnxSource) and source.external_data is not None:
         original_size = source_size + source.external_data.bytes  # the weights beside it count
@@ -288,7 +290,9 @@ def compress_and_register(
         )
         source_sha, source_size = result.source_sha256, result.source_size
         if source_file is not None and source_file.is_file():  # a directory: the result's digest
-            source_sha, source_size = sha256_file(source_file), source_file.stat().st_size
+            external = source.external_data if isinstance(source, OnnxSource) else None
+            source_sha = source_digest(source_file, external)
+            source_size = source_file.stat().st_size
         notify("registering artifacts")
         return registry.register_version(
             name,
@@ -299,6 +303,19 @@ def compress_and_register(
             summary=result.summary,
             artifacts=result.artifacts,
         )
+
+
+def source_digest(path: Path, external: PackedExternalData | None = None) -> str:
+    """The sha256 a version records for its source: of the file, or, for an ONNX model with
+    external data, of the graph file and each data file its tensors were read from (in the
+    order read, each named and sized), so changed weights beside an unchanged graph change it.
+    """
+    if external is None or not external.files:
+        return sha256_file(path)
+    digest = hashlib.sha256(b"edgefleet-onnx-with-external-data\n")
+    for name, file in [(path.name, path)] + [(n, path.parent / n) for n in external.files]:
+        digest.update(f"{name}\n{file.stat().st_size}\n{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
 
 
 def _check_recipe_fits(source: ModelSource, recipe: Recipe, student: nn.Module | None) -> None:
