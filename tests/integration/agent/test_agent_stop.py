@@ -1,9 +1,11 @@
 """``edgefleet-agent run`` stops within 5 s of SIGTERM or SIGINT whatever it is doing: idle,
 downloading (the broker stops serving chunks half-way), or installing (timing a candidate over
-many runs); it publishes its offline state on the way out and leaves no process behind."""
+many runs); it publishes its offline state on the way out and leaves no process behind, and a
+broker that goes away meanwhile does not hold it up."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -74,3 +76,36 @@ def test_agent_stops_within_5s_in_every_state_publishing_offline(
     watcher.wait_state(lambda s: s.status == DeviceStatus.OFFLINE and s.detail == "agent stopped")
     log = agent.log_path.read_text()
     assert f"agent {DEVICE} stopped" in log
+
+
+def test_a_broker_that_goes_away_as_the_agent_stops_does_not_hold_the_stop(
+    tmp_path, own_broker, topics, signing
+):
+    """The host shutting down: the broker stops answering while the agent says goodbye, then
+    its connection drops. The agent waits for the acknowledgement of its offline state only
+    while it is connected (before, it waited the full 5 s)."""
+    values = settings_dict(
+        device_id=DEVICE, broker_url=own_broker.url, topics=topics, key_path=signing[1],
+        data_dir=tmp_path / "agent-data",
+    )  # fmt: skip
+    agent = AgentProcess(write_toml(tmp_path / "agent.toml", values), tmp_path / "agent.log")
+    agent.start()
+    try:
+        wait_until(lambda: "running; local API" in agent.log_path.read_text(), timeout=30)
+        time.sleep(0.5)  # connected
+        broker_pid = own_broker.pid
+        assert broker_pid is not None
+        os.kill(broker_pid, signal.SIGSTOP)  # no acknowledgement will come
+        assert agent.proc is not None
+        started = time.monotonic()
+        agent.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        own_broker.kill()  # the connection drops
+        agent.proc.wait(30)
+        took = time.monotonic() - started
+    finally:
+        agent.kill()
+    print(f"agent, broker gone while stopping: stopped in {took:.2f} s")
+    assert agent.proc.returncode == 0
+    assert took < 2.0, agent.log_path.read_text()[-2000:]
+    assert "final state was not delivered before shutdown" in agent.log_path.read_text()

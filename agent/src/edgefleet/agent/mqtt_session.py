@@ -99,13 +99,23 @@ class MqttSession:
         )
         self._thread.start()
 
-    def stop(self, final: tuple[str, bytes] | None = None, timeout: float = 5.0) -> None:
-        """Publish ``final`` (topic, payload; retained, QoS 1) if connected, then disconnect."""
+    def stop(self, final: tuple[str, bytes] | None = None, timeout: float = 2.0) -> None:
+        """Publish ``final`` (topic, payload; retained, QoS 1) if connected, then disconnect.
+
+        The wait for its acknowledgement ends when the connection does: a broker that goes
+        away as the agent stops (the host shutting down) would otherwise hold the stop for the
+        whole ``timeout``; the broker then publishes the will instead."""
         if final is not None and self.connected.is_set():
             info = self._client.publish(final[0], final[1], qos=1, retain=True)
-            try:
-                info.wait_for_publish(timeout)
-            except (RuntimeError, ValueError):
+            deadline = time.monotonic() + timeout
+            while not info.is_published() and self.connected.is_set():
+                if time.monotonic() >= deadline:
+                    break
+                try:
+                    info.wait_for_publish(0.05)
+                except (RuntimeError, ValueError):
+                    break  # not queued: no connection
+            if not info.is_published():
                 log.warning("final state was not delivered before shutdown")
         self._stop.set()
         if self._thread is not None:
