@@ -251,6 +251,9 @@ def main() -> None:
         default=2,
         help="the controller's ingest_workers setting (0: telemetry in the main process)",
     )
+    parser.add_argument(
+        "--batch", type=int, help="the controller's ingest_batch setting (default: its default)"
+    )
     args = parser.parse_args()
     devices = args.devices or (400 if args.quick else 1000)
     windows = args.windows or (50 if args.quick else 100)
@@ -278,6 +281,7 @@ def main() -> None:
                     # admit a device's whole burst rather than measure its rate limit
                     "EDGEFLEET_DEVICE_TELEMETRY_BURST": str(windows + 10),
                     "EDGEFLEET_TELEMETRY_ROLLUP_INTERVAL_S": "3600",
+                    **({"EDGEFLEET_INGEST_BATCH": str(args.batch)} if args.batch else {}),
                 },
             ).start()
             wait_for_workers(controller, args.ingest_workers)
