@@ -25,7 +25,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from edgefleet.controller.fleet import writer
 from edgefleet.controller.fleet.ingest import FleetIngest
@@ -82,6 +82,21 @@ def payloads(histogram: bool) -> list[tuple[str, bytes]]:
     return out
 
 
+def known_devices_batch(
+    sessions: sessionmaker[Session], messages: list[tuple[str, bytes]]
+) -> list[Telemetry]:
+    """Register the devices (a hello each, as the controller would have them) and decode the
+    messages to write."""
+    hardware = Hardware(arch="aarch64", cpu_count=4, ram_bytes=1 << 30)
+    hellos = [
+        Hello(device_id=f"sim-{i:05d}", agent_version="0.2.0", hardware=hardware,
+              started_at=datetime.now(UTC))
+        for i in range(DEVICES)
+    ]  # fmt: skip
+    writer.BatchWrite(list(hellos)).advance(sessions, {})
+    return [decode_versioned(p, Telemetry)[1] for _, p in messages]
+
+
 def per_message(fn: Callable[[], object]) -> float:
     best = float("inf")
     for _ in range(3):
@@ -108,14 +123,7 @@ def stages(messages: list[tuple[str, bytes]], work: Path) -> dict[str, float]:
             ingest.submit(topic, payload)
 
     result["submit_us"] = per_message(submit)
-    hardware = Hardware(arch="aarch64", cpu_count=4, ram_bytes=1 << 30)
-    hellos = [
-        Hello(device_id=f"sim-{i:05d}", agent_version="0.2.0", hardware=hardware,
-              started_at=datetime.now(UTC))
-        for i in range(DEVICES)
-    ]  # fmt: skip
-    writer.BatchWrite(list(hellos)).advance(sessions, {})
-    batch = [decode_versioned(p, Telemetry)[1] for _, p in messages]
+    batch = known_devices_batch(sessions, messages)
 
     def write() -> None:
         for start in range(0, N, 500):
@@ -136,14 +144,7 @@ def grown_write(messages: list[tuple[str, bytes]], work: Path, rows: int) -> flo
     engine = create_engine_for(f"sqlite:///{work}/grown.db")
     create_schema(engine)
     sessions = sessionmaker(engine, expire_on_commit=False)
-    hardware = Hardware(arch="aarch64", cpu_count=4, ram_bytes=1 << 30)
-    hellos = [
-        Hello(device_id=f"sim-{i:05d}", agent_version="0.2.0", hardware=hardware,
-              started_at=datetime.now(UTC))
-        for i in range(DEVICES)
-    ]  # fmt: skip
-    writer.BatchWrite(list(hellos)).advance(sessions, {})
-    batch = [decode_versioned(p, Telemetry)[1] for _, p in messages]
+    batch = known_devices_batch(sessions, messages)
     for _ in range(rows // N):
         for start in range(0, N, size):
             writer.BatchWrite(list(batch[start : start + size])).advance(sessions, {})
