@@ -386,16 +386,10 @@ DEMO_INSTALL = (
 
 
 def missing_for_demo() -> list[str]:
-    """The packages the demo needs that this environment lacks."""
-    import importlib.util
+    """The packages the demo needs that this environment lacks (found without importing)."""
+    from edgefleet.controller.compress.tensorflow_extra import missing_modules
 
-    def found(module: str) -> bool:
-        try:
-            return importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:  # a parent package is missing
-            return False
-
-    return [package for module, package in DEMO_NEEDS.items() if not found(module)]
+    return [DEMO_NEEDS[module] for module in missing_modules(tuple(DEMO_NEEDS))]
 
 
 def run_demo(data_dir: Path, *, exit_after: bool) -> int:
