@@ -47,12 +47,69 @@ class BridgeOptions:
     backoff_max_s: float = 30.0
 
 
+RECEIVE_BUFFER = 256 * 1024
+
+
+class BufferedSocket:
+    """A paho ``SocketLike`` that reads its socket in large pieces and hands paho the few bytes
+    it asks for from memory.
+
+    paho reads each packet in three receives or more (its first byte, each byte of its length,
+    then its body): three system calls, and one trip through the event loop, per telemetry
+    window. ``pending`` counts what is held here (and in a TLS socket's own buffer), the way
+    paho's websocket and TLS sockets say they hold data a ``select`` cannot see: aiomqtt's
+    reader reads packets until nothing is pending, so nothing waits here unseen.
+    """
+
+    def __init__(self, sock: Any, size: int = RECEIVE_BUFFER) -> None:
+        self._sock = sock
+        self._size = size
+        self._held = b""
+        self._at = 0
+
+    def recv(self, buffer_size: int) -> bytes:
+        if self._at >= len(self._held):
+            data = self._sock.recv(max(buffer_size, self._size))  # may raise BlockingIOError
+            if len(data) <= buffer_size:
+                return bytes(data)  # (b"" at the end of the stream)
+            self._held, self._at = data, 0
+        start = self._at
+        self._at = min(len(self._held), start + buffer_size)
+        return self._held[start : self._at]
+
+    def pending(self) -> int:
+        inner = getattr(self._sock, "pending", None)
+        return len(self._held) - self._at + (inner() if inner is not None else 0)
+
+    def send(self, buffer: bytes | bytearray) -> int:
+        return int(self._sock.send(buffer))
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def fileno(self) -> int:
+        return int(self._sock.fileno())
+
+    def setblocking(self, flag: bool) -> None:
+        self._sock.setblocking(flag)
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the socket's interface (TLS too)
+        return getattr(self._sock, name)
+
+
 class _DispatchingClient(aiomqtt.Client):
-    """aiomqtt's client, handing each incoming message straight to ``dispatch``."""
+    """aiomqtt's client, handing each incoming message straight to ``dispatch``, reading its
+    socket through a :class:`BufferedSocket`."""
 
     def __init__(self, *args: Any, dispatch: Callable[[str, bytes], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._dispatch = dispatch
+
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:  # aiomqtt's hook
+        # paho reads ``client._sock``; its socket-open callback is the one moment to wrap it
+        if getattr(client, "_sock", None) is sock and not isinstance(sock, BufferedSocket):
+            sock = client._sock = BufferedSocket(sock)
+        super()._on_socket_open(client, userdata, sock)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:  # aiomqtt's hook
         try:

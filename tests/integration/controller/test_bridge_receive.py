@@ -1,0 +1,168 @@
+"""The controller's MQTT receive path reads its socket in large pieces (``BufferedSocket``):
+every message of a burst arrives, whole and in order, over plain TCP and over TLS, with far
+fewer reads of the socket than messages."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import Iterator
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edgefleet.controller.mqtt.bridge import BridgeOptions, BufferedSocket, MqttBridge
+from edgefleet.controller.security.dynsec import DynsecAdmin
+from edgefleet.controller.security.endpoint import BrokerEndpoint
+from edgefleet.controller.security.identities import BrokerIdentities
+from edgefleet.shared import Topics
+from support.secure_broker import SecureBroker
+
+
+class CountingSocket:
+    """A socket that counts its receives (the system calls paho's reads cost)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.receives = 0
+
+    def recv(self, size: int) -> bytes:
+        self.receives += 1
+        return self.sock.recv(size)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sock, name)
+
+
+def test_buffered_socket_hands_out_what_was_asked_in_order() -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        right.setblocking(False)
+        counting = CountingSocket(right)
+        buffered = BufferedSocket(counting, size=64)
+        with pytest.raises(BlockingIOError):
+            buffered.recv(1)
+        data = bytes(range(200))
+        left.sendall(data)
+        got = b""
+        for size in (1, 1, 3, 50, 1, 200):  # paho's way: a byte, a byte, then a body
+            got += buffered.recv(size)
+        while buffered.pending():
+            got += buffered.recv(7)
+        while len(got) < len(data):
+            got += buffered.recv(1)
+        assert got == data
+        assert counting.receives <= len(data) // 64 + 3, "reads the socket a piece at a time"
+        assert buffered.pending() == 0
+        left.close()
+        assert buffered.recv(1) == b""  # the end of the stream reaches paho as it is
+
+
+def test_a_large_request_bypasses_the_buffer() -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        buffered = BufferedSocket(right, size=16)
+        left.sendall(b"x" * 10)
+        assert buffered.recv(100) == b"x" * 10
+        assert buffered.pending() == 0
+
+
+def _publish(host: str, port: int, messages: list[tuple[str, bytes]], **tls: object) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:6]}")
+    if tls:
+        client.username_pw_set(str(tls["username"]), str(tls["password"]))
+        client.tls_set(ca_certs=str(tls["ca"]))
+    client.max_inflight_messages_set(1000)
+    client.connect(host, port)
+    client.loop_start()
+    infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+    for info in infos:
+        info.wait_for_publish(60)
+    client.disconnect()
+    client.loop_stop()
+
+
+def _burst(topics: Topics, count: int, devices: int) -> list[tuple[str, bytes]]:
+    """Messages of many sizes, a few larger than the receive buffer, each naming its place."""
+    out = []
+    for i in range(count):
+        size = 300_000 if i % 997 == 0 else (i * 37) % 3000
+        out.append((topics.telemetry(f"dev-{i % devices}"), f"{i:08d}".encode() + b"p" * size))
+    return out
+
+
+async def _receive(
+    endpoint: BrokerEndpoint, topics: Topics, send: list[tuple[str, bytes]], publish: object
+) -> tuple[list[tuple[str, bytes]], list[object]]:
+    received: list[tuple[str, bytes]] = []
+    sockets: list[object] = []
+    done = asyncio.Event()
+    subscribed = asyncio.Event()
+
+    def on_message(topic: str, payload: bytes) -> None:
+        received.append((topic, payload))
+        if len(received) == len(send):
+            done.set()
+
+    async def on_connect() -> None:
+        client = bridge._client
+        assert client is not None
+        sockets.append(client._client.socket())  # the paho client's socket
+        subscribed.set()
+
+    bridge = MqttBridge(
+        BridgeOptions(endpoint=endpoint, subscriptions=[(f"{topics.root}/devices/+/telemetry", 1)]),
+        on_message=on_message,
+        on_connect=on_connect,
+    )
+    task = asyncio.create_task(bridge.run())
+    try:
+        await asyncio.wait_for(subscribed.wait(), 20)
+        await asyncio.to_thread(publish)  # type: ignore[arg-type]
+        await asyncio.wait_for(done.wait(), 120)
+    finally:
+        bridge.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return received, sockets
+
+
+def test_a_burst_arrives_whole_and_in_order_over_plain_tcp(mosquitto, topics) -> None:
+    send = _burst(topics, 3000, devices=50)
+    endpoint = BrokerEndpoint(mosquitto.url)
+    received, sockets = asyncio.run(
+        _receive(endpoint, topics, send, lambda: _publish(mosquitto.host, mosquitto.port, send))
+    )
+    assert [type(s) for s in sockets] == [BufferedSocket]
+    assert received == send
+
+
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
+    broker = SecureBroker(tmp_path_factory.mktemp("tls-broker"))
+    broker.start()
+    yield broker
+    broker.kill()
+
+
+def test_a_burst_arrives_whole_and_in_order_over_tls(tls_broker: SecureBroker) -> None:
+    topics = Topics(root=f"edgefleet-test/{uuid.uuid4().hex[:12]}/v1")
+    with DynsecAdmin(tls_broker.admin_endpoint()) as admin:
+        identities = BrokerIdentities(admin, topics)
+        credentials = identities.setup_controller()
+        device = identities.add_device("dev-0")
+    endpoint = tls_broker.tls_endpoint(credentials)
+    send = _burst(topics, 1500, devices=1)
+
+    def publish() -> None:  # as the device, on its own telemetry topic
+        _publish(
+            "localhost", tls_broker.tls_port, send,
+            username=device.credentials.username, password=device.credentials.password,
+            ca=tls_broker.pki.ca_cert,
+        )  # fmt: skip
+
+    received, sockets = asyncio.run(_receive(endpoint, topics, send, publish))
+    assert [type(s) for s in sockets] == [BufferedSocket]
+    assert received == send
