@@ -2,7 +2,7 @@
 persisted by a real controller process, next to a bare paho subscriber's receive rate of the
 same burst on the same broker, measured in the same run. Prints JSON on its last line.
 
-    python bench/ingest.py [--quick] [--ingest-workers N]
+    python bench/ingest.py [--quick] [--ingest-workers N] [--batch N] [--controller-only]
 
 Phase 1: the bare subscriber alone receives a burst. Phase 2: for context, a bare aiomqtt
 subscriber (the controller's MQTT client library) receives it. Phase 3: the controller alone
@@ -32,6 +32,7 @@ from pathlib import Path
 import aiomqtt
 import httpx
 import paho.mqtt.client as mqtt
+import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,10 +185,27 @@ def aiomqtt_phase(broker: MosquittoBroker, messages: list[Message], topics: Topi
     return asyncio.run(receive())
 
 
+def cpu_seconds(root: psutil.Process) -> dict[int, float]:
+    """CPU seconds (user and system) so far of ``root`` and of each of its descendants."""
+    out: dict[int, float] = {}
+    for process in (root, *root.children(recursive=True)):
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        out[process.pid] = times.user + times.system
+    return out
+
+
 def controller_phase(
     broker: MosquittoBroker, controller: ControllerProcess, messages: list[Message]
-) -> tuple[float, dict]:
-    """Messages per second the controller persists of the burst, and its final ingest counters."""
+) -> tuple[float, dict, float]:
+    """Messages per second the controller persists of the burst, its final ingest counters, and
+    the CPU time its processes (main and ingest workers) spent per message, in microseconds:
+    a figure far steadier than the rate on a shared 2-core host, for comparing changes."""
+    assert controller.proc is not None
+    root = psutil.Process(controller.proc.pid)
+    cpu_before = cpu_seconds(root)
     base = controller.get("/api/health")["ingest"]["written"]
     expected = base + len(messages)
     samples: list[tuple[float, int]] = []
@@ -206,14 +224,18 @@ def controller_phase(
                 and samples[-20][1] == samples[-1][1]
             ):
                 break
-            time.sleep(0.05)
+            time.sleep(0.1)  # the controller answers each poll: keep them few
         final = http.get("/api/health").json()["ingest"]
+    cpu_after = cpu_seconds(root)
     publisher.join(60)
+    spent = sum(cpu_after[pid] - cpu_before.get(pid, 0.0) for pid in cpu_after)
+    main_spent = cpu_after[root.pid] - cpu_before[root.pid]
+    print(f"controller CPU: {spent:.2f} s, main process {main_spent:.2f} s", file=sys.stderr)
     started = next((t for t, w in samples if w > base), samples[0][0])
     last_value = samples[-1][1]
     finished = next(t for t, w in samples if w == last_value)
     persisted = last_value - base
-    return persisted / max(finished - started, 1e-3), final
+    return persisted / max(finished - started, 1e-3), final, spent / max(persisted, 1) * 1e6
 
 
 def wait_for_workers(controller: ControllerProcess, workers: int) -> None:
@@ -254,6 +276,11 @@ def main() -> None:
     parser.add_argument(
         "--batch", type=int, help="the controller's ingest_batch setting (default: its default)"
     )
+    parser.add_argument(
+        "--controller-only",
+        action="store_true",
+        help="skip the bare subscribers (no ratio): for comparing the controller's CPU per message",
+    )
     args = parser.parse_args()
     devices = args.devices or (400 if args.quick else 1000)
     windows = args.windows or (50 if args.quick else 100)
@@ -265,11 +292,14 @@ def main() -> None:
         try:
             bare_topics = Topics(f"bench-bare/{uuid.uuid4().hex[:8]}/v1")
             ctl_topics = Topics(f"bench-ctl/{uuid.uuid4().hex[:8]}/v1")
-            bare_msgs, _, _ = burst(bare_topics, devices, windows)
             ctl_msgs, events, states = burst(ctl_topics, devices, windows)
-            bare_rate = bare_phase(broker, bare_msgs, bare_topics)
-            aio_topics = Topics(f"bench-aio/{uuid.uuid4().hex[:8]}/v1")
-            aio_rate = aiomqtt_phase(broker, burst(aio_topics, devices, windows)[0], aio_topics)
+            bare_rate = aio_rate = 0.0
+            if not args.controller_only:
+                bare_msgs, _, _ = burst(bare_topics, devices, windows)
+                bare_rate = bare_phase(broker, bare_msgs, bare_topics)
+                aio_topics = Topics(f"bench-aio/{uuid.uuid4().hex[:8]}/v1")
+                aio_msgs = burst(aio_topics, devices, windows)[0]
+                aio_rate = aiomqtt_phase(broker, aio_msgs, aio_topics)
             controller = ControllerProcess(
                 root / "controller",
                 broker_url=broker.url,
@@ -285,7 +315,7 @@ def main() -> None:
                 },
             ).start()
             wait_for_workers(controller, args.ingest_workers)
-            controller_rate, final = controller_phase(broker, controller, ctl_msgs)
+            controller_rate, final, cpu_us = controller_phase(broker, controller, ctl_msgs)
             events_lost, state_lost, telemetry_lost = count_losses(
                 root / "controller", events, devices, final, states, devices * windows
             )
@@ -300,6 +330,7 @@ def main() -> None:
         "events_lost": events_lost,
         "state_lost": state_lost,
         "telemetry_lost": telemetry_lost,
+        "controller_cpu_us_per_message": round(cpu_us, 1),
         "bare_aiomqtt_rate": round(aio_rate, 1),
         "messages": len(ctl_msgs),
         "devices": devices,
