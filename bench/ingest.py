@@ -238,6 +238,14 @@ def controller_phase(
     return persisted / max(finished - started, 1e-3), final, spent / max(persisted, 1) * 1e6
 
 
+def show_problems(log: str, lines: int = 30) -> None:
+    """The controller's last warnings and errors, for a run that lost messages."""
+    problems = [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line]
+    print(f"messages were lost; the controller's last {lines} warnings:", file=sys.stderr)
+    for line in problems[-lines:]:
+        print(f"  {line[:300]}", file=sys.stderr)
+
+
 def wait_for_workers(controller: ControllerProcess, workers: int) -> None:
     """Until every ingest worker process is subscribed (telemetry is QoS 0: what is published
     before a subscription exists is nobody's)."""
@@ -289,6 +297,7 @@ def main() -> None:
         broker = MosquittoBroker(root / "mosquitto")
         broker.start()
         controller = None
+        events_lost = state_lost = telemetry_lost = 0
         try:
             bare_topics = Topics(f"bench-bare/{uuid.uuid4().hex[:8]}/v1")
             ctl_topics = Topics(f"bench-ctl/{uuid.uuid4().hex[:8]}/v1")
@@ -322,6 +331,8 @@ def main() -> None:
         finally:
             if controller is not None:
                 controller.stop()
+                if telemetry_lost or events_lost or state_lost:
+                    show_problems(controller.log())
             broker.stop()
     result = {
         "controller_rate": round(controller_rate, 1),
