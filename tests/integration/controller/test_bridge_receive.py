@@ -60,6 +60,17 @@ def test_buffered_socket_hands_out_what_was_asked_in_order() -> None:
         assert buffered.recv(1) == b""  # the end of the stream reaches paho as it is
 
 
+def test_nothing_stays_pending_once_the_socket_is_closed() -> None:
+    left, right = socket.socketpair()
+    with left:
+        buffered = BufferedSocket(right, size=64)
+        left.sendall(b"y" * 50)
+        assert buffered.recv(1) == b"y"
+        assert buffered.pending() == 49
+        buffered.close()  # paho closes on a protocol error or a lost broker, data unread
+        assert buffered.pending() == 0
+
+
 def test_a_large_request_bypasses_the_buffer() -> None:
     left, right = socket.socketpair()
     with left, right:

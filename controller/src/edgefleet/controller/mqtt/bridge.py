@@ -85,6 +85,9 @@ class BufferedSocket:
         return int(self._sock.send(buffer))
 
     def close(self) -> None:
+        # What is held belongs to the connection that ends: nothing may stay pending, or
+        # aiomqtt's reader would call paho (which reads no closed socket) forever.
+        self._held, self._at = b"", 0
         self._sock.close()
 
     def fileno(self) -> int:
