@@ -220,6 +220,7 @@ def controller_phase(
             if written >= expected or (
                 publisher_done
                 and ingest["backlog"] == 0
+                and not ingest["workers"].get("stalled")  # its backlog report is stale
                 and len(samples) > 20
                 and samples[-20][1] == samples[-1][1]
             ):

@@ -54,7 +54,7 @@ def test_two_workers_write_every_window_once_and_report_to_the_main_process(
     start_controller, probe
 ) -> None:
     controller = start_controller(EDGEFLEET_INGEST_WORKERS="2")
-    assert workers_of(controller) == {"configured": 2, "connected": 2, "restarts": 0}
+    assert workers_of(controller) == {"configured": 2, "connected": 2, "restarts": 0, "stalled": 0}
     assert len(controller.ingest_worker_pids()) == 2
     fleet = LatencyFleet(probe, topics_of(controller), seed=3)
     for i in range(DEVICES):
@@ -105,6 +105,33 @@ def test_a_killed_worker_is_started_again_and_its_counts_stay(start_controller, 
     wait_until(lambda: stored_windows(controller) >= sent, timeout=30, interval=0.2)
     wait_until(lambda: requests_total(controller) == fleet.requests, timeout=10, interval=0.2)
     assert controller.get("/api/health")["ingest"]["received"]["telemetry"] == sent
+
+
+def test_a_worker_that_stops_reporting_shows_as_stalled_until_it_reports_again(
+    start_controller, probe
+) -> None:
+    """A worker that cannot reach its event loop (SIGSTOP here; a write that waits, in life)
+    reports no backlog: the main process must not take its silence for an empty queue."""
+    controller = start_controller(EDGEFLEET_INGEST_WORKERS="2")
+    fleet = LatencyFleet(probe, topics_of(controller), seed=5)
+    for i in range(DEVICES):
+        fleet.hello(f"pi-{i:02d}", "plant-a")
+    wait_until(lambda: len(controller.get("/api/devices")) == DEVICES, timeout=20, interval=0.1)
+    victim, _ = controller.ingest_worker_pids()
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        sent = send_round(fleet, 3)  # the shared subscription gives the stopped one its share
+        wait_until(lambda: workers_of(controller)["stalled"] == 1, timeout=15, interval=0.2)
+        health = controller.get("/api/health")
+        assert health["status"] == "degraded"
+        assert "has sent nothing for" in controller.log()
+    finally:
+        os.kill(victim, signal.SIGCONT)
+    wait_until(lambda: workers_of(controller)["stalled"] == 0, timeout=15, interval=0.2)
+    wait_until(lambda: stored_windows(controller) >= sent, timeout=30, interval=0.2)
+    assert controller.get("/api/health")["status"] == "ok"
+    assert workers_of(controller)["restarts"] == 0  # stalled is not exited: nothing restarted
+    assert "is reporting again" in controller.log()
 
 
 def test_workers_stop_with_their_controller_however_it_ends(start_controller) -> None:

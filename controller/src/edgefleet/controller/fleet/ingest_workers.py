@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 REPORT_EVERY_S = 0.25  # counters and backlog, also when nothing was written
 TOTALS_EVERY_S = 1.0
 STOP_TIMEOUT_S = 10.0
+# A worker sends its totals every TOTALS_EVERY_S, idle or not: one silent this long is not
+# reaching its event loop (a write that waits, a stopped process), and the backlog it last
+# reported is no longer true.
+STALL_S = 5.0
 RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
 GC_THRESHOLD = 50_000
@@ -249,6 +253,8 @@ class _Process:
     started_at: float = 0.0
     failures: int = 0  # consecutive quick exits, for the backoff
     connected: bool = False
+    heard_at: float = 0.0  # when it last sent anything (monotonic)
+    stalled: bool = False
     # groups are sent from ingest's writer thread, "stop" from the stopping thread: one at a time
     sending: threading.Lock = field(default_factory=threading.Lock)
 
@@ -279,6 +285,26 @@ class IngestWorkers:
     def connected(self) -> int:
         return sum(1 for w in self._workers if w.connected)
 
+    @property
+    def stalled(self) -> int:
+        """Workers that are running but have sent nothing for ``STALL_S``."""
+        return sum(1 for w in self._workers if w.stalled)
+
+    def _check_stalls(self, now: float) -> None:
+        for worker in self._workers:
+            running = worker.process is not None and worker.process.is_alive()
+            silent = running and worker.pipe is not None and now - worker.heard_at > STALL_S
+            if silent and not worker.stalled:
+                log.warning(
+                    "ingest worker %d (pid %s) has sent nothing for %.0f s: it is not reading "
+                    "telemetry, and the backlog it last reported (%d) may be out of date",
+                    worker.index, worker.process.pid if worker.process else None,
+                    now - worker.heard_at, self.ingest.remote_backlog.get(worker.index, 0),
+                )  # fmt: skip
+            elif worker.stalled and not silent:
+                log.info("ingest worker %d is reporting again", worker.index)
+            worker.stalled = silent
+
     def _start(self, worker: _Process) -> None:
         context = multiprocessing.get_context("spawn")  # never fork a threaded process
         ours, theirs = context.Pipe()
@@ -290,8 +316,8 @@ class IngestWorkers:
         process.start()
         theirs.close()  # so the worker reads EOF once this process is gone
         worker.process, worker.pipe = process, ours
-        worker.started_at = time.monotonic()
-        worker.connected = False
+        worker.started_at = worker.heard_at = time.monotonic()
+        worker.connected = worker.stalled = False
         assert self._loop is not None
         self._loop.add_reader(ours.fileno(), self._readable, worker)
         log.info("started ingest worker %d (pid %s)", spec.index, process.pid)
@@ -303,6 +329,7 @@ class IngestWorkers:
         try:
             while pipe.poll():
                 kind, payload = pipe.recv()
+                worker.heard_at = time.monotonic()
                 self._apply(worker, kind, payload)
         except (EOFError, OSError):  # the worker exited; supervision restarts it
             self._detach(worker)
@@ -324,7 +351,7 @@ class IngestWorkers:
                 self._loop.remove_reader(worker.pipe.fileno())
             worker.pipe.close()
         worker.pipe = None
-        worker.connected = False
+        worker.connected = worker.stalled = False
         self.ingest.remote_backlog.pop(worker.index, None)
         self.totals.retire_remote(f"worker-{worker.index}")
 
@@ -347,6 +374,7 @@ class IngestWorkers:
         try:
             while True:
                 await asyncio.sleep(0.5)
+                self._check_stalls(time.monotonic())
                 for worker in self._workers:
                     if worker.process is None or worker.process.is_alive():
                         continue

@@ -60,8 +60,10 @@ def health(service: ServiceDep, session: SessionDep) -> Health:
     connected = bool(service.bridge and service.bridge.connected.is_set())
     ingest = service.ingest
     workers = service.ingest_workers
-    # telemetry is not taken while an ingest worker is down or not yet subscribed
-    workers_up = workers is None or workers.connected == len(workers.specs)
+    # telemetry is not taken while an ingest worker is down, not yet subscribed, or stalled
+    workers_up = workers is None or (
+        workers.connected == len(workers.specs) and not workers.stalled
+    )
     return Health(
         status="ok" if connected and workers_up else "degraded",
         broker_url=service.broker_url,
@@ -79,6 +81,7 @@ def health(service: ServiceDep, session: SessionDep) -> Health:
                 "configured": len(workers.specs) if workers else 0,
                 "connected": workers.connected if workers else 0,
                 "restarts": workers.restarts if workers else 0,
+                "stalled": workers.stalled if workers else 0,
             },
         }
         if ingest
