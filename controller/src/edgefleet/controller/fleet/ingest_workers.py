@@ -287,13 +287,15 @@ class IngestWorkers:
 
     @property
     def stalled(self) -> int:
-        """Workers that are running but have sent nothing for ``STALL_S``."""
+        """Workers that are subscribed and running but have sent nothing for ``STALL_S``."""
         return sum(1 for w in self._workers if w.stalled)
 
     def _check_stalls(self, now: float) -> None:
         for worker in self._workers:
+            # once subscribed: one still starting (imports, database) is not connected, which
+            # health already reports
             running = worker.process is not None and worker.process.is_alive()
-            silent = running and worker.pipe is not None and now - worker.heard_at > STALL_S
+            silent = running and worker.connected and now - worker.heard_at > STALL_S
             if silent and not worker.stalled:
                 log.warning(
                     "ingest worker %d (pid %s) has sent nothing for %.0f s: it is not reading "
