@@ -202,7 +202,7 @@ def controller_phase(
 ) -> tuple[float, dict, float]:
     """Messages per second the controller persists of the burst, its final ingest counters, and
     the CPU time its processes (main and ingest workers) spent per message, in microseconds:
-    a figure far steadier than the rate on a shared 2-core host, for comparing changes."""
+    the controller's own cost, apart from what the publisher and the broker took of the cores."""
     assert controller.proc is not None
     root = psutil.Process(controller.proc.pid)
     cpu_before = cpu_seconds(root)
