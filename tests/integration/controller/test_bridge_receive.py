@@ -105,7 +105,12 @@ def _burst(topics: Topics, count: int, devices: int) -> list[tuple[str, bytes]]:
 
 
 async def _receive(
-    endpoint: BrokerEndpoint, topics: Topics, send: list[tuple[str, bytes]], publish: object
+    endpoint: BrokerEndpoint,
+    topics: Topics,
+    send: list[tuple[str, bytes]],
+    publish: object,
+    *,
+    buffered: bool = True,
 ) -> tuple[list[tuple[str, bytes]], list[object]]:
     received: list[tuple[str, bytes]] = []
     sockets: list[object] = []
@@ -124,7 +129,11 @@ async def _receive(
         subscribed.set()
 
     bridge = MqttBridge(
-        BridgeOptions(endpoint=endpoint, subscriptions=[(f"{topics.root}/devices/+/telemetry", 1)]),
+        BridgeOptions(
+            endpoint=endpoint,
+            subscriptions=[(f"{topics.root}/devices/+/telemetry", 1)],
+            buffered_receive=buffered,
+        ),
         on_message=on_message,
         on_connect=on_connect,
     )
@@ -138,6 +147,20 @@ async def _receive(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     return received, sockets
+
+
+def test_the_main_process_bridge_reads_paho_s_own_way(mosquitto, topics) -> None:
+    """Only ingest workers buffer: the main process's bridge keeps paho's socket."""
+    send = _burst(topics, 50, devices=5)
+    endpoint = BrokerEndpoint(mosquitto.url)
+    received, sockets = asyncio.run(
+        _receive(
+            endpoint, topics, send, lambda: _publish(mosquitto.host, mosquitto.port, send),
+            buffered=False,
+        )
+    )  # fmt: skip
+    assert [isinstance(s, BufferedSocket) for s in sockets] == [False]
+    assert received == send
 
 
 def test_a_burst_arrives_whole_and_in_order_over_plain_tcp(mosquitto, topics) -> None:

@@ -190,6 +190,7 @@ class _Worker:
                 subscriptions=[(self.spec.subscription, 0)],
                 client_id=f"edgefleet-ingest-{self.spec.index}-{uuid.uuid4().hex[:8]}",
                 mqtt5=False,
+                buffered_receive=True,  # telemetry only: read many packets per receive
             ),
             on_message=self.ingest.submit,
             on_connect=self._connected,

@@ -45,6 +45,11 @@ class BridgeOptions:
     mqtt5: bool = True  # falls back to 3.1.1 by itself when the broker refuses MQTT 5
     backoff_min_s: float = 0.2
     backoff_max_s: float = 30.0
+    # Read the socket through a BufferedSocket: for a connection that only takes telemetry (an
+    # ingest worker). Off for the main process: there packets read together are handled in one
+    # turn of the event loop, so a burst of chunk requests from one device coalesces into one
+    # lookup instead of each being answered (and counted) on its own.
+    buffered_receive: bool = False
 
 
 RECEIVE_BUFFER = 256 * 1024
@@ -102,15 +107,26 @@ class BufferedSocket:
 
 class _DispatchingClient(aiomqtt.Client):
     """aiomqtt's client, handing each incoming message straight to ``dispatch``, reading its
-    socket through a :class:`BufferedSocket`."""
+    socket through a :class:`BufferedSocket` when ``buffered``."""
 
-    def __init__(self, *args: Any, dispatch: Callable[[str, bytes], None], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        dispatch: Callable[[str, bytes], None],
+        buffered: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._dispatch = dispatch
+        self._buffered = buffered
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:  # aiomqtt's hook
         # paho reads ``client._sock``; its socket-open callback is the one moment to wrap it
-        if getattr(client, "_sock", None) is sock and not isinstance(sock, BufferedSocket):
+        if (
+            self._buffered
+            and getattr(client, "_sock", None) is sock
+            and not isinstance(sock, BufferedSocket)
+        ):
             sock = client._sock = BufferedSocket(sock)
         super()._on_socket_open(client, userdata, sock)
 
@@ -162,6 +178,7 @@ class MqttBridge:
             max_queued_incoming_messages=0,
             timeout=10,
             dispatch=self._on_message,
+            buffered=self.options.buffered_receive,
         )
 
     async def run(self) -> None:
