@@ -5,7 +5,10 @@ fewer reads of the socket than messages."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import multiprocessing
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -52,12 +55,33 @@ def test_buffered_socket_hands_out_what_was_asked_in_order() -> None:
         while buffered.pending():
             got += buffered.recv(7)
         while len(got) < len(data):
-            got += buffered.recv(1)
+            with contextlib.suppress(BlockingIOError):  # one socket read per turn: see below
+                got += buffered.recv(1)
         assert got == data
         assert counting.receives <= len(data) // 64 + 3, "reads the socket a piece at a time"
         assert buffered.pending() == 0
         left.close()
+        with pytest.raises(BlockingIOError):
+            buffered.recv(1)  # the end of the turn that read the last piece
         assert buffered.recv(1) == b""  # the end of the stream reaches paho as it is
+
+
+def test_one_socket_read_per_turn_of_the_event_loop() -> None:
+    """Once a read is handed out the next receive would block, though the socket holds more:
+    the turn ends (paho keeps its partial packet) and the next turn reads again. A reader that
+    refilled at once never left a connection that does not drain."""
+    left, right = socket.socketpair()
+    with left, right:
+        right.setblocking(False)
+        buffered = BufferedSocket(right, size=64)
+        left.sendall(bytes(range(200)))
+        assert buffered.recv(60) == bytes(range(60))  # the turn's one read: 64 bytes held
+        assert buffered.recv(10) == bytes(range(60, 64))
+        assert buffered.pending() == 0
+        with pytest.raises(BlockingIOError):
+            buffered.recv(10)  # 136 bytes wait in the socket, for the next turn
+        assert buffered.recv(10) == bytes(range(64, 74))  # the next turn's read
+        assert buffered.pending() == 54
 
 
 def test_nothing_stays_pending_once_the_socket_is_closed() -> None:
@@ -200,3 +224,68 @@ def test_a_burst_arrives_whole_and_in_order_over_tls(tls_broker: SecureBroker) -
     received, sockets = asyncio.run(_receive(endpoint, topics, send, publish))
     assert [type(s) for s in sockets] == [BufferedSocket]
     assert received == send
+
+
+def _flood(host: str, port: int, topic: str, seconds: float) -> None:
+    """Publish as fast as paho can for ``seconds`` (QoS 0: nothing waits for an answer)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"flood-{uuid.uuid4().hex[:6]}")
+    client.connect(host, port)
+    client.loop_start()
+    payload = b"f" * 400  # a telemetry window's size
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for _ in range(100):
+            client.publish(topic, payload, qos=0)
+    client.disconnect()
+    client.loop_stop()
+
+
+def test_a_connection_that_never_drains_leaves_the_loop_its_turns(mosquitto, topics) -> None:
+    """Publishers faster than the subscriber keep its socket full for the whole flood; the
+    other tasks of its event loop (an ingest worker's writer, its keepalive) still run."""
+    seconds = 4.0
+
+    def on_message(topic: str, payload: bytes) -> None:
+        end = time.perf_counter() + 0.0003  # a slow handler: the socket never drains
+        while time.perf_counter() < end:
+            pass
+
+    async def main() -> tuple[float, int]:
+        connected = asyncio.Event()
+
+        async def on_connect() -> None:
+            connected.set()
+
+        bridge = MqttBridge(
+            BridgeOptions(
+                endpoint=BrokerEndpoint(mosquitto.url),
+                subscriptions=[(f"{topics.root}/devices/+/telemetry", 0)],
+                buffered_receive=True,
+            ),
+            on_message=on_message,
+            on_connect=on_connect,
+        )
+        task = asyncio.create_task(bridge.run())
+        try:
+            await asyncio.wait_for(connected.wait(), 20)
+            flood = multiprocessing.get_context("spawn").Process(
+                target=_flood,
+                args=(mosquitto.host, mosquitto.port, topics.telemetry("dev-0"), seconds),
+            )
+            flood.start()
+            longest, ticks = 0.0, 0
+            last = time.monotonic()
+            while flood.is_alive():
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                longest, last, ticks = max(longest, now - last), now, ticks + 1
+            flood.join()
+            return longest, ticks
+        finally:
+            bridge.stop()
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    longest, ticks = asyncio.run(main())
+    assert ticks > 20, "the flood ran"
+    assert longest < 1.0, f"the reader held the event loop for {longest:.2f} s"

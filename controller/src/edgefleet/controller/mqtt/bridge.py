@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ class BridgeOptions:
     buffered_receive: bool = False
 
 
-RECEIVE_BUFFER = 256 * 1024
+RECEIVE_BUFFER = 64 * 1024  # about 150 telemetry windows: a turn of the loop handles that many
 
 
 class BufferedSocket:
@@ -64,6 +65,13 @@ class BufferedSocket:
     window. ``pending`` counts what is held here (and in a TLS socket's own buffer), the way
     paho's websocket and TLS sockets say they hold data a ``select`` cannot see: aiomqtt's
     reader reads packets until nothing is pending, so nothing waits here unseen.
+
+    One read of the socket per turn of the event loop: once what it read is handed out, the
+    next receive says "would block" (as the socket does when it is empty) and the turn ends;
+    paho keeps the packet it was reading and the loop calls the reader again, the socket
+    still being readable. Refilling at once instead, a connection that never drains (a
+    subscriber slower than its publishers) kept the reader in its loop for good: the worker
+    wrote nothing, answered no keepalive, and its queue overflowed.
     """
 
     def __init__(self, sock: Any, size: int = RECEIVE_BUFFER) -> None:
@@ -71,10 +79,21 @@ class BufferedSocket:
         self._size = size
         self._held = b""
         self._at = 0
+        self._read_this_turn = False
 
     def recv(self, buffer_size: int) -> bytes:
         if self._at >= len(self._held):
-            data = self._sock.recv(max(buffer_size, self._size))  # may raise BlockingIOError
+            inner = getattr(self._sock, "pending", None)
+            if self._read_this_turn and not (inner is not None and inner()):
+                # (a TLS socket's decrypted bytes are no select's wake-up: those are read now)
+                self._read_this_turn = False
+                raise BlockingIOError("this turn's read is handed out")
+            try:
+                data = self._sock.recv(max(buffer_size, self._size))
+            except (BlockingIOError, ssl.SSLWantReadError):
+                self._read_this_turn = False
+                raise
+            self._read_this_turn = True
             if len(data) <= buffer_size:
                 return bytes(data)  # (b"" at the end of the stream)
             self._held, self._at = data, 0
