@@ -34,10 +34,12 @@ import httpx
 import paho.mqtt.client as mqtt
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+from edgefleet.controller.config import Settings  # noqa: E402
 from edgefleet.shared import DeviceState, Event, EventType, Topics, encode  # noqa: E402
 from support.fleet import ControllerProcess  # noqa: E402
 from support.mosquitto import MosquittoBroker  # noqa: E402
@@ -102,6 +104,42 @@ def publish_all(host: str, port: int, messages: list[Message]) -> None:
         info.wait_for_publish(120)
     client.disconnect()
     client.loop_stop()
+
+
+class BrokerDrops:
+    """Messages the broker has dropped so far (``$SYS``, every second here): QoS 0 messages for
+    a subscriber whose queue is at ``max_queued_messages``, that is, a burst that outran the
+    subscriber for longer than the broker queues for it.
+
+    Subscribed for the whole run: mosquitto publishes the figure only when it changes, retained
+    for a minute, so a late subscriber may hear nothing."""
+
+    def __init__(self, broker: MosquittoBroker) -> None:
+        self.values: list[int] = []
+        self.heard = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"bench-sys-{uuid.uuid4().hex[:6]}"
+        )
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda *args: self.client.subscribe(
+            "$SYS/broker/publish/messages/dropped"
+        )
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        self.values.append(int(msg.payload))
+        self.heard.set()
+
+    def now(self) -> int:
+        if not self.heard.wait(30):
+            raise SystemExit("the broker published no $SYS/broker/publish/messages/dropped")
+        time.sleep(2.5)  # what it published last may be a second old
+        return self.values[-1]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
 def run_publisher(broker: MosquittoBroker, messages: list[Message]) -> multiprocessing.Process:
@@ -227,6 +265,9 @@ def controller_phase(
                 break
             time.sleep(0.1)  # the controller answers each poll: keep them few
         final = http.get("/api/health").json()["ingest"]
+        final["batches"] = _metric(
+            controller.api("GET", "/metrics").text, "edgefleet_ingest_batches"
+        )
     cpu_after = cpu_seconds(root)
     publisher.join(60)
     spent = sum(cpu_after[pid] - cpu_before.get(pid, 0.0) for pid in cpu_after)
@@ -237,6 +278,18 @@ def controller_phase(
     finished = next(t for t, w in samples if w == last_value)
     persisted = last_value - base
     return persisted / max(finished - started, 1e-3), final, spent / max(persisted, 1) * 1e6
+
+
+def _default(setting: str) -> object:
+    return Settings.model_fields[setting].default
+
+
+def _metric(exposition: str, name: str) -> float:
+    """One unlabelled sample of the Prometheus text exposition."""
+    for family in text_string_to_metric_families(exposition):
+        if family.name == name:
+            return sum(sample.value for sample in family.samples if sample.name.endswith("_total"))
+    raise SystemExit(f"/metrics has no {name}")
 
 
 def show_problems(log: str, lines: int = 30) -> None:
@@ -286,6 +339,11 @@ def main() -> None:
         "--batch", type=int, help="the controller's ingest_batch setting (default: its default)"
     )
     parser.add_argument(
+        "--flush-s",
+        type=float,
+        help="the controller's ingest_worker_flush_s setting (default: its default)",
+    )
+    parser.add_argument(
         "--controller-only",
         action="store_true",
         help="skip the bare subscribers (no ratio): for comparing the controller's CPU per message",
@@ -295,10 +353,11 @@ def main() -> None:
     windows = args.windows or (50 if args.quick else 100)
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-ingest-") as tmp:
         root = Path(tmp)
-        broker = MosquittoBroker(root / "mosquitto")
+        broker = MosquittoBroker(root / "mosquitto", extra_config="sys_interval 1")
         broker.start()
+        drops = BrokerDrops(broker)
         controller = None
-        events_lost = state_lost = telemetry_lost = 0
+        events_lost = state_lost = telemetry_lost = broker_drops = 0
         try:
             bare_topics = Topics(f"bench-bare/{uuid.uuid4().hex[:8]}/v1")
             ctl_topics = Topics(f"bench-ctl/{uuid.uuid4().hex[:8]}/v1")
@@ -315,17 +374,23 @@ def main() -> None:
                 broker_url=broker.url,
                 topic_root=ctl_topics.root,
                 extra_env={
-                    "EDGEFLEET_INGEST_FLUSH_S": "0.2",
                     "EDGEFLEET_INGEST_WORKERS": str(args.ingest_workers),
                     # the burst replays each device's windows faster than an agent sends them:
                     # admit a device's whole burst rather than measure its rate limit
                     "EDGEFLEET_DEVICE_TELEMETRY_BURST": str(windows + 10),
                     "EDGEFLEET_TELEMETRY_ROLLUP_INTERVAL_S": "3600",
                     **({"EDGEFLEET_INGEST_BATCH": str(args.batch)} if args.batch else {}),
+                    # the controller's own defaults, not the test suite's quick ones
+                    "EDGEFLEET_INGEST_FLUSH_S": str(_default("ingest_flush_s")),
+                    "EDGEFLEET_INGEST_WORKER_FLUSH_S": str(
+                        args.flush_s or _default("ingest_worker_flush_s")
+                    ),
                 },
             ).start()
             wait_for_workers(controller, args.ingest_workers)
+            dropped_before = drops.now()
             controller_rate, final, cpu_us = controller_phase(broker, controller, ctl_msgs)
+            broker_drops = drops.now() - dropped_before
             events_lost, state_lost, telemetry_lost = count_losses(
                 root / "controller", events, devices, final, states, devices * windows
             )
@@ -334,6 +399,7 @@ def main() -> None:
                 controller.stop()
                 if telemetry_lost or events_lost or state_lost:
                     show_problems(controller.log())
+            drops.close()
             broker.stop()
     result = {
         "controller_rate": round(controller_rate, 1),
@@ -348,6 +414,10 @@ def main() -> None:
         "devices": devices,
         "ingest_workers": args.ingest_workers,
         "telemetry_dropped": final["telemetry_dropped"],
+        # lost at the broker: the burst outran the controller for longer than its queue holds
+        "broker_dropped": broker_drops,
+        # a batch is a transaction: few rows each means the workers wrote more often than needed
+        "rows_per_batch": round(final["written"] / max(final["batches"], 1), 1),
         "malformed": final["malformed"],
     }
     print(json.dumps(result))

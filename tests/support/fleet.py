@@ -20,6 +20,7 @@ from support.mosquitto import free_port
 CONTROLLER_FAST = {
     "EDGEFLEET_ENGINE_INTERVAL_S": "0.2",
     "EDGEFLEET_INGEST_FLUSH_S": "0.05",
+    "EDGEFLEET_INGEST_WORKER_FLUSH_S": "0.05",
     "EDGEFLEET_CHUNK_COALESCE_S": "0.3",
     "EDGEFLEET_LATENCY_RUNS": "5",
 }

@@ -123,7 +123,7 @@ class _Worker:
             on_fetch=lambda request: None,  # telemetry only: nothing else is subscribed
             batch_size=settings.ingest_batch,
             telemetry_queue=settings.ingest_queue,
-            flush_s=settings.ingest_flush_s,
+            flush_s=settings.ingest_worker_flush_s,
             telemetry_rate=settings.device_telemetry_rate,
             telemetry_burst=settings.device_telemetry_burst,
             rate_limited_devices=settings.rate_limited_devices,
