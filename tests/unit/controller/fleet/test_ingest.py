@@ -9,6 +9,7 @@ import asyncio
 import math
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from edgefleet.controller.fleet.ingest import DeviceRateLimiter, FleetIngest
 from edgefleet.controller.fleet.tables import DeadLetterRow, DeviceRow, EventRow, TelemetryRow
-from edgefleet.shared import Event, EventType, Topics, WireModel, encode
+from edgefleet.shared import Event, EventType, Telemetry, Topics, WireModel, encode
 from support.samples import device_hello, device_state, device_telemetry, slot
 
 TOPICS = Topics("edgefleet-test/ingest/v1")
@@ -313,3 +314,38 @@ def test_a_device_flooding_states_and_events_costs_bounded_memory_and_its_newest
         engine, EventRow, device_id="flood"
     )
     assert 980 <= counters.dropped["superseded"] <= 990
+
+
+def test_full_batches_go_at_once_and_a_part_batch_waits_for_more(database) -> None:
+    """A transaction costs mostly per batch and per device in it: after the full batches, the
+    telemetry left over waits one more flush for company; a state or event waits no longer than
+    a flush, as always, and takes the part batch with it."""
+    engine, _ = database
+    ingest = new_ingest(database, batch_size=10)
+    ingest.flush_s = 0.5
+    written: list[tuple[float, int, int]] = []  # (when, telemetry, others)
+    ingest.after_write.append(
+        lambda stored: written.append(
+            (
+                time.monotonic(),
+                sum(isinstance(m, Telemetry) for m in stored),
+                sum(not isinstance(m, Telemetry) for m in stored),
+            )
+        )
+    )
+
+    async def scenario() -> None:
+        for n in range(25):
+            ingest.submit(TOPICS.telemetry(f"d{n}"), encode(device_telemetry(f"d{n}", 1.0)))
+        await until(lambda: len(written) == 2)
+        ingest.submit(TOPICS.events("d0"), encode(event_of("d0")))
+        await until(lambda: len(written) == 3, timeout=0.9)  # the event goes in this flush
+        await ingest.drained(timeout=5)
+
+    started = time.monotonic()
+    run_ingest(ingest, scenario)
+
+    assert [(t, o) for _, t, o in written] == [(10, 0), (10, 0), (5, 1)]
+    assert written[1][0] - started < 0.4, "full batches do not wait"
+    assert written[2][0] - written[1][0] > 0.4, "the part batch waited a flush"
+    assert count(engine, TelemetryRow) == 25

@@ -363,10 +363,20 @@ class FleetIngest:
             self._wakeup.clear()
             await asyncio.sleep(self.flush_s if self.backlog < self.batch_size else 0)
             self._release_held()
-            while batch := self._take_batch():
+            # Full batches, and whatever else is due: a part batch of telemetry that came in
+            # while the first batch waited goes back to waiting for more (up to one more
+            # flush), since a transaction's cost is mostly per batch and per device in it.
+            first = True
+            while first or self._priority or len(self._telemetry) >= self.batch_size:
+                first = False
+                batch = self._take_batch()
+                if not batch:
+                    break
                 await self._store(batch)
                 for callback in self.after_batch:
                     callback()
+            if self._telemetry:
+                self._wakeup.set()
             if not self.backlog:
                 self._idle.set()
 
