@@ -6,7 +6,9 @@ same burst on the same broker, measured in the same run. Prints JSON on its last
 
 Phase 1: the bare subscriber alone receives a burst. Phase 2: for context, a bare aiomqtt
 subscriber (the controller's MQTT client library) receives it. Phase 3: the controller alone
-ingests the same burst (same publisher, another topic root). Telemetry is QoS 0, events and
+ingests the same burst (same publisher, another topic root). Phase 4: the bare subscriber
+again, once the controller has stopped; ``bare_rate`` is the mean of phases 1 and 4, since a
+shared host's speed drifts over a run (the two are printed too). Telemetry is QoS 0, events and
 state QoS 1, as agents send them. Goal: controller_rate >= 0.5 x bare_rate, with zero events
 and states lost. The controller runs ``--ingest-workers`` telemetry ingest processes (default 2;
 0 ingests in its main process); ``telemetry_lost`` counts windows sent but not stored, whether
@@ -362,7 +364,7 @@ def main() -> None:
             bare_topics = Topics(f"bench-bare/{uuid.uuid4().hex[:8]}/v1")
             ctl_topics = Topics(f"bench-ctl/{uuid.uuid4().hex[:8]}/v1")
             ctl_msgs, events, states = burst(ctl_topics, devices, windows)
-            bare_rate = aio_rate = 0.0
+            bare_rate = bare_after = aio_rate = 0.0
             if not args.controller_only:
                 bare_msgs, _, _ = burst(bare_topics, devices, windows)
                 bare_rate = bare_phase(broker, bare_msgs, bare_topics)
@@ -394,6 +396,11 @@ def main() -> None:
             events_lost, state_lost, telemetry_lost = count_losses(
                 root / "controller", events, devices, final, states, devices * windows
             )
+            if not args.controller_only:  # the host's speed drifts: the baseline again, after
+                controller.stop()
+                after_topics = Topics(f"bench-bare2/{uuid.uuid4().hex[:8]}/v1")
+                after_msgs = burst(after_topics, devices, windows)[0]
+                bare_after = bare_phase(broker, after_msgs, after_topics)
         finally:
             if controller is not None:
                 controller.stop()
@@ -401,10 +408,13 @@ def main() -> None:
                     show_problems(controller.log())
             drops.close()
             broker.stop()
+    baseline = (bare_rate + bare_after) / 2
     result = {
         "controller_rate": round(controller_rate, 1),
-        "bare_rate": round(bare_rate, 1),
-        "ratio": round(controller_rate / bare_rate, 3) if bare_rate else 0.0,
+        "bare_rate": round(baseline, 1),  # the mean of the two, before and after
+        "ratio": round(controller_rate / baseline, 3) if baseline else 0.0,
+        "bare_rate_before": round(bare_rate, 1),
+        "bare_rate_after": round(bare_after, 1),
         "events_lost": events_lost,
         "state_lost": state_lost,
         "telemetry_lost": telemetry_lost,
