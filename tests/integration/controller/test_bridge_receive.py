@@ -10,7 +10,7 @@ import multiprocessing
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -128,6 +128,27 @@ def _burst(topics: Topics, count: int, devices: int) -> list[tuple[str, bytes]]:
     return out
 
 
+def _telemetry_bridge(
+    endpoint: BrokerEndpoint,
+    topics: Topics,
+    on_message: Callable[[str, bytes], None],
+    on_connect: Callable[[], Awaitable[None]],
+    *,
+    qos: int,
+    buffered: bool,
+) -> MqttBridge:
+    """A bridge subscribed to every device's telemetry, as an ingest worker's is."""
+    return MqttBridge(
+        BridgeOptions(
+            endpoint=endpoint,
+            subscriptions=[(f"{topics.root}/devices/+/telemetry", qos)],
+            buffered_receive=buffered,
+        ),
+        on_message=on_message,
+        on_connect=on_connect,
+    )
+
+
 async def _receive(
     endpoint: BrokerEndpoint,
     topics: Topics,
@@ -152,15 +173,7 @@ async def _receive(
         sockets.append(client._client.socket())  # the paho client's socket
         subscribed.set()
 
-    bridge = MqttBridge(
-        BridgeOptions(
-            endpoint=endpoint,
-            subscriptions=[(f"{topics.root}/devices/+/telemetry", 1)],
-            buffered_receive=buffered,
-        ),
-        on_message=on_message,
-        on_connect=on_connect,
-    )
+    bridge = _telemetry_bridge(endpoint, topics, on_message, on_connect, qos=1, buffered=buffered)
     task = asyncio.create_task(bridge.run())
     try:
         await asyncio.wait_for(subscribed.wait(), 20)
@@ -256,15 +269,8 @@ def test_a_connection_that_never_drains_leaves_the_loop_its_turns(mosquitto, top
         async def on_connect() -> None:
             connected.set()
 
-        bridge = MqttBridge(
-            BridgeOptions(
-                endpoint=BrokerEndpoint(mosquitto.url),
-                subscriptions=[(f"{topics.root}/devices/+/telemetry", 0)],
-                buffered_receive=True,
-            ),
-            on_message=on_message,
-            on_connect=on_connect,
-        )
+        endpoint = BrokerEndpoint(mosquitto.url)
+        bridge = _telemetry_bridge(endpoint, topics, on_message, on_connect, qos=0, buffered=True)
         task = asyncio.create_task(bridge.run())
         try:
             await asyncio.wait_for(connected.wait(), 20)
