@@ -98,8 +98,9 @@ class Settings(BaseSettings):
     ingest_flush_s: float = Field(default=0.2, gt=0)
     # Telemetry in an ingest worker waits longer for a fuller batch: each transaction updates
     # the last-seen row of every device it holds, so rows per transaction decide the cost per
-    # row (bench/ingest.py, 1,000 devices: 0.2 s wrote about 550 rows a batch and 5,400
-    # msg/s, 1 s about 1,100 and 7,000). Events and states keep ingest_flush_s.
+    # row (bench/ingest.py --controller-only, 1,000 devices: 0.2 s wrote about 550 rows a
+    # batch and 5,300-5,500 msg/s, 1 s about 1,100 and 6,600-7,500; with part batches
+    # waiting too, every worker batch is full). Events and states keep ingest_flush_s.
     ingest_worker_flush_s: float = Field(
         default=1.0, gt=0, description="longest a telemetry window waits in an ingest worker"
     )
