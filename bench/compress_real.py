@@ -41,6 +41,7 @@ from edgefleet.controller.compress import (  # noqa: E402
     load_npz,
 )
 from edgefleet.controller.compress.int8_coverage import artifact_bytes  # noqa: E402
+from edgefleet.controller.compress.runners import open_cpu_session  # noqa: E402
 from edgefleet.controller.compress.sources import onnx_source  # noqa: E402
 from edgefleet.controller.config import get_settings  # noqa: E402
 from support.pretrained import MODELS, pretrained_model  # noqa: E402
@@ -65,9 +66,7 @@ def _vad_data(path: Path, sequences: int, seed: int) -> Dataset:
 
 
 def _session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return open_cpu_session(str(path), quiet=True)[0]  # exact int8 on any x86, as on devices
 
 
 def _det_agreement(fp32: Path, int8: Path, pages: np.ndarray) -> dict[str, float]:

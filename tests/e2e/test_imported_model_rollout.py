@@ -22,6 +22,7 @@ from edgefleet.shared import DeviceStatus, Hello
 from support import agent_models
 from support.edgetpu_standin import edgetpu_compiler_standin
 from support.mqtt import MqttProbe, wait_until
+from support.onnx_session import cpu_session
 from support.pretrained import pretrained_model
 from support.samples import device_hello, device_state
 
@@ -66,7 +67,6 @@ def _rolled_out(fleet, model: str, device_id: str, runtime: str) -> dict:
 
 
 def test_imported_onnx_classifier_is_rolled_out_and_serves(fleet, tmp_path):
-    import onnxruntime as ort
 
     model = pretrained_model("ppocr-cls")
     images = np.random.default_rng(5).uniform(-1, 1, (9, 3, 48, 192)).astype(np.float32)
@@ -86,7 +86,7 @@ def test_imported_onnx_classifier_is_rolled_out_and_serves(fleet, tmp_path):
     with np.load(io.BytesIO(response.content)) as served:
         (name,) = served.files
         got = served[name]
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    session = cpu_session(str(model))
     (want,) = session.run(None, one)
     assert got.shape == (1, 2)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 
+from support.onnx_session import cpu_session
 from support.pretrained import pretrained_model
 
 pytestmark = pytest.mark.slow
@@ -73,7 +73,7 @@ def test_pretrained_classifier_compressed_to_static_int8_is_rolled_out_and_serve
         "ppocr-cls",
         "1",
     )
-    session = ort.InferenceSession(artifact["path"], providers=["CPUExecutionProvider"])
+    session = cpu_session(artifact["path"], providers=["CPUExecutionProvider"])
     (want,) = session.run(None, one)
     with np.load(io.BytesIO(response.content)) as served:
         (name,) = served.files

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 
+from support.onnx_session import cpu_session
 from support.pretrained import pretrained_model
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def test_tflite_detector_compressed_to_onnx_int8_is_rolled_out_and_serves(fleet,
         "blazeface",
         "1",
     )
-    session = ort.InferenceSession(artifact["path"], providers=["CPUExecutionProvider"])
+    session = cpu_session(artifact["path"], providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     assert sorted(names) == ["classificators", "regressors"]
     wanted = dict(zip(names, session.run(None, one), strict=True))

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from edgefleet.controller.compress import (
@@ -26,6 +25,7 @@ from edgefleet.controller.config import Settings, get_settings
 from edgefleet.controller.registry import ModelRegistry
 from edgefleet.shared.hashing import sha256_file
 from support.models_compress import two_input_data, two_input_onnx
+from support.onnx_session import cpu_session
 
 TARGETS = ("onnx-fp32", "onnx-int8")
 DATA_FILE = "two.onnx.data"
@@ -54,7 +54,7 @@ def _external_in(path: Path) -> list[str]:
 
 
 def _run(path: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = cpu_session(str(path))
     return session.run(None, inputs)[0]
 
 

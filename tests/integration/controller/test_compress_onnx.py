@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from edgefleet.controller.compress import (
@@ -27,6 +26,7 @@ from edgefleet.controller.errors import (
 )
 from edgefleet.controller.registry import ModelRegistry
 from support.models_compress import two_input_data, two_input_onnx
+from support.onnx_session import cpu_session
 
 ONNX_TARGETS = ("onnx-fp32", "onnx-int8", "onnx-fp16")
 
@@ -42,7 +42,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _original(path: Path, data: Dataset) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = cpu_session(str(path))
     return session.run(None, data.inputs)[0]
 
 

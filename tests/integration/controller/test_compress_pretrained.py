@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from edgefleet.controller.compress import (
@@ -32,6 +31,7 @@ from edgefleet.controller.errors import (
     QuantizationBlockedError,
 )
 from edgefleet.controller.registry import ModelRegistry
+from support.onnx_session import cpu_session
 from support.pretrained import pretrained_model
 
 
@@ -85,8 +85,8 @@ def test_ppocr_cls_opset11_compresses_to_static_int8(settings: Settings, tmp_pat
     assert details["compacted_bytes"] > 60_000
     assert report.size_ratio > 3.5  # 124k weights: per-channel scales and int32 biases weigh here
     # the reported agreement is what the two models do on the evaluation images
-    want = ort.InferenceSession(str(path)).run(None, evaluation.inputs)[0].argmax(axis=1)
-    got = ort.InferenceSession(str(artifact.file)).run(None, evaluation.inputs)[0].argmax(axis=1)
+    want = cpu_session(str(path)).run(None, evaluation.inputs)[0].argmax(axis=1)
+    got = cpu_session(str(artifact.file)).run(None, evaluation.inputs)[0].argmax(axis=1)
     assert report.quality.top1_agreement == pytest.approx(float((want == got).mean()))
     assert report.quality.top1_agreement >= 0.85
     assert report.compare == "top1"
@@ -162,7 +162,7 @@ def test_silero_vad_static_int8_covers_subgraph_lstms(tmp_path: Path) -> None:
     assert int8_coverage(onnx.load(str(built.path))).weight_share == 1.0
     ratio = path.stat().st_size / built.path.stat().st_size
     assert ratio > 2.0
-    session = ort.InferenceSession(str(built.path))
+    session = cpu_session(str(built.path))
     probability, state = session.run(None, feeds[0])
     assert probability.shape == (2, 1)
     assert state.shape == (2, 2, 128)

@@ -34,6 +34,7 @@ from edgefleet.controller.compress.data import (
 )
 from edgefleet.controller.config import Settings, get_settings
 from edgefleet.shared.manifest import GoldenPair, TensorData
+from support.onnx_session import cpu_session
 from support.pretrained import pretrained_model
 
 SR, HOP, CONTEXT, STEPS = 16000, 512, 64, 4  # Silero v5 takes 64 samples of context per call
@@ -104,9 +105,7 @@ def _array(tensor: TensorData) -> np.ndarray:
 def _session(path: Path) -> ort.InferenceSession:
     """A session as the pipeline's evaluation runs it: one thread, so dynamic int8 (whose
     results depend on the thread count by a few thousandths) computes what it measured."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return cpu_session(path, threads=1)
 
 
 def _run_sequences(path: Path, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -209,7 +208,7 @@ def test_silero_vad_sequences_compress_to_onnx_int8_with_agreement(
     np.testing.assert_allclose(
         _array(golden.pairs[1].inputs["state"]), source_states[:, 1:2], rtol=1e-5, atol=1e-6
     )
-    session = ort.InferenceSession(str(artifact.file), providers=["CPUExecutionProvider"])
+    session = cpu_session(str(artifact.file))
     for pair in golden.pairs:
         outputs = session.run(None, {k: _array(t) for k, t in pair.inputs.items()})
         for got, tensor in zip(outputs, pair.outputs.values(), strict=True):

@@ -27,6 +27,7 @@ from edgefleet.agent.onnx_external import (
 from edgefleet.agent.runtimes.onnx import OnnxRuntimeModel
 from support import agent_models
 from support.onnx_external_models import PLACES, external_tensor, leaking_model
+from support.onnx_session import cpu_session
 
 SECRET = b"broker-password=hunter2\n"
 
@@ -184,11 +185,10 @@ def test_either_marker_counts_and_the_worst_location_is_named():
 def test_onnxruntime_alone_reads_a_sibling_file_the_agent_refuses(tmp_path):
     """The threat is real with the installed onnxruntime: it follows a plain sibling path (and,
     in 1.20.1 on aarch64, '../' and absolute ones too); the agent's check comes first."""
-    import onnxruntime as ort
 
     model = leaking_model(tmp_path / "artifact", "secret.bin", len(SECRET))
     (tmp_path / "secret.bin").write_bytes(SECRET)
-    session = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+    session = cpu_session(str(model.path))
     x = np.zeros((1, 4), np.float32)
     assert bytes(session.run(["leak"], {"x": x})[0]) == SECRET  # what the check prevents
     with pytest.raises(ExternalDataError, match=r"'secret\.bin' beside the artifact"):

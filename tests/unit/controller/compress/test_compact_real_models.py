@@ -17,16 +17,14 @@ from edgefleet.controller.compress.compact import all_graphs, compact_file
 from edgefleet.controller.compress.int8_coverage import artifact_bytes, int8_coverage
 from edgefleet.controller.compress.opset import upgrade_opset
 from edgefleet.controller.compress.quantize import quantize_onnx_dynamic, quantize_onnx_static
+from support.onnx_session import cpu_session
 from support.pretrained import pretrained_model
 from support.pretrained_data import text_lines
 
 
 def _session(path: Path, optimize: bool = True) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # dynamic int8 kernels are exact only at a fixed split
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # one thread: dynamic int8 kernels are exact only at a fixed split
+    return cpu_session(path, optimize=optimize, threads=1)
 
 
 def _compacted_copy(path: Path) -> Path:

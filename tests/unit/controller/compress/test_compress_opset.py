@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
@@ -17,6 +16,7 @@ from edgefleet.controller.compress.opset import ATOL, RTOL, ai_onnx_opset, upgra
 from edgefleet.controller.compress.quantize import Feed
 from edgefleet.controller.compress.targets import batched_feeds, build_onnx_int8
 from edgefleet.controller.errors import OpsetUpgradeError
+from support.onnx_session import cpu_session
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.random((48, 3, 8, 8), dtype=np.float32)
@@ -91,7 +91,7 @@ def conv_resize_opset10(path: Path) -> Path:
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = cpu_session(str(path))
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -44,6 +43,7 @@ from support import agent_models
 from support.agent_harness import manifest_for
 from support.edgetpu_standin import edgetpu_compiler_standin
 from support.onnx_external_models import leaking_model
+from support.onnx_session import cpu_session
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +177,8 @@ def test_external_data_is_packed_into_one_self_contained_artifact(models, settin
     assert packed["tensors"] == len(onnx.load(str(models["fp32"])).graph.initializer)
     assert result.source_sha256 == sha256_file(artifact.file)  # what is registered: one file
     feed = _x().inputs
-    want = ort.InferenceSession(str(models["fp32"]), providers=["CPUExecutionProvider"])
-    got = ort.InferenceSession(str(artifact.file), providers=["CPUExecutionProvider"])
+    want = cpu_session(str(models["fp32"]))
+    got = cpu_session(str(artifact.file))
     np.testing.assert_array_equal(got.run(None, feed)[0], want.run(None, feed)[0])
 
 

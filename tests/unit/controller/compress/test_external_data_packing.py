@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from edgefleet.controller.compress.external_data import (
@@ -21,6 +20,7 @@ from edgefleet.controller.compress.external_data import (
     save_self_contained,
 )
 from support.onnx_external_models import PLACES, external_tensor, leaking_model, load
+from support.onnx_session import cpu_session
 
 SECRET = bytes(range(64))
 
@@ -41,7 +41,7 @@ def test_every_place_a_tensor_can_sit_is_packed(tmp_path: Path, place: str) -> N
     out = save_self_contained(model, tmp_path / "packed" / "m.onnx")
     assert list(external_tensors(load(out))) == []
     if place in ("initializer", "constant", "subgraph"):  # ones onnxruntime runs as they are
-        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        session = cpu_session(str(out))
         leak = session.run(["leak"], {"x": np.zeros((1, 4), np.float32)})[0]
         assert leak.tobytes() == SECRET
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -23,6 +22,7 @@ from edgefleet.controller.compress.int8_format import (
 )
 from edgefleet.controller.compress.quantize import Feed, QuantFormatName, quantize_onnx_static
 from edgefleet.controller.compress.targets import batched_feeds, build_onnx_int8
+from support.onnx_session import cpu_session
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.random((96, 3, 12, 12), dtype=np.float32)
@@ -67,7 +67,7 @@ def residual_cnn(path: Path) -> Path:
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = cpu_session(str(path))
     return np.asarray(session.run(None, {"image": x})[0])
 
 

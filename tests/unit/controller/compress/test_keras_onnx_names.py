@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
@@ -16,6 +15,7 @@ from edgefleet.controller.compress.keras_convert import _name_like_signature
 from edgefleet.controller.compress.keras_source import ServingModel
 from edgefleet.controller.errors import ConversionError
 from edgefleet.shared.manifest import IOSignature, TensorSpec
+from support.onnx_session import cpu_session
 
 
 def _serving(inputs: list[str], outputs: list[str]) -> ServingModel:
@@ -43,7 +43,7 @@ def _graph(inputs: list[str], outputs: list[str]) -> onnx.ModelProto:
 
 def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     onnx.checker.check_model(model)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = cpu_session(model.SerializeToString())
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feed), strict=True))
 

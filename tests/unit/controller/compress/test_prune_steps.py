@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import helper, numpy_helper
@@ -22,6 +21,7 @@ from edgefleet.controller.compress.prune import (
 )
 from edgefleet.controller.errors import CompressionError
 from support.models_compress import TinyCnn, WideMlp, two_input_onnx
+from support.onnx_session import cpu_session
 from support.pretrained import pretrained_model
 
 
@@ -51,7 +51,7 @@ def test_onnx_initializer_pruning_zeroes_weights_not_biases(tmp_path) -> None:
             assert np.count_nonzero(arr) == arr.size or arr.size == 0, init.name
     # the original proto is untouched and the pruned graph still runs
     assert onnx_weight_stats(model)[1] < 0.01
-    session = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = cpu_session(pruned.SerializeToString())
     out = session.run(
         None, {"features": np.ones((3, 16), np.float32), "token_ids": np.zeros((3, 4), np.int64)}
     )
@@ -157,7 +157,7 @@ def test_onnx_weight_stats_counts_constants_and_subgraphs() -> None:
     params, sparsity = onnx_weight_stats(model)
     assert params == 4 * 6 + 6 * 3 + 6 * 3 + 3  # top Constant, then initializer, else Constants
     assert sparsity == pytest.approx(3 / (24 + 18 + 18))
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = cpu_session(model.SerializeToString())
     x = np.ones((2, 4), np.float32)
     assert session.run(None, {"x": x, "flag": np.array(True)})[0].shape == (2, 3)
 

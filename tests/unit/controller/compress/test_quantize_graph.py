@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
 from edgefleet.controller.compress.quantize import gemm_to_matmul
 from support.models_compress import WideMlp
+from support.onnx_session import cpu_session
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = cpu_session(model.SerializeToString())
     return session.run(None, {"features": x})[0]
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -19,6 +18,7 @@ from edgefleet.controller.compress.quantize import float_tail, has_op, name_node
 from edgefleet.controller.compress.targets import batched_feeds, build_onnx_int8
 from edgefleet.controller.compress.weight_only import quantize_weights_only
 from edgefleet.controller.errors import Int8CoverageError
+from support.onnx_session import cpu_session
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.normal(size=(16, 3, 8, 8)).astype(np.float32)
@@ -61,7 +61,7 @@ def gated_cnn(path: Path, opset: int = 17) -> Path:
 
 
 def _run(path: Path, images: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = cpu_session(str(path))
     return session.run(None, {"image": images})[0]
 
 
@@ -163,8 +163,8 @@ def test_dynamic_int8_of_a_recurrent_model_takes_its_convolutions_too(tmp_path: 
     )  # fmt: skip
     assert built.details["int8_heavy_ops"] == {"Conv": 1, "LSTM": 1}
     assert built.details["int8_weight_share"] == 1.0
-    session = ort.InferenceSession(str(built.path), providers=["CPUExecutionProvider"])
-    reference = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = cpu_session(str(built.path))
+    reference = cpu_session(str(path))
     got, want = session.run(None, {"audio": audio})[0], reference.run(None, {"audio": audio})[0]
     assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
 

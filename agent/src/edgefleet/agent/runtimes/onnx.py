@@ -6,12 +6,30 @@ data is refused by the agent itself, whichever onnxruntime version is installed.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from edgefleet.agent.errors import InferenceError, ModelLoadError, UnsupportedArtifactError
 from edgefleet.agent.onnx_external import check_self_contained
 from edgefleet.agent.runtimes import Array
+
+log = logging.getLogger(__name__)
+
+
+def _session(ort: Any, path: Path, threads: int, *, exact: bool) -> Any:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 4  # failures surface as exceptions
+    # The file is parsed as the ONNX protobuf just checked, never as an ORT flatbuffer.
+    options.add_session_config_entry("session.load_model_format", "ONNX")
+    # Exact integer kernels on x86 without VNNI, whose u8s8 products saturate: the device then
+    # computes what the controller's golden pairs hold, as arm64 always does.
+    options.add_session_config_entry("session.x64quantprecision", "1" if exact else "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxRuntimeModel:
@@ -35,18 +53,17 @@ class OnnxRuntimeModel:
             import onnxruntime as ort
         except ImportError as e:
             raise UnsupportedArtifactError("onnx", "onnxruntime is not installed") from e
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 4  # failures surface as exceptions
-        # The file is parsed as the ONNX protobuf just checked, never as an ORT flatbuffer.
-        options.add_session_config_entry("session.load_model_format", "ONNX")
+        self._ort, self._path, self._threads = ort, path, threads
+        self._reopening = threading.Lock()
         try:
-            self._session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as e:
-            raise ModelLoadError(f"onnxruntime cannot load {path.name}: {e}") from e
+            self._session = _session(ort, path, threads, exact=True)
+            self._exact = True
+        except Exception as exact_failure:  # noqa: BLE001 - retried without the mode below
+            try:
+                self._session = _session(ort, path, threads, exact=False)
+            except Exception as e:
+                raise ModelLoadError(f"onnxruntime cannot load {path.name}: {e}") from e
+            self._without_exact_mode(exact_failure)
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         self.output_names = tuple(o.name for o in self._session.get_outputs())
         self._output_list = list(self.output_names)
@@ -62,10 +79,39 @@ class OnnxRuntimeModel:
         try:
             results = self._run(self._output_list, inputs)
         except Exception as e:
-            raise InferenceError(f"onnxruntime: {e}") from e
+            if not self._exact or not self._reopen_without_exact_mode(e):
+                raise InferenceError(f"onnxruntime: {e}") from e
+            try:
+                results = self._run(self._output_list, inputs)
+            except Exception as again:
+                raise InferenceError(f"onnxruntime: {again}") from again
         if self._only is not None:  # most models: a dict literal is ~4x cheaper than dict(zip)
             return {self._only: results[0]}
         return dict(zip(self.output_names, results))  # noqa: B905 - one result per name asked
+
+    def _reopen_without_exact_mode(self, failure: Exception) -> bool:
+        """After a run the exact-int8 session failed (onnxruntime's rewrite of a per-axis int8
+        weight without a zero point, say), the same model without that mode; False when it
+        does not load that way either (the failure is the model's)."""
+        with self._reopening:
+            if not self._exact:
+                return True  # another thread reopened it meanwhile
+            try:
+                session = _session(self._ort, self._path, self._threads, exact=False)
+            except Exception:  # noqa: BLE001 - the original failure is reported instead
+                return False
+            self._session, self._run = session, session.run
+            self._without_exact_mode(failure)
+            return True
+
+    def _without_exact_mode(self, failure: Exception) -> None:
+        self._exact = False
+        log.warning(
+            "%s: onnxruntime's exact int8 mode cannot run it (%s); opened without it, so on "
+            "x86 without VNNI its int8 products may saturate",
+            self._path.name,
+            str(failure).splitlines()[0][:200],
+        )
 
     def close(self) -> None:
         # Dropping the last reference frees the session's arenas.

@@ -11,6 +11,7 @@ formats compact: QDQ's QuantizeLinear/DequantizeLinear pairs and QOperator's int
 from __future__ import annotations
 
 import hashlib
+import math
 import string
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -75,6 +76,7 @@ def compact_model(model: onnx.ModelProto) -> onnx.ModelProto:
     _derive_bias_scales(model)
     _rename(model)  # unique names in every scope first: merged tensors may then move up a scope
     _merge_duplicates(model)
+    exact_int8_loadable(model)
     _drop_default_attributes(model)
     _drop_unused_initializers(model)
     _rename(model)
@@ -148,9 +150,12 @@ def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 
 def _drop_zero_points(model: onnx.ModelProto) -> None:
     """DequantizeLinear of a stored tensor (weights, biases) reads a missing zero point as 0 of
-    the tensor's type, so an all-zero one (symmetric weights, int32 biases) is dropped; a
-    per-channel all-zero weight zero point of QLinearConv (QOperator format) becomes one
-    scalar. QGemm and QLinearMatMul keep theirs: onnxruntime wants it shaped as the scale."""
+    the tensor's type, so an all-zero one (symmetric weights, int32 biases) is dropped, except
+    a per-channel 8-bit one: onnxruntime's exact-int8 mode on x86 without VNNI (see
+    :func:`~edgefleet.controller.compress.runners.cpu_session_options`) rewrites those weights
+    to uint8 and fails on a per-axis DequantizeLinear without its zero point. A per-channel
+    all-zero weight zero point of QLinearConv (QOperator format) becomes one scalar. QGemm and
+    QLinearMatMul keep theirs: onnxruntime wants it shaped as the scale."""
     stored = _initializers(model)
 
     def zeros(name: str, like: str | None = None) -> bool:
@@ -164,7 +169,9 @@ def _drop_zero_points(model: onnx.ModelProto) -> None:
     for graph in all_graphs(model.graph):
         for node in graph.node:
             if node.op_type == "DequantizeLinear" and len(node.input) == 3:
-                if zeros(node.input[2], like=node.input[0]):
+                if zeros(node.input[2], like=node.input[0]) and not _per_axis_8bit(
+                    stored[node.input[2]]
+                ):
                     del node.input[2]
             elif node.op_type == "QLinearConv" and zeros(node.input[5]):
                 zero = stored[node.input[5]]
@@ -176,6 +183,11 @@ def _drop_zero_points(model: onnx.ModelProto) -> None:
                     stored[name] = numpy_helper.from_array(np.zeros((), dtype), name)
                     graph.initializer.append(stored[name])
                 node.input[5] = name
+
+
+def _per_axis_8bit(zero_point: onnx.TensorProto) -> bool:
+    eight_bit = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    return zero_point.data_type in eight_bit and math.prod(zero_point.dims) > 1
 
 
 def _derive_bias_scales(model: onnx.ModelProto) -> None:
@@ -220,10 +232,147 @@ def _derive_bias_scales(model: onnx.ModelProto) -> None:
             graph.node.extend(m for m in nodes if m is not None)
 
 
+# Where each integer kernel reads its weight and the weight's zero point (QGemm, QAttention and
+# the dynamic kernels are com.microsoft's); DequantizeLinear of a stored tensor reads them at 0, 2.
+_WEIGHT_INPUTS = {
+    "DequantizeLinear": (0, 2),
+    "QLinearConv": (3, 5),
+    "QLinearMatMul": (3, 5),
+    "QGemm": (3, 5),
+    "MatMulIntegerToFloat": (1, 5),
+    "MatMulInteger": (1, 3),
+    "ConvInteger": (1, 3),
+    "DynamicQuantizeMatMul": (1, 3),
+    "QAttention": (1, 7),
+    "DynamicQuantizeLSTM": (1, 9),
+}
+_EIGHT_BIT = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+
+
+def _weight_slots(node: onnx.NodeProto, stored: dict[str, onnx.TensorProto]) -> tuple[int, ...]:
+    """The inputs of ``node`` that hold a stored 8-bit weight or that weight's zero point."""
+    slots = _WEIGHT_INPUTS.get(node.op_type)
+    if slots is None or len(node.input) <= slots[0]:
+        return ()
+    weight = stored.get(node.input[slots[0]])
+    if weight is None or weight.data_type not in _EIGHT_BIT:
+        return ()
+    extra = (2, 11) if node.op_type == "DynamicQuantizeLSTM" else ()  # R and its zero point
+    return tuple(i for i in (*slots, *extra) if i < len(node.input) and node.input[i])
+
+
+def exact_int8_loadable(model: onnx.ModelProto) -> dict[str, int]:
+    """Rewrite ``model`` so that onnxruntime's exact-int8 mode on x86 (see
+    :func:`~edgefleet.controller.compress.runners.cpu_session_options`) can load it, computing
+    the same numbers: every reader of a stored 8-bit weight (or its zero point) gets its own
+    copy, every consumer of a DequantizeLinear of one its own DequantizeLinear, and every
+    per-axis DequantizeLinear of one an explicit zero point.
+
+    That mode rewrites each such weight and zero point to uint8 beside it, under a name derived
+    from the tensor's, after copying a DequantizeLinear per consumer: it fails on a graph in
+    which two readers share one, and gives a per-axis DequantizeLinear without a zero point a
+    scalar one it then refuses. A shared quantized constant (the 3 of a hard-swish read by
+    every block) costs a few bytes per reader. A weight held by an enclosing graph for
+    readers in several subgraphs stays shared: each rewrite lands in its reader's own graph.
+
+    Returns what was rewritten, by kind (zero when the model was loadable already)."""
+    taken = {t.name for g in all_graphs(model.graph) for t in g.initializer}
+    taken |= {v.name for g in all_graphs(model.graph) for v in (*g.input, *g.output)}
+    taken |= {out for g in all_graphs(model.graph) for n in g.node for out in n.output}
+
+    def fresh(base: str) -> str:
+        k = 1
+        while f"{base}_{k}" in taken:
+            k += 1
+        taken.add(f"{base}_{k}")
+        return f"{base}_{k}"
+
+    done = {"shared DequantizeLinear": 0, "shared weight": 0, "per-axis without zero point": 0}
+    for graph in all_graphs(model.graph):
+        done["shared DequantizeLinear"] += _one_dequantize_per_consumer(graph, fresh)
+        done["shared weight"] += _one_weight_per_reader(graph, fresh)
+        done["per-axis without zero point"] += _explicit_axis_zero_points(graph, fresh)
+    return done
+
+
+def exact_int8_blockers(model: onnx.ModelProto) -> str | None:
+    """What in ``model`` onnxruntime's exact-int8 mode cannot load (see
+    :func:`exact_int8_loadable`), e.g. ``"2 shared weight"``; None when nothing. ``model`` is
+    left as it is."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    found = exact_int8_loadable(copy)
+    return ", ".join(f"{n} {kind}" for kind, n in found.items() if n) or None
+
+
+def _explicit_axis_zero_points(graph: onnx.GraphProto, fresh: Callable[[str], str]) -> int:
+    stored = {t.name: t for t in graph.initializer}
+    added = 0
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) != 2:
+            continue
+        weight, scale = stored.get(node.input[0]), stored.get(node.input[1])
+        if weight is None or scale is None or weight.data_type not in _EIGHT_BIT:
+            continue
+        if math.prod(scale.dims) > 1:
+            dtype = helper.tensor_dtype_to_np_dtype(weight.data_type)
+            zero = numpy_helper.from_array(
+                np.zeros(tuple(scale.dims), dtype), fresh(f"{node.input[0]}_zero_point")
+            )
+            graph.initializer.append(zero)
+            node.input.append(zero.name)
+            added += 1
+    return added
+
+
+def _one_dequantize_per_consumer(graph: onnx.GraphProto, fresh: Callable[[str], str]) -> int:
+    stored = {t.name: t for t in graph.initializer}
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, i))
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        nodes.append(node)
+        if node.op_type != "DequantizeLinear" or not _weight_slots(node, stored):
+            continue
+        for reader, i in readers.get(node.output[0], [])[1:]:
+            twin = onnx.NodeProto()
+            twin.CopyFrom(node)
+            twin.name = ""
+            twin.output[0] = fresh(node.output[0])
+            reader.input[i] = twin.output[0]
+            nodes.append(twin)
+    added = len(nodes) - len(graph.node)
+    if added:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return added
+
+
+def _one_weight_per_reader(graph: onnx.GraphProto, fresh: Callable[[str], str]) -> int:
+    stored = {t.name: t for t in graph.initializer}
+    seen: set[str] = set()
+    copies = 0
+    for node in graph.node:
+        for i in _weight_slots(node, stored):
+            name = node.input[i]
+            if name in seen and name in stored:
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(stored[name])
+                tensor.name = fresh(name)
+                graph.initializer.append(tensor)
+                node.input[i] = tensor.name
+                copies += 1
+            seen.add(name)
+    return copies
+
+
 def _merge_duplicates(model: onnx.ModelProto) -> None:
     """Identical initializers (same type, shape and bytes) are kept once, in the innermost
     graph enclosing every user; names are unique in every scope by now, so moving a tensor up
-    to an outer graph cannot be shadowed."""
+    to an outer graph cannot be shadowed (readers of one graph that now share an integer
+    weight get copies back from :func:`exact_int8_loadable`)."""
     graphs = dict(graph_tree(model.graph))
     kept_names = {value.name for graph in graphs.values() for value in graph.input}
     kept_names |= {value.name for value in model.graph.output}

@@ -35,8 +35,14 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
 
-from edgefleet.controller.compress.compact import all_graphs, outer_names, subgraphs
+from edgefleet.controller.compress.compact import (
+    all_graphs,
+    exact_int8_loadable,
+    outer_names,
+    subgraphs,
+)
 from edgefleet.controller.compress.int8_coverage import HEAVY_OPS, float_weight_nodes
+from edgefleet.controller.compress.runners import open_cpu_session
 from edgefleet.controller.compress.weight_only import quantize_weights_only
 from edgefleet.controller.errors import ConversionError, QuantizationBlockedError
 
@@ -195,11 +201,14 @@ def _calibration_cache(path: Path) -> dict[str, Path]:
 
 
 def _weights_only(path: Path, *, subgraphs_only: bool) -> None:
+    """Weight-only int8 where the quantizer left float, and every integer weight its reader's
+    own (see :func:`~edgefleet.controller.compress.compact.exact_int8_loadable`)."""
     model = onnx.load(str(path))
     done = quantize_weights_only(model, subgraphs_only=subgraphs_only)
     if done:
         log.info("weight-only int8 for %d operators (%s, ...)", len(done), done[0].node)
-        onnx.save(model, str(path))
+    exact_int8_loadable(model)
+    onnx.save(model, str(path))
 
 
 def name_nodes(model: onnx.ModelProto) -> None:
@@ -265,6 +274,9 @@ def quantize_leftovers_dynamic(src: Path, dst: Path, *, per_channel: bool) -> li
         )
     except Exception as e:
         raise blocked("onnx-int8", e, "dynamic quantization of what static left float") from e
+    model = onnx.load(str(dst))
+    exact_int8_loadable(model)
+    onnx.save(model, str(dst))
     return names
 
 
@@ -308,11 +320,7 @@ def choose_int8_mode(
 
 def ort_session(path: Path, *, optimize: bool = True) -> ort.InferenceSession:
     """A CPU session; ``optimize=False`` runs the graph exactly as written (for comparisons)."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return open_cpu_session(str(path), optimize=optimize, quiet=True)[0]
 
 
 def check_feeds(model_path: Path, feeds: Sequence[Feed]) -> None:

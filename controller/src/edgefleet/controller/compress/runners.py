@@ -7,6 +7,7 @@ domain, used to compare with the original). Latency runs single-threaded for sta
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 from collections import Counter
@@ -14,14 +15,92 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
+from edgefleet.controller.compress.compact import exact_int8_blockers
 from edgefleet.controller.compress.sources import dtype_name
 from edgefleet.controller.errors import ConversionError
 from edgefleet.shared.manifest import IOSignature, TensorSpec
 
 Arrays = dict[str, np.ndarray]
 ORT_CHUNK = 256
+CPU = ["CPUExecutionProvider"]
+log = logging.getLogger(__name__)
+
+
+EXACT_INT8 = "session.x64quantprecision"
+
+
+def cpu_session_options(threads: int | None = None, *, exact: bool = True) -> ort.SessionOptions:
+    """onnxruntime CPU options whose integer kernels compute what a device computes.
+
+    On x86 without VNNI (AVX2, AVX-512F alone) onnxruntime runs u8s8 matrix products through
+    VPMADDUBSW, whose int16 pair sums saturate: an int8 model there computes something other
+    than an arm64 board or a VNNI CPU does, so its figures, its format choice and its golden
+    pairs would depend on the controller host. Precision mode (``exact``) stores such weights
+    as uint8 on x86 for the u8u8 kernels, exact on every CPU; on arm64 it changes nothing.
+    """
+    options = ort.SessionOptions()
+    options.add_session_config_entry(EXACT_INT8, "1" if exact else "0")
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
+
+
+def open_cpu_session(
+    source: str | bytes,
+    *,
+    threads: int | None = None,
+    optimize: bool = True,
+    quiet: bool = False,
+) -> tuple[ort.InferenceSession, bool]:
+    """A CPU session of the model at path (or in bytes) ``source`` with
+    :func:`cpu_session_options`, and whether its integer kernels are the exact ones. A model
+    onnxruntime's exact-int8 mode cannot load or run (an artifact built elsewhere whose nodes
+    share a quantized weight, see :func:`exact_int8_blockers`; the artifacts built here never
+    do) is opened without it, with a warning: its integer kernels then run as this CPU runs
+    them.
+
+    Raises:
+        Exception: onnxruntime's own, when the model does not load without that mode either.
+    """
+
+    def options(exact: bool) -> ort.SessionOptions:
+        chosen = cpu_session_options(threads, exact=exact)
+        if quiet:
+            chosen.log_severity_level = 3
+        if not optimize:
+            chosen.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return chosen
+
+    blockers = _blockers(source)
+    if blockers is None:
+        try:
+            return ort.InferenceSession(source, options(True), providers=CPU), True
+        except Exception as e:  # noqa: BLE001 - retried without the mode; a real fault fails again
+            blockers = str(e).splitlines()[0][:200]
+    session = ort.InferenceSession(source, options(False), providers=CPU)
+    log.warning(
+        "onnxruntime's exact int8 mode cannot load this model (%s); opened without it, so on "
+        "x86 without VNNI its int8 products may saturate",
+        blockers,
+    )
+    return session, False
+
+
+def _blockers(source: str | bytes) -> str | None:
+    """:func:`exact_int8_blockers` of the model, or None when it cannot be parsed here (the
+    session then says why)."""
+    try:
+        if isinstance(source, bytes):
+            model = onnx.load_model_from_string(source)
+        else:
+            model = onnx.load(source, load_external_data=False)
+    except Exception:  # noqa: BLE001 - onnxruntime reports what is wrong with the file
+        return None
+    return exact_int8_blockers(model)
 
 
 class ArtifactRunner(Protocol):
@@ -54,16 +133,13 @@ class OnnxRunner:
 
     def __init__(self, path: Path, threads: int = 1) -> None:
         self._name = path.name
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
         try:
-            self._session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
+            self._session, exact = open_cpu_session(str(path), threads=threads)
         except Exception as e:
             raise ConversionError(path.name, f"onnxruntime cannot load it: {e}") from e
         self.runtime = f"onnxruntime {ort.__version__} CPU, {threads} thread(s)"
+        if not exact:
+            self.runtime += ", int8 kernels as this CPU runs them"
         self.signature = IOSignature(
             inputs=tuple(_ort_spec(a) for a in self._session.get_inputs()),
             outputs=tuple(_ort_spec(a) for a in self._session.get_outputs()),

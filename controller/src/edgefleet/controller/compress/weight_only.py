@@ -128,7 +128,9 @@ def _replace_with_int8(
     graph: onnx.GraphProto, weight: onnx.TensorProto, axis: int | None, taken: set[str]
 ) -> onnx.NodeProto:
     """Swap the float initializer ``weight`` for int8 values and a scale; the DequantizeLinear
-    returned computes a tensor of the weight's name from them."""
+    returned computes a tensor of the weight's name from them. Per channel it also reads an
+    all-zero zero point: onnxruntime's exact-int8 mode on x86 fails on a per-axis one without
+    (see :func:`~edgefleet.controller.compress.compact.exact_int8_loadable`)."""
     quantized, scale = _int8(numpy_helper.to_array(weight).astype(np.float32), axis)
     name = weight.name
     int8_name, scale_name = (_fresh(f"{name}_{suffix}", taken) for suffix in ("int8", "scale"))
@@ -137,9 +139,13 @@ def _replace_with_int8(
         numpy_helper.from_array(quantized, int8_name),
         numpy_helper.from_array(scale, scale_name),
     ]
+    inputs = [int8_name, scale_name]
+    if scale.size > 1:
+        inputs.append(_fresh(f"{name}_zero_point", taken))
+        kept.append(numpy_helper.from_array(np.zeros(scale.shape, np.int8), inputs[-1]))
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    node = helper.make_node("DequantizeLinear", [int8_name, scale_name], [name])
+    node = helper.make_node("DequantizeLinear", inputs, [name])
     if axis is not None and axis != 1:  # 1 is DequantizeLinear's default
         node.attribute.append(helper.make_attribute("axis", axis))
     return node
