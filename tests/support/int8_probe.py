@@ -3,7 +3,7 @@
 for int8 models there, next to a plain session's, and what the controller's int8 target
 builds and reports there.
 
-    python int8_probe.py run OUT.npz MODEL.onnx...    outputs of each model on the probe input
+    python int8_probe.py run OUT.npz INPUTS.npz MODEL.onnx...    each model's first output
     python int8_probe.py build FP32.onnx WORK OUT.json    build_onnx_int8 (static) details
 """
 
@@ -26,21 +26,20 @@ def probe_images(n: int = PROBE_SHAPE[0], seed: int = PROBE_SEED) -> np.ndarray:
     return rng.uniform(0.5, 1.0, (n, *PROBE_SHAPE[1:])).astype(np.float32)
 
 
-def _outputs(out: Path, models: list[str]) -> None:
+def _outputs(out: Path, inputs: Path, models: list[str]) -> None:
     from edgefleet.agent.runtimes.onnx import OnnxRuntimeModel
     from edgefleet.controller.compress.quantize import ort_session
 
-    x = probe_images()
+    with np.load(inputs) as stored:
+        feed = {name: stored[name] for name in stored.files}
     results: dict[str, np.ndarray] = {}
     for i, model in enumerate(models):
-        controller = ort_session(Path(model))
-        name = controller.get_inputs()[0].name
-        results[f"{i}/controller"] = controller.run(None, {name: x})[0]
+        results[f"{i}/controller"] = ort_session(Path(model)).run(None, feed)[0]
         agent = OnnxRuntimeModel(Path(model))
-        results[f"{i}/agent"] = next(iter(agent.run({name: x}).values()))
+        results[f"{i}/agent"] = next(iter(agent.run(feed).values()))
         agent.close()
         plain = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-        results[f"{i}/plain"] = plain.run(None, {name: x})[0]
+        results[f"{i}/plain"] = plain.run(None, feed)[0]
     np.savez(out, **results)
 
 
@@ -57,7 +56,7 @@ def _build(fp32: Path, work: Path, out: Path) -> None:
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "run":
-        _outputs(Path(args[0]), args[1:])
+        _outputs(Path(args[0]), Path(args[1]), args[2:])
     elif command == "build":
         _build(Path(args[0]), Path(args[1]), Path(args[2]))
     else:

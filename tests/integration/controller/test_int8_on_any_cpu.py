@@ -77,14 +77,14 @@ def _emulated(*args: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def _reference(path: Path, x: np.ndarray) -> np.ndarray:
+def _reference(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
     """What the ONNX specification says the int8 model computes: exact integer arithmetic.
     The evaluator implements DequantizeLinear from opset 19, which reads int8 as 17 does."""
     model = onnx.load(str(path))
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx"):
             opset.version = max(opset.version, 19)
-    return np.asarray(ReferenceEvaluator(model).run(None, {"image": x})[0])
+    return np.asarray(ReferenceEvaluator(model).run(None, feed)[0])
 
 
 @pytest.fixture(scope="module")
@@ -116,13 +116,14 @@ def test_int8_sessions_compute_the_reference_on_a_cpu_without_vnni(
     built: tuple[Path, dict[str, Path]], tmp_path: Path
 ) -> None:
     _, candidates = built
-    out = tmp_path / "emulated.npz"
+    out, inputs = tmp_path / "emulated.npz", tmp_path / "inputs.npz"
     names = list(candidates)
-    _emulated("run", str(out), *(str(candidates[n]) for n in names))
     x = probe_images()
+    np.savez(inputs, image=x)
+    _emulated("run", str(out), str(inputs), *(str(candidates[n]) for n in names))
     with np.load(out) as emulated:
         for i, name in enumerate(names):
-            want = _reference(candidates[name], x)
+            want = _reference(candidates[name], {"image": x})
             # the controller's figures and golden pairs, and what an x86 device serves
             for side in ("controller", "agent"):
                 off = _steps(emulated[f"{i}/{side}"], want, candidates[name])
@@ -158,3 +159,71 @@ def test_the_int8_target_chooses_and_reports_alike_on_a_cpu_without_vnni(
         # the figures judge the artifact, not the host: equal to rounding of the fp32 graph
         assert there["max_rel_error"] == pytest.approx(here["max_rel_error"], abs=0.01), name
         assert there["max_rel_error"] < 0.05, name
+
+
+def branch_model(path: Path) -> Path:
+    """An If whose branches' MatMuls read weights the main graph holds (as exporters write
+    gated blocks): dynamic int8 quantizes them in place, where onnxruntime's exact-int8
+    rewrite looks for a weight in its reader's own graph only."""
+    rng = np.random.default_rng(4)
+    weights = {
+        name: numpy_helper.from_array(rng.uniform(0.8, 1.0, (32, 16)).astype(np.float32), name)
+        for name in ("w_then", "w_else")
+    }
+
+    def branch(weight: str) -> onnx.GraphProto:
+        return helper.make_graph(
+            [helper.make_node("MatMul", ["x", weight], [f"y_{weight}"])],
+            f"branch_{weight}",
+            [],
+            [helper.make_tensor_value_info(f"y_{weight}", TensorProto.FLOAT, None)],
+        )
+
+    nodes = [
+        helper.make_node("ReduceMax", ["switch"], ["flag"], keepdims=0),
+        helper.make_node("Cast", ["flag"], ["cond"], to=TensorProto.BOOL),
+        helper.make_node(
+            "If", ["cond"], ["y"], then_branch=branch("w_then"), else_branch=branch("w_else")
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "branches",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 32]),
+            helper.make_tensor_value_info("switch", TensorProto.INT64, ["n", 1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+        initializer=list(weights.values()),
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_dynamic_int8_in_subgraphs_is_exact_on_a_cpu_without_vnni(tmp_path: Path) -> None:
+    fp32 = branch_model(tmp_path / "fp32.onnx")
+    rng = np.random.default_rng(2)
+    feeds = [
+        {"x": rng.uniform(0.5, 1.0, (16, 32)).astype(np.float32), "switch": np.full((16, 1), s)}
+        for s in (0, 1)
+    ]
+    built = build_onnx_int8(
+        fp32, tmp_path, "dynamic", per_channel=False, opset=17, calibration=None, check=feeds
+    )
+    assert built.details["int8_heavy_ops"] == {"MatMul": 2}
+    for k, feed in enumerate(feeds):  # each branch
+        inputs, out = tmp_path / f"inputs{k}.npz", tmp_path / f"emulated{k}.npz"
+        np.savez(inputs, **feed)
+        _emulated("run", str(out), str(inputs), str(built.path))
+        want = _reference(built.path, feed)
+        peak = float(np.abs(want).max())
+        with np.load(out) as emulated:
+            for side in ("controller", "agent"):
+                off = float(np.abs(emulated[f"0/{side}"] - want).max()) / peak
+                assert off < 1e-5, f"branch {k}, {side}: {off:.2e} of the peak off"
+            plain = float(np.abs(emulated["0/plain"] - want).max()) / peak
+            assert plain > 1e-3, f"branch {k}: a plain session is only {plain:.2e} off"

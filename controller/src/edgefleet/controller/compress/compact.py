@@ -261,6 +261,17 @@ def _weight_slots(node: onnx.NodeProto, stored: dict[str, onnx.TensorProto]) -> 
     return tuple(i for i in (*slots, *extra) if i < len(node.input) and node.input[i])
 
 
+def _integer_weights(model: onnx.ModelProto) -> set[str]:
+    """Names of the stored 8-bit weights integer kernels and DequantizeLinear read, with their
+    zero points, in any graph."""
+    names: set[str] = set()
+    for graph in all_graphs(model.graph):
+        visible = {t.name: t for t in graph.initializer}
+        for node in graph.node:
+            names.update(node.input[i] for i in _weight_slots(node, visible))
+    return names
+
+
 def exact_int8_loadable(model: onnx.ModelProto) -> dict[str, int]:
     """Rewrite ``model`` so that onnxruntime's exact-int8 mode on x86 (see
     :func:`~edgefleet.controller.compress.runners.cpu_session_options`) can load it, computing
@@ -271,9 +282,10 @@ def exact_int8_loadable(model: onnx.ModelProto) -> dict[str, int]:
     That mode rewrites each such weight and zero point to uint8 beside it, under a name derived
     from the tensor's, after copying a DequantizeLinear per consumer: it fails on a graph in
     which two readers share one, and gives a per-axis DequantizeLinear without a zero point a
-    scalar one it then refuses. A shared quantized constant (the 3 of a hard-swish read by
-    every block) costs a few bytes per reader. A weight held by an enclosing graph for
-    readers in several subgraphs stays shared: each rewrite lands in its reader's own graph.
+    scalar one it then refuses; and it looks for a weight in its reader's own graph only,
+    leaving one held by an enclosing graph to the saturating kernels, so each subgraph gets
+    its own copy. A shared quantized constant (the 3 of a hard-swish read by every block)
+    costs a few bytes per reader; a weight two If branches read, one copy per branch.
 
     Returns what was rewritten, by kind (zero when the model was loadable already)."""
     taken = {t.name for g in all_graphs(model.graph) for t in g.initializer}
@@ -287,7 +299,12 @@ def exact_int8_loadable(model: onnx.ModelProto) -> dict[str, int]:
         taken.add(f"{base}_{k}")
         return f"{base}_{k}"
 
-    done = {"shared DequantizeLinear": 0, "shared weight": 0, "per-axis without zero point": 0}
+    done = {
+        "subgraph weight held outside": _local_integer_weights(model, fresh),
+        "shared DequantizeLinear": 0,
+        "shared weight": 0,
+        "per-axis without zero point": 0,
+    }
     for graph in all_graphs(model.graph):
         done["shared DequantizeLinear"] += _one_dequantize_per_consumer(graph, fresh)
         done["shared weight"] += _one_weight_per_reader(graph, fresh)
@@ -303,6 +320,34 @@ def exact_int8_blockers(model: onnx.ModelProto) -> str | None:
     copy.CopyFrom(model)
     found = exact_int8_loadable(copy)
     return ", ".join(f"{n} {kind}" for kind, n in found.items() if n) or None
+
+
+def _local_integer_weights(model: onnx.ModelProto, fresh: Callable[[str], str]) -> int:
+    """Copy into each subgraph the 8-bit weights (and zero points) its nodes read from an
+    enclosing graph: onnxruntime's rewrite looks for a weight in its reader's own graph only,
+    and leaves one it does not find there to the saturating kernels."""
+    graphs = dict(graph_tree(model.graph))
+    copies = 0
+    for path, graph in graphs.items():
+        if not path:
+            continue
+        outer: dict[str, onnx.TensorProto] = {}
+        for depth in range(0, len(path), 3):  # outermost first, so nearer scopes win
+            outer.update({t.name: t for t in graphs[path[:depth]].initializer})
+        local = {t.name: t for t in graph.initializer}
+        for node in graph.node:
+            for i in _weight_slots(node, {**outer, **local}):
+                name = node.input[i]
+                if name in local or name not in outer:
+                    continue
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(outer[name])
+                tensor.name = fresh(name)
+                graph.initializer.append(tensor)
+                local[tensor.name] = tensor
+                node.input[i] = tensor.name
+                copies += 1
+    return copies
 
 
 def _explicit_axis_zero_points(graph: onnx.GraphProto, fresh: Callable[[str], str]) -> int:
@@ -371,11 +416,12 @@ def _one_weight_per_reader(graph: onnx.GraphProto, fresh: Callable[[str], str]) 
 def _merge_duplicates(model: onnx.ModelProto) -> None:
     """Identical initializers (same type, shape and bytes) are kept once, in the innermost
     graph enclosing every user; names are unique in every scope by now, so moving a tensor up
-    to an outer graph cannot be shadowed (readers of one graph that now share an integer
-    weight get copies back from :func:`exact_int8_loadable`)."""
+    to an outer graph cannot be shadowed. Integer weights and their zero points stay each
+    reader's own, in its own graph (see :func:`exact_int8_loadable`)."""
     graphs = dict(graph_tree(model.graph))
     kept_names = {value.name for graph in graphs.values() for value in graph.input}
     kept_names |= {value.name for value in model.graph.output}
+    kept_names |= _integer_weights(model)
     groups: dict[tuple[int, tuple[int, ...], str], list[tuple[GraphPath, int]]] = {}
     for path, graph in graphs.items():
         for i, tensor in enumerate(graph.initializer):
