@@ -22,6 +22,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
+from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from edgefleet.controller.compress.targets import batched_feeds, build_onnx_int8
 from support import int8_probe
@@ -163,8 +164,9 @@ def test_the_int8_target_chooses_and_reports_alike_on_a_cpu_without_vnni(
 
 def branch_model(path: Path) -> Path:
     """An If whose branches' MatMuls read weights the main graph holds (as exporters write
-    gated blocks): dynamic int8 quantizes them in place, where onnxruntime's exact-int8
-    rewrite looks for a weight in its reader's own graph only."""
+    gated blocks): onnxruntime's dynamic quantizer leaves their int8 there, where its
+    exact-int8 rewrite, which looks for a weight in its reader's own graph only, misses them;
+    the controller's int8 target stores them in the branches as uint8."""
     rng = np.random.default_rng(4)
     weights = {
         name: numpy_helper.from_array(rng.uniform(0.8, 1.0, (32, 16)).astype(np.float32), name)
@@ -215,15 +217,19 @@ def test_dynamic_int8_in_subgraphs_is_exact_on_a_cpu_without_vnni(tmp_path: Path
         fp32, tmp_path, "dynamic", per_channel=False, opset=17, calibration=None, check=feeds
     )
     assert built.details["int8_heavy_ops"] == {"MatMul": 2}
+    # The control: onnxruntime's quantizer alone leaves the weights in the main graph as int8.
+    raw = tmp_path / "quantizer-only.onnx"
+    quantize_dynamic(fp32, raw, weight_type=QuantType.QInt8, extra_options={"EnableSubgraph": True})
     for k, feed in enumerate(feeds):  # each branch
         inputs, out = tmp_path / f"inputs{k}.npz", tmp_path / f"emulated{k}.npz"
         np.savez(inputs, **feed)
-        _emulated("run", str(out), str(inputs), str(built.path))
+        _emulated("run", str(out), str(inputs), str(built.path), str(raw))
         want = _reference(built.path, feed)
         peak = float(np.abs(want).max())
         with np.load(out) as emulated:
-            for side in ("controller", "agent"):
+            for side in ("controller", "agent", "plain"):  # uint8 in branches: exact anywhere
                 off = float(np.abs(emulated[f"0/{side}"] - want).max()) / peak
                 assert off < 1e-5, f"branch {k}, {side}: {off:.2e} of the peak off"
-            plain = float(np.abs(emulated["0/plain"] - want).max()) / peak
-            assert plain > 1e-3, f"branch {k}: a plain session is only {plain:.2e} off"
+            control = _reference(raw, feed)
+            off = float(np.abs(emulated["1/controller"] - control).max()) / peak
+            assert off > 1e-3, f"branch {k}: the quantizer's own file is only {off:.2e} off"

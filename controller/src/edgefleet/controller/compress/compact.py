@@ -75,8 +75,9 @@ def compact_model(model: onnx.ModelProto) -> onnx.ModelProto:
     _drop_zero_points(model)
     _derive_bias_scales(model)
     _rename(model)  # unique names in every scope first: merged tensors may then move up a scope
-    _merge_duplicates(model)
     exact_int8_loadable(model)
+    subgraph_weights_to_uint8(model)
+    _merge_duplicates(model)
     _drop_default_attributes(model)
     _drop_unused_initializers(model)
     _rename(model)
@@ -246,23 +247,23 @@ _WEIGHT_INPUTS = {
     "QAttention": (1, 7),
     "DynamicQuantizeLSTM": (1, 9),
 }
-_EIGHT_BIT = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
 
 
 def _weight_slots(node: onnx.NodeProto, stored: dict[str, onnx.TensorProto]) -> tuple[int, ...]:
-    """The inputs of ``node`` that hold a stored 8-bit weight or that weight's zero point."""
+    """The inputs of ``node`` that hold a stored int8 weight or that weight's zero point (the
+    ones onnxruntime's exact-int8 mode rewrites; uint8 weights run exact as they are)."""
     slots = _WEIGHT_INPUTS.get(node.op_type)
     if slots is None or len(node.input) <= slots[0]:
         return ()
     weight = stored.get(node.input[slots[0]])
-    if weight is None or weight.data_type not in _EIGHT_BIT:
+    if weight is None or weight.data_type != onnx.TensorProto.INT8:
         return ()
     extra = (2, 11) if node.op_type == "DynamicQuantizeLSTM" else ()  # R and its zero point
     return tuple(i for i in (*slots, *extra) if i < len(node.input) and node.input[i])
 
 
 def _integer_weights(model: onnx.ModelProto) -> set[str]:
-    """Names of the stored 8-bit weights integer kernels and DequantizeLinear read, with their
+    """Names of the stored int8 weights integer kernels and DequantizeLinear read, with their
     zero points, in any graph."""
     names: set[str] = set()
     for graph in all_graphs(model.graph):
@@ -322,6 +323,44 @@ def exact_int8_blockers(model: onnx.ModelProto) -> str | None:
     return ", ".join(f"{n} {kind}" for kind, n in found.items() if n) or None
 
 
+def subgraph_weights_to_uint8(model: onnx.ModelProto) -> int:
+    """Store the int8 weights of integer kernels inside subgraphs as uint8 (values and zero
+    points shifted by 128: the same numbers), as onnxruntime's exact-int8 mode would at load
+    time. Its uint8 kernels are exact on every CPU without that rewrite, so such a weight may
+    then be held once by an enclosing graph for readers in several subgraphs (the two
+    sample-rate branches of a VAD reading one LSTM cell). Each weight must be its reader's
+    own, in its reader's graph (see :func:`exact_int8_loadable`). Returns the nodes changed."""
+    changed = 0
+    for path, graph in graph_tree(model.graph):
+        if not path:
+            continue
+        stored = {t.name: t for t in graph.initializer}
+        for node in graph.node:
+            slots = _weight_slots(node, stored)
+            if not slots or node.op_type == "DequantizeLinear":  # float compute follows
+                continue
+            weights, zero_at = _WEIGHT_INPUTS[node.op_type]
+            pairs = [(weights, zero_at)]
+            if node.op_type == "DynamicQuantizeLSTM":
+                pairs.append((2, 11))  # W and R share one type: both or neither
+            # the weights and their zero points, all stored here as int8 (a missing zero point
+            # would need one shaped as the kernel wants: such a node stays as it is)
+            names = [node.input[i] if i < len(node.input) else "" for pair in pairs for i in pair]
+            if not all(
+                name in stored and stored[name].data_type == onnx.TensorProto.INT8 for name in names
+            ):
+                continue
+            for name in names:
+                _shift_to_uint8(stored[name])
+            changed += 1
+    return changed
+
+
+def _shift_to_uint8(tensor: onnx.TensorProto) -> None:
+    values = numpy_helper.to_array(tensor).astype(np.int16) + 128
+    tensor.CopyFrom(numpy_helper.from_array(values.astype(np.uint8), tensor.name))
+
+
 def _local_integer_weights(model: onnx.ModelProto, fresh: Callable[[str], str]) -> int:
     """Copy into each subgraph the 8-bit weights (and zero points) its nodes read from an
     enclosing graph: onnxruntime's rewrite looks for a weight in its reader's own graph only,
@@ -357,7 +396,7 @@ def _explicit_axis_zero_points(graph: onnx.GraphProto, fresh: Callable[[str], st
         if node.op_type != "DequantizeLinear" or len(node.input) != 2:
             continue
         weight, scale = stored.get(node.input[0]), stored.get(node.input[1])
-        if weight is None or scale is None or weight.data_type not in _EIGHT_BIT:
+        if weight is None or scale is None or weight.data_type != onnx.TensorProto.INT8:
             continue
         if math.prod(scale.dims) > 1:
             dtype = helper.tensor_dtype_to_np_dtype(weight.data_type)
