@@ -61,8 +61,8 @@ def test_the_paddleocr_classifier_compacts_exactly_in_both_formats(tmp_path: Pat
     assert ratios["QOperator"] > 3.5
 
 
-def _lstm_weights(model: onnx.ModelProto) -> Counter[str]:
-    """Where the int8 LSTM weights live: graph name -> tensors."""
+def _lstm_weight_tensors(model: onnx.ModelProto) -> list[tuple[str, onnx.TensorProto]]:
+    """The stored LSTM weights (W and R) with the name of the graph holding each."""
     readers = {
         name
         for graph in all_graphs(model.graph)
@@ -70,28 +70,21 @@ def _lstm_weights(model: onnx.ModelProto) -> Counter[str]:
         if node.op_type == "DynamicQuantizeLSTM"
         for name in node.input[1:3]
     }
-    return Counter(
-        graph.name or "main"
+    return [
+        (graph.name or "main", tensor)
         for graph in all_graphs(model.graph)
         for tensor in graph.initializer
         if tensor.name in readers
-    )
+    ]
+
+
+def _lstm_weights(model: onnx.ModelProto) -> Counter[str]:
+    """Where the int8 LSTM weights live: graph name -> tensors."""
+    return Counter(holder for holder, _ in _lstm_weight_tensors(model))
 
 
 def _lstm_weight_types(model: onnx.ModelProto) -> set[int]:
-    readers = {
-        name
-        for graph in all_graphs(model.graph)
-        for node in graph.node
-        if node.op_type == "DynamicQuantizeLSTM"
-        for name in node.input[1:3]
-    }
-    return {
-        tensor.data_type
-        for graph in all_graphs(model.graph)
-        for tensor in graph.initializer
-        if tensor.name in readers
-    }
+    return {tensor.data_type for _, tensor in _lstm_weight_tensors(model)}
 
 
 def test_silero_vad_keeps_each_lstm_weight_once_and_computes_the_same(tmp_path: Path) -> None:
