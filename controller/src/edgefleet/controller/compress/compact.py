@@ -455,8 +455,9 @@ def _one_weight_per_reader(graph: onnx.GraphProto, fresh: Callable[[str], str]) 
 def _merge_duplicates(model: onnx.ModelProto) -> None:
     """Identical initializers (same type, shape and bytes) are kept once, in the innermost
     graph enclosing every user; names are unique in every scope by now, so moving a tensor up
-    to an outer graph cannot be shadowed. Integer weights and their zero points stay each
-    reader's own, in its own graph (see :func:`exact_int8_loadable`)."""
+    to an outer graph cannot be shadowed. Int8 weights of integer kernels and their zero
+    points stay each reader's own, in its own graph (see :func:`exact_int8_loadable`); uint8
+    ones (see :func:`subgraph_weights_to_uint8`) are merged like any tensor."""
     graphs = dict(graph_tree(model.graph))
     kept_names = {value.name for graph in graphs.values() for value in graph.input}
     kept_names |= {value.name for value in model.graph.output}
