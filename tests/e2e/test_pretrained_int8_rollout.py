@@ -73,7 +73,7 @@ def test_pretrained_classifier_compressed_to_static_int8_is_rolled_out_and_serve
         "ppocr-cls",
         "1",
     )
-    session = cpu_session(artifact["path"], providers=["CPUExecutionProvider"])
+    session = cpu_session(artifact["path"])
     (want,) = session.run(None, one)
     with np.load(io.BytesIO(response.content)) as served:
         (name,) = served.files

@@ -82,7 +82,7 @@ def test_compressed_silero_vad_validates_its_state_and_serves_consecutive_calls(
     assert swapped["figures"]["golden_pairs"] == 8.0  # replayed on the device, state included
     assert swapped["figures"]["max_abs_error"] <= artifact["golden"]["atol"]
 
-    session = cpu_session(artifact["path"], providers=["CPUExecutionProvider"])
+    session = cpu_session(artifact["path"])
     audio = _windows(np.random.default_rng(12), 1)[0]  # [STEPS, 576], none of the golden calls
     sr = np.array(SR, np.int64)
     first = {"input": audio[:1], "state": np.zeros((2, 1, 128), np.float32), "sr": sr}

@@ -69,7 +69,7 @@ def test_tflite_detector_compressed_to_onnx_int8_is_rolled_out_and_serves(fleet,
         "blazeface",
         "1",
     )
-    session = cpu_session(artifact["path"], providers=["CPUExecutionProvider"])
+    session = cpu_session(artifact["path"])
     names = [o.name for o in session.get_outputs()]
     assert sorted(names) == ["classificators", "regressors"]
     wanted = dict(zip(names, session.run(None, one), strict=True))
