@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
+from edgefleet.agent.errors import InferenceError
 from edgefleet.agent.runtimes.onnx import OnnxRuntimeModel
 from edgefleet.controller.compress.compact import (
     compact_file,
@@ -102,3 +103,20 @@ def test_the_controller_names_what_blocks_the_mode(
     assert model.SerializeToString() == before  # the model itself is left alone
     exact_int8_loadable(model)
     assert exact_int8_blockers(model) is None
+
+
+def test_a_bad_request_never_takes_the_agent_out_of_the_exact_mode(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = BUILDERS["per-axis without zero point"](tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    exact_int8_loadable(model)
+    onnx.save(model, str(path))
+    agent = OnnxRuntimeModel(path)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):  # a client's wrong shape, again and again
+            with pytest.raises(InferenceError):
+                agent.run({"x": np.zeros((2, 5), np.float32)})
+        _close(agent.run({"x": INPUT})["y"], _plain(path))
+    agent.close()
+    assert not [r for r in caplog.records if "exact int8 mode" in r.getMessage()]

@@ -55,6 +55,7 @@ class OnnxRuntimeModel:
             raise UnsupportedArtifactError("onnx", "onnxruntime is not installed") from e
         self._ort, self._path, self._threads = ort, path, threads
         self._reopening = threading.Lock()
+        self._tried = False  # a run-time switch out of the exact mode (see run)
         try:
             self._session = _session(ort, path, threads, exact=True)
             self._exact = True
@@ -79,30 +80,32 @@ class OnnxRuntimeModel:
         try:
             results = self._run(self._output_list, inputs)
         except Exception as e:
-            if not self._exact or not self._reopen_without_exact_mode(e):
+            results = self._without_exact_mode_once(inputs, e)
+            if results is None:
                 raise InferenceError(f"onnxruntime: {e}") from e
-            try:
-                results = self._run(self._output_list, inputs)
-            except Exception as again:
-                raise InferenceError(f"onnxruntime: {again}") from again
         if self._only is not None:  # most models: a dict literal is ~4x cheaper than dict(zip)
             return {self._only: results[0]}
         return dict(zip(self.output_names, results))  # noqa: B905 - one result per name asked
 
-    def _reopen_without_exact_mode(self, failure: Exception) -> bool:
-        """After a run the exact-int8 session failed (onnxruntime's rewrite of a per-axis int8
-        weight without a zero point, say), the same model without that mode; False when it
-        does not load that way either (the failure is the model's)."""
+    def _without_exact_mode_once(self, inputs: Mapping[str, Array], failure: Exception) -> Any:
+        """The outputs of ``inputs`` from the same model opened without the exact-int8 mode,
+        which is kept from then on, when the exact session failed on them and that one does
+        not (onnxruntime's rewrite of a per-axis int8 weight without a zero point fails at
+        run time); None otherwise. Tried once per model, on its first failed run (the golden
+        pairs' replay, before it serves): inputs that are simply wrong (a client's bad shape)
+        cost one reload at most, and never the exact mode."""
         with self._reopening:
-            if not self._exact:
-                return True  # another thread reopened it meanwhile
+            if not self._exact or self._tried:
+                return None
+            self._tried = True
             try:
                 session = _session(self._ort, self._path, self._threads, exact=False)
-            except Exception:  # noqa: BLE001 - the original failure is reported instead
-                return False
+                results = session.run(self._output_list, inputs)
+            except Exception:  # noqa: BLE001 - the exact session's failure is reported
+                return None
             self._session, self._run = session, session.run
             self._without_exact_mode(failure)
-            return True
+            return results
 
     def _without_exact_mode(self, failure: Exception) -> None:
         self._exact = False

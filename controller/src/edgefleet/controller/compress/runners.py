@@ -26,10 +26,8 @@ from edgefleet.shared.manifest import IOSignature, TensorSpec
 Arrays = dict[str, np.ndarray]
 ORT_CHUNK = 256
 CPU = ["CPUExecutionProvider"]
+EXACT_INT8 = "session.x64quantprecision"  # onnxruntime's key for exact int8 kernels on x86
 log = logging.getLogger(__name__)
-
-
-EXACT_INT8 = "session.x64quantprecision"
 
 
 def cpu_session_options(threads: int | None = None, *, exact: bool = True) -> ort.SessionOptions:
